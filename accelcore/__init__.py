@@ -1,0 +1,1 @@
+"""accelcore: a Python model of the Linux compute-accelerator subsystem."""

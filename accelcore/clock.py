@@ -1,0 +1,285 @@
+"""Device time: an injectable clock and scheduler, and the one lock of the engine.
+
+Everything that takes time on a simulated device (a DMA transfer, a kernel on a
+compute engine, a page-table update) is a callback scheduled on a :class:`Clock`.
+Blocking waits in ioctl handlers go through :meth:`Clock.wait_until`, so the same
+driver code runs:
+
+* in **virtual time** (:class:`VirtualClock`): a wait runs the scheduled callbacks in
+  order, jumping time forward, until its condition holds or its deadline passes. No
+  threads and no sleeps: tests are deterministic and instant.
+* in **real time** (:class:`RealClock`): a timer thread runs callbacks when they are
+  due, and waiters sleep on a condition variable. Used by the demo and the server.
+
+The clock also owns the engine's lock (``clock.lock``). Every entry point of the
+engine holds it; a wait releases it while it sleeps, like the kernel's
+``wait_event_interruptible`` drops the caller's locks.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = [
+    "NSEC_PER_MSEC",
+    "NSEC_PER_SEC",
+    "NSEC_PER_USEC",
+    "Clock",
+    "Deadlock",
+    "RealClock",
+    "Timer",
+    "VirtualClock",
+    "WaitResult",
+]
+
+NSEC_PER_USEC = 1_000
+NSEC_PER_MSEC = 1_000_000
+NSEC_PER_SEC = 1_000_000_000
+
+
+class WaitResult(enum.Enum):
+    """How a wait ended."""
+
+    DONE = "done"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+
+
+class Deadlock(RuntimeError):
+    """A wait with no deadline in virtual time, and nothing scheduled that could end it."""
+
+
+@dataclass(order=True, slots=True)
+class Timer:
+    """A scheduled callback. Cancel it with :meth:`cancel`."""
+
+    when: int
+    seq: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        """Stop the callback from running; harmless if it already ran."""
+        self.cancelled = True
+
+
+class Clock:
+    """Base class: a scheduler of callbacks on a monotonic nanosecond timeline.
+
+    Subclasses decide how time passes. All methods must be called with
+    :attr:`lock` held, except :meth:`now`.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self._timers: list[Timer] = []
+        self._seq = itertools.count()
+
+    # -- time ---------------------------------------------------------------
+    def now(self) -> int:
+        """The current device time in nanoseconds."""
+        raise NotImplementedError
+
+    # -- scheduling ----------------------------------------------------------
+    def call_at(self, when: int, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` (with the lock held) at device time ``when``."""
+        timer = Timer(when, next(self._seq), callback)
+        heapq.heappush(self._timers, timer)
+        self._scheduled()
+        return timer
+
+    def call_later(self, delay: int, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` ``delay`` nanoseconds from now."""
+        return self.call_at(self.now() + max(0, delay), callback)
+
+    def pending(self) -> int:
+        """How many callbacks are scheduled and not cancelled."""
+        return sum(1 for t in self._timers if not t.cancelled)
+
+    def notify(self) -> None:
+        """Tell waiters that state changed (a fence signalled, a signal posted)."""
+        self.changed.notify_all()
+
+    def _scheduled(self) -> None:
+        """Hook: a timer was added."""
+
+    def _pop_due(self, until: int) -> Timer | None:
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        if self._timers and self._timers[0].when <= until:
+            return heapq.heappop(self._timers)
+        return None
+
+    def _next_when(self) -> int | None:
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        return self._timers[0].when if self._timers else None
+
+    # -- waiting ------------------------------------------------------------
+    def wait_until(
+        self,
+        predicate: Callable[[], bool],
+        deadline: int | None,
+        interrupted: Callable[[], bool] = lambda: False,
+    ) -> WaitResult:
+        """Block until ``predicate()`` is true, ``deadline`` passes, or ``interrupted()``.
+
+        Args:
+            predicate: The condition waited for; evaluated with the lock held.
+            deadline: Absolute device time in ns, or ``None`` to wait forever.
+            interrupted: Polled while waiting; true means a signal is pending.
+
+        Returns:
+            Which of the three ended the wait. The predicate wins ties.
+        """
+        raise NotImplementedError
+
+
+class VirtualClock(Clock):
+    """Virtual time: advanced explicitly or by waits; never sleeps.
+
+    Args:
+        start: The initial time in nanoseconds.
+    """
+
+    def __init__(self, start: int = 0) -> None:
+        super().__init__()
+        self._now = start
+
+    def now(self) -> int:
+        return self._now
+
+    def advance(self, delta: int) -> None:
+        """Move time forward by ``delta`` ns, running every callback that falls due."""
+        self.advance_to(self._now + delta)
+
+    def advance_to(self, when: int) -> None:
+        """Move time forward to ``when``, running due callbacks in order."""
+        with self.lock:
+            while (timer := self._pop_due(when)) is not None:
+                self._now = max(self._now, timer.when)
+                timer.callback()
+            self._now = max(self._now, when)
+            self.notify()
+
+    def run_until_idle(self, limit: int = 1_000_000) -> int:
+        """Run scheduled callbacks until none are left; returns how many ran.
+
+        Raises:
+            Deadlock: if more than ``limit`` callbacks run (a self-rescheduling loop).
+        """
+        ran = 0
+        with self.lock:
+            while (when := self._next_when()) is not None:
+                timer = self._pop_due(when)
+                assert timer is not None
+                self._now = max(self._now, timer.when)
+                timer.callback()
+                ran += 1
+                if ran > limit:
+                    raise Deadlock(f"more than {limit} callbacks ran; a timer keeps rescheduling")
+            self.notify()
+        return ran
+
+    def wait_until(
+        self,
+        predicate: Callable[[], bool],
+        deadline: int | None,
+        interrupted: Callable[[], bool] = lambda: False,
+    ) -> WaitResult:
+        with self.lock:
+            while True:
+                if predicate():
+                    return WaitResult.DONE
+                if interrupted():
+                    return WaitResult.INTERRUPTED
+                nxt = self._next_when()
+                if nxt is None or (deadline is not None and nxt > deadline):
+                    if deadline is None:
+                        raise Deadlock("wait with no deadline and nothing scheduled to end it")
+                    self._now = max(self._now, deadline)
+                    return WaitResult.DONE if predicate() else WaitResult.TIMEOUT
+                timer = self._pop_due(nxt)
+                assert timer is not None
+                self._now = max(self._now, timer.when)
+                timer.callback()
+
+
+class RealClock(Clock):
+    """Real time from ``time.monotonic_ns``; a daemon thread runs due callbacks.
+
+    Args:
+        speed: Device nanoseconds per host nanosecond; ``2.0`` runs devices twice as
+            fast as the wall clock. Only the device timeline is scaled.
+    """
+
+    #: Longest a waiter sleeps before re-checking its interrupt flag.
+    POLL_NS = 50 * NSEC_PER_MSEC
+
+    def __init__(self, speed: float = 1.0) -> None:
+        super().__init__()
+        self._speed = speed
+        self._origin = time.monotonic_ns()
+        self._wakeup = threading.Condition(self.lock)
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="accel-clock", daemon=True)
+        self._thread.start()
+
+    def now(self) -> int:
+        return int((time.monotonic_ns() - self._origin) * self._speed)
+
+    def _host_seconds(self, device_ns: int) -> float:
+        return max(0.0, device_ns / self._speed / NSEC_PER_SEC)
+
+    def _scheduled(self) -> None:
+        self._wakeup.notify()
+
+    def stop(self) -> None:
+        """Stop the timer thread (pending callbacks never run)."""
+        with self.lock:
+            self._stopped = True
+            self._wakeup.notify()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        with self.lock:
+            while not self._stopped:
+                nxt = self._next_when()
+                now = self.now()
+                if nxt is None:
+                    self._wakeup.wait()
+                    continue
+                if nxt > now:
+                    self._wakeup.wait(self._host_seconds(nxt - now))
+                    continue
+                timer = self._pop_due(now)
+                if timer is not None:
+                    timer.callback()
+                    self.notify()
+
+    def wait_until(
+        self,
+        predicate: Callable[[], bool],
+        deadline: int | None,
+        interrupted: Callable[[], bool] = lambda: False,
+    ) -> WaitResult:
+        with self.lock:
+            while True:
+                if predicate():
+                    return WaitResult.DONE
+                if interrupted():
+                    return WaitResult.INTERRUPTED
+                step = self.POLL_NS
+                if deadline is not None:
+                    remaining = deadline - self.now()
+                    if remaining <= 0:
+                        return WaitResult.TIMEOUT
+                    step = min(step, remaining)
+                self.changed.wait(self._host_seconds(step))

@@ -1,0 +1,163 @@
+"""Shared memory: the backing of BARs, device memory, buffer objects and dma-bufs.
+
+Every piece of simulated memory that another process may map is a memfd
+(:func:`os.memfd_create`), so "shared, not copied" holds across real processes:
+the server passes the fd, the client maps the same pages. A memfd is sparse, so a
+1 GiB buffer costs no resident memory until its pages are touched.
+
+:data:`LIVE` counts the regions alive, for leak accounting in tests.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from dataclasses import dataclass
+
+from .errors import BadAddress, InvalidArgument, NoMemory
+
+__all__ = ["LIVE", "PAGE_SIZE", "LiveCounter", "SharedMemory", "page_align", "is_page_aligned"]
+
+PAGE_SIZE = mmap.PAGESIZE
+
+
+def page_align(n: int) -> int:
+    """Round ``n`` up to a whole number of pages."""
+    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def is_page_aligned(n: int) -> bool:
+    """Whether ``n`` is a multiple of the page size."""
+    return n % PAGE_SIZE == 0
+
+
+@dataclass
+class LiveCounter:
+    """How many regions and bytes are alive right now (thread-safe)."""
+
+    regions: int = 0
+    bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, size: int, sign: int) -> None:
+        with self._lock:
+            self.regions += sign
+            self.bytes += sign * size
+
+
+#: Every :class:`SharedMemory` not yet closed, counted.
+LIVE = LiveCounter()
+
+
+class SharedMemory:
+    """A memfd of ``size`` bytes, mapped read-write in this process.
+
+    Args:
+        size: Bytes; must be positive.
+        name: The memfd's name (shows in ``/proc/PID/fd`` as ``memfd:NAME``).
+        fd: An existing memfd to adopt (ownership passes to this object), as a
+            client does with a memfd received from the server.
+
+    Raises:
+        InvalidArgument: ``size`` is not positive.
+        NoMemory: the memfd or the mapping could not be created.
+    """
+
+    __slots__ = ("_closed", "_map", "_view", "fd", "name", "size")
+
+    def __init__(self, size: int, name: str = "accel", *, fd: int | None = None) -> None:
+        if size <= 0:
+            raise InvalidArgument(f"shared memory size {size} must be positive")
+        self.size = size
+        self.name = name
+        try:
+            if fd is None:
+                fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+                os.ftruncate(fd, size)
+            self.fd = fd
+            self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            if fd is not None:
+                os.close(fd)
+            raise NoMemory(f"cannot create {size}-byte shared memory {name!r}: {exc}") from exc
+        self._view = memoryview(self._map)
+        self._closed = False
+        LIVE.add(size, +1)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def view(self, offset: int = 0, length: int | None = None) -> memoryview:
+        """A zero-copy view of ``[offset, offset+length)``.
+
+        Raises:
+            BadAddress: the range is not inside the region.
+        """
+        if length is None:
+            length = self.size - offset
+        self.check_range(offset, length)
+        return self._view[offset : offset + length]
+
+    def check_range(self, offset: int, length: int) -> None:
+        """Raise :class:`BadAddress` unless ``[offset, offset+length)`` is inside."""
+        if self._closed:
+            raise BadAddress(f"shared memory {self.name!r} is closed")
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise BadAddress(
+                f"range [{offset:#x}, {offset + length:#x}) is outside {self.name!r} "
+                f"of {self.size:#x} bytes"
+            )
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Copy ``length`` bytes out from ``offset``."""
+        self.check_range(offset, length)
+        return self._map[offset : offset + length]
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` in at ``offset``."""
+        n = len(data)
+        self.check_range(offset, n)
+        self._map[offset : offset + n] = data
+
+    def fill(self, offset: int, length: int, byte: int = 0) -> None:
+        """Set ``length`` bytes from ``offset`` to ``byte``."""
+        self.check_range(offset, length)
+        self._map[offset : offset + length] = bytes([byte]) * length
+
+    def seal(self) -> None:
+        """Forbid shrinking and growing the memfd (``F_SEAL_SHRINK|F_SEAL_GROW``)."""
+        import fcntl
+
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+
+    def close(self) -> None:
+        """Unmap and close the memfd. Idempotent.
+
+        Views handed out earlier keep the pages alive until they are released
+        (the mapping is closed when the last view goes), as munmap leaves other
+        mappings of a file intact.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        LIVE.add(self.size, -1)
+        self._view.release()
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # a caller still holds a view; the mapping goes with it
+        os.close(self.fd)
+
+    def __enter__(self) -> SharedMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self.fd}"
+        return f"SharedMemory({self.name!r}, size={self.size:#x}, {state})"
