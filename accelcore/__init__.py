@@ -1,1 +1,140 @@
-"""accelcore: a Python model of the Linux compute-accelerator subsystem."""
+"""accelcore: a Python model of the Linux compute-accelerator ("accel") subsystem.
+
+The public API for driver authors and tool authors. Layers (DESIGN §2):
+
+* uAPI — :mod:`accelcore.uapi`: C headers via cffi, the ``_IOC`` codec, the
+  uAPI rules checker;
+* core engine — :class:`Subsystem`, :class:`AccelDriver`, :class:`AccelDevice`,
+  :class:`AccelFile`, the dispatcher, INFO, ownership, buffer objects, dma-buf,
+  fences, sysfs — sans-I/O;
+* buses — :mod:`accelcore.pci`, the simulated PCI backend;
+* transports — :class:`Process` in one interpreter, :mod:`accelcore.server`
+  across processes.
+"""
+
+from __future__ import annotations
+
+from .clock import Clock, Deadlock, RealClock, VirtualClock, WaitResult
+from .device import AccelDevice, DeviceState, DeviceStatus, Oops
+from .dispatch import IoctlCall
+from .dmabuf import Attachment, DmaBuf, DmaBufOps, DmaMapping, ImporterOps, SgEntry
+from .driver import (
+    AccelDriver,
+    DriverFeature,
+    EngineInfo,
+    IoctlFlags,
+    MemoryRegionInfo,
+    OwnershipPolicy,
+    info_query,
+    ioctl,
+)
+from .errors import (
+    AccelError,
+    BadAddress,
+    BadFd,
+    Busy,
+    DeviceIOError,
+    Interrupted,
+    InvalidArgument,
+    NoDevice,
+    NoEntry,
+    NoMemory,
+    NoSpace,
+    NotPermitted,
+    NotSupported,
+    NotTTY,
+    PermissionDenied,
+    RestartSyscall,
+    TimedOut,
+    TooManyFiles,
+    TryAgain,
+)
+from .fence import Fence, FenceContext, ReservationObject, SyncFile, Usage
+from .file import AccelFile
+from .gem import BufferObject, GemDmaBufOps, HandleTable
+from .memory import PAGE_SIZE, SharedMemory
+from .ownership import OwnerState
+from .subsystem import DevNode, Subsystem
+from .sysfs import Attribute, AttributeGroup, SysfsNode, SysfsTree, Uevent
+from .task import AddressSpace, Credentials, Task, UserBuffer
+from .uapi import CORE, Uapi, load_uapi
+from .userspace import Process
+from .vfs import Mapping, OpenFile
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CORE",
+    "PAGE_SIZE",
+    "AccelDevice",
+    "AccelDriver",
+    "AccelError",
+    "AccelFile",
+    "AddressSpace",
+    "Attachment",
+    "Attribute",
+    "AttributeGroup",
+    "BadAddress",
+    "BadFd",
+    "BufferObject",
+    "Busy",
+    "Clock",
+    "Credentials",
+    "Deadlock",
+    "DevNode",
+    "DeviceIOError",
+    "DeviceState",
+    "DeviceStatus",
+    "DmaBuf",
+    "DmaBufOps",
+    "DmaMapping",
+    "DriverFeature",
+    "EngineInfo",
+    "Fence",
+    "FenceContext",
+    "GemDmaBufOps",
+    "HandleTable",
+    "ImporterOps",
+    "Interrupted",
+    "InvalidArgument",
+    "IoctlCall",
+    "IoctlFlags",
+    "Mapping",
+    "MemoryRegionInfo",
+    "NoDevice",
+    "NoEntry",
+    "NoMemory",
+    "NoSpace",
+    "NotPermitted",
+    "NotSupported",
+    "NotTTY",
+    "Oops",
+    "OpenFile",
+    "OwnerState",
+    "OwnershipPolicy",
+    "PermissionDenied",
+    "Process",
+    "RealClock",
+    "ReservationObject",
+    "RestartSyscall",
+    "SgEntry",
+    "SharedMemory",
+    "Subsystem",
+    "SyncFile",
+    "SysfsNode",
+    "SysfsTree",
+    "Task",
+    "TimedOut",
+    "TooManyFiles",
+    "TryAgain",
+    "Uapi",
+    "Uevent",
+    "Usage",
+    "UserBuffer",
+    "VirtualClock",
+    "WaitResult",
+    "__version__",
+    "info_query",
+    "ioctl",
+    "load_uapi",
+]

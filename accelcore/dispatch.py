@@ -1,0 +1,410 @@
+"""The one ioctl dispatch function, and the core ioctls (``drm_ioctl``).
+
+:func:`dispatch` is the only way into a handler. In order it checks:
+
+1. unplugged device → ``ENODEV`` (only INFO's identity/status answer afterwards);
+2. type byte not ``'d'`` → ``ENOTTY``;
+3. unknown number → ``ENOTTY`` (the documented rule, ``drm-uapi.rst``: "this
+   IOCTL does not exist"; the kernel's code returns ``EINVAL`` for numbers in the
+   ``'d'`` space it does not know — accelcore follows the documentation);
+4. copy in: the user's struct may be shorter (the tail is zero-filled) or longer
+   (the extra is ignored); only if both numbers have the write direction;
+5. permission: root-only (``EACCES``), control node (``EACCES``), device in reset
+   (``EBUSY``) or malfunctioning (``EIO``), compute owner (``EBUSY``);
+6. the handler, then copy out — also when it failed, so that restartable ioctls
+   can report progress; an ``EFAULT`` during copy-out wins.
+
+A handler that raises an errno error returns that errno. Any other exception is an
+**oops**: logged with its traceback, the device tainted, the caller gets ``EIO``,
+and the engine goes on. An interrupted wait raises
+:class:`~accelcore.errors.RestartSyscall`; the call is then restarted (the task
+has ``SA_RESTART`` semantics) or fails with ``EINTR``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .clock import WaitResult
+from .device import DeviceStatus
+from .driver import DRM_COMMAND_BASE, DRM_COMMAND_END, DRM_IOCTL_BASE, IoctlDesc, IoctlFlags
+from .errors import (
+    AccelError,
+    Busy,
+    DeviceIOError,
+    Interrupted,
+    InvalidArgument,
+    NoDevice,
+    NotSupported,
+    NotTTY,
+    PermissionDenied,
+    RestartSyscall,
+    error_for_errno,
+)
+from .fence import Fence, wait_fences
+from .uapi import CORE
+from .uapi.ioc import IOC_IN, IOC_OUT, IOC_SIZEMASK
+
+if TYPE_CHECKING:
+    from .clock import Clock
+    from .device import AccelDevice
+    from .file import AccelFile
+    from .task import Task
+    from .vfs import OpenFile
+
+__all__ = ["CORE_IOCTLS", "IoctlCall", "dispatch"]
+
+_ptr_types: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+
+class IoctlCall:
+    """Everything a handler needs: the file, the calling task and the arguments.
+
+    Attributes:
+        file: The open file the ioctl was made on.
+        device: ``file.device``.
+        task: The calling task (may differ from the opener after fd passing).
+        cmd: The ioctl number as the caller passed it.
+        desc: The table row.
+        args: The argument struct (a cffi pointer into the kernel copy); write
+            results into it. ``None`` for ioctls without an argument.
+    """
+
+    __slots__ = ("args", "buf", "cmd", "desc", "device", "file", "task")
+
+    def __init__(self, file: AccelFile, task: Task, cmd: int, desc: IoctlDesc,
+                 buf: bytearray) -> None:
+        self.file = file
+        self.device = file.device
+        self.task = task
+        self.cmd = cmd
+        self.desc = desc
+        self.buf = buf
+        self.args: Any = None
+        if desc.arg_type is not None:
+            ffi, ptype = _pointer_type(file.device, desc)
+            self.args = ffi.from_buffer(ptype, buf)
+
+    @property
+    def clock(self) -> Clock:
+        return self.device.subsystem.clock
+
+    # -- user memory -------------------------------------------------------------
+    def copy_from_user(self, addr: int, length: int) -> bytes:
+        """Read user memory; ``EFAULT`` if the range is not mapped."""
+        return self.task.mm.copy_from_user(addr, length)
+
+    def copy_to_user(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Write user memory; ``EFAULT`` if the range is not mapped or read-only."""
+        self.task.mm.copy_to_user(addr, data)
+
+    def user_view(self, addr: int, length: int, *, write: bool = False) -> memoryview:
+        """Pin user memory and get a zero-copy view (``pin_user_pages``)."""
+        return self.task.mm.user_view(addr, length, write=write)
+
+    def read_struct(self, ctype: str, addr: int) -> Any:
+        """Copy a struct of the driver's header in from user memory."""
+        uapi = self.device.driver.uapi or CORE
+        return uapi.from_bytes(ctype, self.copy_from_user(addr, uapi.sizeof(ctype)))
+
+    def write_struct(self, addr: int, value: Any) -> None:
+        """Copy a struct out to user memory."""
+        uapi = self.device.driver.uapi or CORE
+        self.copy_to_user(addr, uapi.to_bytes(value))
+
+    # -- sleeping ----------------------------------------------------------------
+    def wait(self, predicate: Callable[[], bool], timeout_ns: int | None = None, *,
+             deadline: int | None = None) -> bool:
+        """An interruptible wait point: sleep until ``predicate()`` holds.
+
+        Args:
+            predicate: Checked with the engine lock held.
+            timeout_ns: Relative timeout; ``None`` (and no deadline) waits forever.
+            deadline: Absolute device time instead of a timeout (survives restarts).
+
+        Returns:
+            ``True`` if the predicate holds, ``False`` on timeout.
+
+        Raises:
+            RestartSyscall: a signal arrived; let it propagate.
+        """
+        if deadline is None and timeout_ns is not None:
+            deadline = self.clock.now() + timeout_ns
+        self.task.enter_wait()
+        result = self.clock.wait_until(predicate, deadline, lambda: self.task.signal_pending)
+        if result is WaitResult.INTERRUPTED:
+            raise RestartSyscall(f"{self.desc.name} interrupted while waiting")
+        return result is WaitResult.DONE
+
+    def wait_fences(self, fences: Iterable[Fence], timeout_ns: int | None = None) -> bool:
+        """Wait for fences at an interruptible wait point; ``False`` on timeout."""
+        deadline = None if timeout_ns is None else self.clock.now() + timeout_ns
+        return wait_fences(fences, self.clock, deadline, self.task)
+
+    # -- files ---------------------------------------------------------------------
+    def install_fd(self, file: OpenFile, *, cloexec: bool = True) -> int:
+        """Give the caller a descriptor for ``file`` (takes over one reference)."""
+        return self.task.files.install(file, cloexec=cloexec)
+
+    def get_file(self, fd: int) -> OpenFile:
+        """The caller's file behind ``fd``; ``EBADF`` if it is not open."""
+        return self.task.files.get(fd)
+
+
+def _pointer_type(device: AccelDevice, desc: IoctlDesc) -> tuple[Any, Any]:
+    uapi = CORE if desc.cmd in _CORE_CMDS else (device.driver.uapi or CORE)
+    assert desc.arg_type is not None
+    key = (id(uapi), desc.arg_type)
+    hit = _ptr_types.get(key)
+    if hit is None:
+        hit = _ptr_types[key] = (uapi.ffi, uapi.ffi.typeof(desc.arg_type + " *"))
+    return hit
+
+
+def _permit(file: AccelFile, task: Task, desc: IoctlDesc) -> None:
+    flags = desc.flags
+    dev = file.device
+    if IoctlFlags.ROOT_ONLY in flags and not task.creds.is_admin:
+        raise PermissionDenied(f"{desc.name} needs CAP_SYS_ADMIN (caller uid {task.creds.uid})")
+    if file.control and IoctlFlags.CONTROL_ALLOW not in flags:
+        raise PermissionDenied(f"{desc.name} is not allowed on control node of {dev.name}")
+    if dev.status != DeviceStatus.OPERATIONAL and IoctlFlags.RESET_OK not in flags:
+        if dev.status == DeviceStatus.IN_RESET:
+            raise Busy(f"{dev.name} is in reset; {desc.name} refused")
+        raise DeviceIOError(f"{dev.name} is {dev.status.name.lower()}; {desc.name} refused")
+    if IoctlFlags.OWNER in flags:
+        dev.ownership.require(file)
+
+
+def lookup(dev: AccelDevice, cmd: int) -> IoctlDesc | None:
+    """The table row for ``cmd`` (by type and number only), or ``None``."""
+    if (cmd >> 8) & 0xFF != DRM_IOCTL_BASE:
+        return None
+    nr = cmd & 0xFF
+    if DRM_COMMAND_BASE <= nr < DRM_COMMAND_END:
+        return dev.ioctls.get(nr)
+    return CORE_IOCTLS.get(nr)
+
+
+def dispatch(file: AccelFile, task: Task, cmd: int, argp: int) -> int:
+    """Run ioctl ``cmd`` on ``file`` for ``task`` with its argument at ``argp``.
+
+    Returns:
+        The handler's return value (0 for most ioctls).
+
+    Raises:
+        AccelError: the errno of the failure (see the module docstring for order).
+    """
+    dev = file.device
+    with dev.subsystem.clock.lock:
+        desc = lookup(dev, cmd)
+        if dev.status == DeviceStatus.UNPLUGGED and (
+            desc is None or IoctlFlags.UNPLUGGED_OK not in desc.flags
+        ):
+            raise NoDevice(f"{dev.name} was unplugged")
+        if desc is None:
+            if (cmd >> 8) & 0xFF != DRM_IOCTL_BASE:
+                raise NotTTY(f"ioctl {cmd:#010x} has type {(cmd >> 8) & 0xFF:#04x}, not 'd'")
+            raise NotTTY(f"{dev.name} ({dev.driver.name}) has no ioctl number "
+                         f"{cmd & 0xFF:#04x} (cmd {cmd:#010x})")
+        user_size = (cmd >> 16) & IOC_SIZEMASK
+        in_size = user_size if cmd & desc.cmd & IOC_IN else 0
+        out_size = user_size if cmd & desc.cmd & IOC_OUT else 0
+        ksize = max(in_size, out_size, (desc.cmd >> 16) & IOC_SIZEMASK)
+        while True:
+            buf = bytearray(ksize)
+            if in_size:
+                buf[:in_size] = task.mm.copy_from_user(argp, in_size)
+            _permit(file, task, desc)
+            call = IoctlCall(file, task, cmd, desc, buf)
+            try:
+                ret = desc.func(call)
+            except RestartSyscall:
+                _copy_out(task, argp, buf, out_size)
+                task.deliver_signal()
+                if task.restart_syscalls:
+                    continue
+                raise Interrupted(f"{desc.name} interrupted by a signal") from None
+            except AccelError:
+                _copy_out(task, argp, buf, out_size)
+                raise
+            except OSError as exc:
+                _copy_out(task, argp, buf, out_size)
+                if exc.errno:
+                    raise error_for_errno(exc.errno, f"{desc.name}: {exc.strerror}") from exc
+                raise _oops(dev, desc, exc) from exc
+            except Exception as exc:
+                raise _oops(dev, desc, exc) from exc
+            _copy_out(task, argp, buf, out_size)
+            return ret or 0
+
+
+def _copy_out(task: Task, argp: int, buf: bytearray, out_size: int) -> None:
+    if out_size:
+        task.mm.copy_to_user(argp, memoryview(buf)[:out_size])
+
+
+def _oops(dev: AccelDevice, desc: IoctlDesc, exc: Exception) -> DeviceIOError:
+    oops = dev.record_oops(desc.name, exc)
+    return DeviceIOError(f"oops in {desc.name} on {dev.name}: {oops.exception}")
+
+
+# -- the core ioctls -------------------------------------------------------------
+
+
+def _copy_field(call: IoctlCall, value: str, len_field: str, ptr_field: str) -> None:
+    data = value.encode()
+    args = call.args
+    n = min(len(data), getattr(args, len_field))
+    ptr = getattr(args, ptr_field)
+    if n and ptr:
+        call.copy_to_user(ptr, data[:n])
+    setattr(args, len_field, len(data))
+
+
+def _version(call: IoctlCall) -> None:
+    drv = call.device.driver
+    a = call.args
+    a.version_major, a.version_minor, a.version_patchlevel = drv.version
+    _copy_field(call, drv.name, "name_len", "name")
+    _copy_field(call, "0", "date_len", "date")  # "Driver date is deprecated"
+    _copy_field(call, drv.desc, "desc_len", "desc")
+
+
+def _gem_close(call: IoctlCall) -> None:
+    from .driver import DriverFeature
+
+    if DriverFeature.GEM not in call.device.driver.features:
+        raise NotSupported(f"{call.device.driver.name} has no buffer objects (GEM)")
+    if call.args.pad:
+        raise InvalidArgument(f"drm_gem_close.pad is {call.args.pad:#x}, must be 0")
+    file = call.file
+    handle = call.args.handle
+    file.handles.delete(handle)
+    file.forget_prime(handle)
+
+
+def _get_cap(call: IoctlCall) -> None:
+    from .driver import DriverFeature
+
+    cap = call.args.capability
+    feats = call.device.driver.features
+    if cap == CORE.DRM_CAP_PRIME:
+        call.args.value = (
+            CORE.DRM_PRIME_CAP_IMPORT | CORE.DRM_PRIME_CAP_EXPORT
+            if DriverFeature.PRIME in feats else 0
+        )
+    elif cap == CORE.DRM_CAP_TIMESTAMP_MONOTONIC:
+        call.args.value = 1
+    else:
+        raise InvalidArgument(f"unknown capability {cap:#x}")
+
+
+def _set_master(call: IoctlCall) -> None:
+    call.device.ownership.acquire(call.file)
+
+
+def _drop_master(call: IoctlCall) -> None:
+    call.device.ownership.drop(call.file)
+
+
+def _require_prime(call: IoctlCall) -> None:
+    from .driver import DriverFeature
+
+    if DriverFeature.PRIME not in call.device.driver.features:
+        raise NotSupported(f"{call.device.driver.name} does not support dma-buf (PRIME)")
+
+
+def _prime_handle_to_fd(call: IoctlCall) -> None:
+    _require_prime(call)
+    a = call.args
+    valid = CORE.DRM_CLOEXEC | CORE.DRM_RDWR
+    if a.flags & ~valid:
+        raise InvalidArgument(f"PRIME_HANDLE_TO_FD flags {a.flags:#o} has unknown bits "
+                              f"{a.flags & ~valid:#o}")
+    file = call.file
+    bo = file.handles.lookup(a.handle)
+    dmabuf = bo.dma_buf
+    if dmabuf is not None and not dmabuf.released:
+        dmabuf.get()
+    else:
+        dmabuf = call.device.driver.prime_export(file, bo, a.flags)
+        bo.dma_buf = dmabuf
+        call.device.ownership.exported(file, dmabuf)
+    if dmabuf not in file.prime:
+        file.prime[dmabuf] = a.handle
+        dmabuf.get()
+    try:
+        a.fd = call.install_fd(dmabuf, cloexec=bool(a.flags & CORE.DRM_CLOEXEC))
+    except AccelError:
+        dmabuf.put()
+        raise
+
+
+def _prime_fd_to_handle(call: IoctlCall) -> None:
+    from .dmabuf import require_dmabuf
+    from .gem import BufferObject, GemDmaBufOps
+
+    _require_prime(call)
+    a = call.args
+    file = call.file
+    dmabuf = require_dmabuf(call.get_file(a.fd), a.fd)
+    if dmabuf in file.prime:
+        a.handle = file.prime[dmabuf]
+        return
+    bo = dmabuf.priv
+    if isinstance(dmabuf.ops, GemDmaBufOps) and isinstance(bo, BufferObject) \
+            and bo.device is call.device:
+        existing = file.handles.handle_of(bo)
+        handle = existing if existing is not None else file.handles.create(bo)
+    else:
+        imported = call.device.driver.prime_import(file, dmabuf)
+        try:
+            handle = file.handles.create(imported)
+        finally:
+            imported.put()
+    file.prime[dmabuf] = handle
+    dmabuf.get()
+    a.handle = handle
+
+
+def _set_client_name(call: IoctlCall) -> None:
+    n = call.args.name_len
+    if n > CORE.DRM_CLIENT_NAME_MAX_LEN:
+        raise InvalidArgument(f"client name length {n} exceeds {CORE.DRM_CLIENT_NAME_MAX_LEN}")
+    raw = call.copy_from_user(call.args.name, n) if n else b""
+    if any(not 0x21 <= ch <= 0x7E for ch in raw):
+        raise InvalidArgument(f"client name {raw!r} must be printable ASCII without spaces")
+    call.file.client_name = raw.decode()
+
+
+def _info(call: IoctlCall) -> None:
+    from .info import info_ioctl
+
+    info_ioctl(call)
+
+
+def _core_table() -> dict[int, IoctlDesc]:
+    F = IoctlFlags
+    rows: list[tuple[str, F, Callable[[IoctlCall], None]]] = [
+        ("DRM_IOCTL_VERSION", F.CONTROL_ALLOW | F.RESET_OK, _version),
+        ("DRM_IOCTL_GEM_CLOSE", F.RESET_OK, _gem_close),
+        ("DRM_IOCTL_GET_CAP", F.CONTROL_ALLOW | F.RESET_OK, _get_cap),
+        ("DRM_IOCTL_SET_MASTER", F.NONE, _set_master),
+        ("DRM_IOCTL_DROP_MASTER", F.RESET_OK, _drop_master),
+        ("DRM_IOCTL_PRIME_HANDLE_TO_FD", F.OWNER, _prime_handle_to_fd),
+        ("DRM_IOCTL_PRIME_FD_TO_HANDLE", F.OWNER, _prime_fd_to_handle),
+        ("DRM_IOCTL_SET_CLIENT_NAME", F.CONTROL_ALLOW | F.RESET_OK, _set_client_name),
+        ("ACCEL_IOCTL_INFO", F.CONTROL_ALLOW | F.RESET_OK | F.UNPLUGGED_OK, _info),
+    ]
+    table = {}
+    for name, flags, func in rows:
+        d = CORE.ioctls[name]
+        table[d.nr] = IoctlDesc(d.cmd, name, flags, func, d.arg_type)
+    return table
+
+
+#: The core ioctls by number.
+CORE_IOCTLS: dict[int, IoctlDesc] = _core_table()
+_CORE_CMDS = {d.cmd for d in CORE_IOCTLS.values()}

@@ -1,0 +1,380 @@
+"""The driver model: :class:`AccelDriver`, ioctl and INFO descriptors, policies.
+
+A driver is a subclass of :class:`AccelDriver` that declares, as data, what the
+kernel's ``struct drm_driver`` and ``struct pci_driver`` declare: a name and
+version, the PCI ids it binds to, a uAPI header, an ioctl table, an ownership
+policy and INFO queries. Behaviour goes in the callbacks it overrides (probe,
+remove, open, postclose, context creation, mmap, reset, sysfs attributes).
+
+Ioctls are methods marked with :func:`ioctl`, naming the ioctl's ``#define`` in
+the driver's header; the number and argument struct come from the header::
+
+    class Mini(AccelDriver):
+        name = "mini"
+        uapi = load_uapi(HERE / "mini.h", include=[CORE])
+
+        @ioctl("DRM_IOCTL_MINI_NOP")
+        def nop(self, call: IoctlCall) -> None:
+            call.args.result = 1
+
+The core checks the table and the header's structs (the "botching up ioctls"
+rules) when the driver registers, and refuses a driver that breaks them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from .errors import InvalidArgument
+from .uapi import CORE, Uapi, check_uapi
+from .uapi.ioc import IocNumber, decode
+
+if TYPE_CHECKING:
+    from .device import AccelDevice
+    from .dispatch import IoctlCall
+    from .dmabuf import DmaBuf
+    from .file import AccelFile
+    from .gem import BufferObject
+    from .sysfs import AttributeGroup
+    from .vfs import Mapping
+
+__all__ = [
+    "DRM_COMMAND_BASE",
+    "DRM_COMMAND_END",
+    "DRM_IOCTL_BASE",
+    "AccelDriver",
+    "DriverFeature",
+    "EngineInfo",
+    "InfoDesc",
+    "IoctlDesc",
+    "IoctlFlags",
+    "MemoryRegionInfo",
+    "OwnershipPolicy",
+    "info_query",
+    "ioctl",
+]
+
+DRM_IOCTL_BASE = ord("d")
+DRM_COMMAND_BASE = 0x40
+DRM_COMMAND_END = 0xA0
+
+
+class IoctlFlags(enum.Flag):
+    """Who may call an ioctl, and when. No flag: any opener, device operational."""
+
+    NONE = 0
+    #: Needs ``CAP_SYS_ADMIN`` (``DRM_ROOT_ONLY``); ``EACCES`` otherwise.
+    ROOT_ONLY = enum.auto()
+    #: Needs the compute context: under a single-owner policy the caller must be
+    #: (or, lazily, become) the owner; ``EBUSY`` when someone else is.
+    OWNER = enum.auto()
+    #: Allowed on a control node (INFO-only files); ``EACCES`` there otherwise.
+    CONTROL_ALLOW = enum.auto()
+    #: Allowed while the device is in reset or malfunctioning.
+    RESET_OK = enum.auto()
+    #: Allowed after hot-unplug (identity and status queries).
+    UNPLUGGED_OK = enum.auto()
+
+
+class OwnershipPolicy(enum.IntEnum):
+    """How a driver shares its device between openers (DESIGN §3, seeds 000/001)."""
+
+    #: One compute context per device, created at the first ioctl that needs it;
+    #: an INFO-only file may upgrade while nobody owns (habanalabs, 2019).
+    LAZY_SINGLE = 0
+    #: The owner is fixed at open; a second compute open gets ``EBUSY``.
+    EXCLUSIVE_OPEN = 1
+    #: Every file gets its own context; nobody owns the device (KFD).
+    PER_PROCESS = 2
+
+
+class DriverFeature(enum.Flag):
+    """Optional core services a driver uses."""
+
+    NONE = 0
+    #: Buffer objects with handles (``GEM_CLOSE``).
+    GEM = 1
+    #: dma-buf export and import of buffer objects (PRIME).
+    PRIME = 2
+    #: A second node per device, ``accel_controlD<N>``, that answers INFO only.
+    CONTROL_NODE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class IoctlDesc:
+    """One row of an ioctl table (``struct drm_ioctl_desc``)."""
+
+    cmd: int
+    name: str
+    flags: IoctlFlags
+    func: Callable[[IoctlCall], int | None]
+    arg_type: str | None
+    #: Ioctls with blocking waits; the restart checker interrupts each wait point.
+    waits: bool = False
+    #: Ioctls that act on several devices in one call (seed 004).
+    multi_device: bool = False
+
+    @property
+    def number(self) -> IocNumber:
+        return decode(self.cmd)
+
+
+@dataclass(frozen=True, slots=True)
+class InfoDesc:
+    """One INFO query: its op, the struct it answers with, and when it answers."""
+
+    op: int
+    name: str
+    func: Callable[[IoctlCall, Any], bytes]
+    answer_type: str | None
+    unplugged_ok: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRegionInfo:
+    """A memory region for INFO (``drm-total-<region>`` in fdinfo terms)."""
+
+    name: str
+    total_bytes: int
+    used_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """An engine for INFO: busy now, busy time, submitted and completed jobs."""
+
+    name: str
+    engine_class: int
+    busy: bool
+    busy_time_ns: int
+    submitted: int
+    completed: int
+
+
+@dataclass(frozen=True, slots=True)
+class _IoctlMark:
+    name: str
+    flags: IoctlFlags
+    waits: bool
+    multi_device: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _InfoMark:
+    op: int
+    answer_type: str | None
+    unplugged_ok: bool
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def ioctl(name: str, flags: IoctlFlags = IoctlFlags.NONE, *, waits: bool = False,
+          multi_device: bool = False) -> Callable[[F], F]:
+    """Mark a driver method as the handler of the ioctl ``name`` of its header.
+
+    Args:
+        name: The ``#define`` of the ioctl number (``DRM_IOCTL_HL_CS``).
+        flags: Permission and state rules (:class:`IoctlFlags`).
+        waits: The handler may sleep (the restart checker will interrupt it).
+        multi_device: The handler acts on several devices (seed 004 checks).
+    """
+
+    def mark(fn: F) -> F:
+        fn.__accel_ioctl__ = _IoctlMark(name, flags, waits, multi_device)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def info_query(op: int | str, answer_type: str | None = None, *,
+               unplugged_ok: bool = False) -> Callable[[F], F]:
+    """Mark a driver method as the answer to the driver INFO query ``op``.
+
+    The method is called as ``method(call, device)`` and returns the answer's
+    bytes (or a cffi struct); the core cuts it to the caller's ``return_size``.
+    ``op`` may be a constant's name in the driver's header.
+    """
+
+    def mark(fn: F) -> F:
+        fn.__accel_info__ = _InfoMark(op, answer_type, unplugged_ok)  # type: ignore[attr-defined]
+        return fn
+
+    return mark  # type: ignore[return-value]
+
+
+class AccelDriver:
+    """Base class of accel drivers. Override class attributes and callbacks.
+
+    Class attributes:
+        name: Driver name (``drm_driver.name``), also the dma-buf exporter name.
+        desc: One-line description.
+        version: ``(major, minor, patchlevel)`` reported by ``DRM_IOCTL_VERSION``.
+        uapi: The driver's loaded header, or ``None`` for a driver with no ioctls.
+        pci_ids: The PCI ids it binds to (``accelcore.pci.PciDeviceId``).
+        ownership: The :class:`OwnershipPolicy`.
+        features: :class:`DriverFeature` flags.
+        node_mode: Permission bits of its ``/dev/accel/accelN`` nodes.
+        node_gid: Group of the nodes.
+        max_handles: Handles one file may hold.
+    """
+
+    name: ClassVar[str] = "accel"
+    desc: ClassVar[str] = ""
+    version: ClassVar[tuple[int, int, int]] = (1, 0, 0)
+    uapi: ClassVar[Uapi | None] = None
+    pci_ids: ClassVar[Sequence[Any]] = ()
+    ownership: ClassVar[OwnershipPolicy] = OwnershipPolicy.LAZY_SINGLE
+    features: ClassVar[DriverFeature] = DriverFeature.GEM | DriverFeature.PRIME
+    node_mode: ClassVar[int] = 0o666
+    node_gid: ClassVar[int] = 0
+    max_handles: ClassVar[int] = 65536
+
+    # -- table construction ----------------------------------------------------
+    def ioctl_table(self) -> dict[int, IoctlDesc]:
+        """The driver ioctls by number (``nr``), built from the marked methods.
+
+        Raises:
+            InvalidArgument: an ioctl is not in the header, not a DRM ioctl, outside
+                the driver range 0x40..0x9F, or shares a number with another.
+        """
+        table: dict[int, IoctlDesc] = {}
+        for attr in dir(type(self)):
+            fn = getattr(type(self), attr, None)
+            mark = getattr(fn, "__accel_ioctl__", None)
+            if not isinstance(mark, _IoctlMark):
+                continue
+            if self.uapi is None or mark.name not in self.uapi.ioctls:
+                raise InvalidArgument(
+                    f"driver {self.name}: ioctl {mark.name} (method {attr}) is not defined "
+                    f"in its uAPI header")
+            d = self.uapi.ioctls[mark.name]
+            if d.type != DRM_IOCTL_BASE:
+                raise InvalidArgument(
+                    f"driver {self.name}: ioctl {mark.name} has type {d.type:#x}, not 'd'")
+            if not DRM_COMMAND_BASE <= d.nr < DRM_COMMAND_END:
+                raise InvalidArgument(
+                    f"driver {self.name}: ioctl {mark.name} number {d.nr:#x} is outside the "
+                    f"driver range {DRM_COMMAND_BASE:#x}..{DRM_COMMAND_END - 1:#x}")
+            if d.nr in table:
+                raise InvalidArgument(
+                    f"driver {self.name}: ioctls {table[d.nr].name} and {mark.name} share "
+                    f"number {d.nr:#x}")
+            table[d.nr] = IoctlDesc(d.cmd, mark.name, mark.flags, getattr(self, attr),
+                                    d.arg_type, mark.waits, mark.multi_device)
+        return table
+
+    def info_table(self) -> dict[int, InfoDesc]:
+        """The driver INFO queries by op, built from the marked methods."""
+        table: dict[int, InfoDesc] = {}
+        for attr in dir(type(self)):
+            fn = getattr(type(self), attr, None)
+            mark = getattr(fn, "__accel_info__", None)
+            if not isinstance(mark, _InfoMark):
+                continue
+            op = mark.op
+            if isinstance(op, str):
+                if self.uapi is None or op not in self.uapi.constants:
+                    raise InvalidArgument(f"driver {self.name}: INFO op {op} is not in its header")
+                op = self.uapi.constants[op]
+            if op < CORE.ACCEL_INFO_DRIVER_BASE:
+                raise InvalidArgument(
+                    f"driver {self.name}: INFO op {op:#x} ({attr}) is below the driver range "
+                    f"{CORE.ACCEL_INFO_DRIVER_BASE:#x}")
+            if op in table:
+                raise InvalidArgument(f"driver {self.name}: two INFO queries use op {op:#x}")
+            table[op] = InfoDesc(op, attr, getattr(self, attr), mark.answer_type,
+                                 mark.unplugged_ok)
+        return table
+
+    def check_uapi(self) -> None:
+        """Refuse a header that breaks the uAPI rules, naming struct and field.
+
+        Raises:
+            InvalidArgument: the first violations, one per line.
+        """
+        if self.uapi is None:
+            return
+        problems = check_uapi(self.uapi)
+        if problems:
+            lines = "\n  ".join(str(p) for p in problems)
+            raise InvalidArgument(
+                f"driver {self.name}: uAPI header {self.uapi.path.name} breaks the ioctl "
+                f"rules:\n  {lines}")
+
+    # -- callbacks (override what the driver needs) ----------------------------
+    def probe(self, dev: AccelDevice) -> None:
+        """Set up a newly allocated device (before it is registered).
+
+        Register release actions with ``dev.add_action``; if probe raises, they run
+        and nothing is left behind.
+        """
+
+    def remove(self, dev: AccelDevice) -> None:
+        """The device is going away (driver unbind, hot-unplug). Stop the hardware."""
+
+    def open(self, file: AccelFile) -> None:
+        """A file was opened on one of the driver's nodes; raise to refuse."""
+
+    def postclose(self, file: AccelFile) -> None:
+        """A file is being released, after its handles are gone."""
+
+    def context_create(self, file: AccelFile) -> Any:
+        """Create the compute context of ``file`` (lazily, or at open)."""
+        return object()
+
+    def context_destroy(self, file: AccelFile, context: Any) -> None:
+        """Tear the context down: revoke in-flight work (fences complete with error)."""
+
+    def mmap(self, file: AccelFile, offset: int, length: int, writable: bool) -> Mapping | None:
+        """Map driver memory at ``offset``; ``None`` lets the core map buffer objects."""
+        return None
+
+    def reset(self, dev: AccelDevice, reason: str) -> None:
+        """Reset the hardware (hard reset); in-flight work has already been aborted."""
+
+    def attribute_groups(self, dev: AccelDevice) -> Sequence[AttributeGroup]:
+        """sysfs attributes of the device (on the parent, like real drivers)."""
+        return ()
+
+    def memory_regions(self, dev: AccelDevice) -> Sequence[MemoryRegionInfo]:
+        """Memory regions for INFO."""
+        return ()
+
+    def engines(self, dev: AccelDevice) -> Sequence[EngineInfo]:
+        """Engines for INFO."""
+        return ()
+
+    def fdinfo(self, file: AccelFile) -> dict[str, str]:
+        """Driver lines for the file's fdinfo (``drm-engine-<name>: <ns> ns``…)."""
+        return {}
+
+    def prime_import(self, file: AccelFile, dmabuf: DmaBuf) -> BufferObject:
+        """Import a foreign dma-buf; the default attaches statically and maps it."""
+        from .gem import BufferObject
+
+        att = dmabuf.attach(file.device.name)
+        try:
+            mapping = dmabuf.map_attachment(att)
+            bo = BufferObject(file.device, dmabuf.size, memory=dmabuf.memory,
+                              offset=dmabuf.offset, region="imported",
+                              name=f"import:{dmabuf.exporter}", import_attach=att)
+        except BaseException:
+            dmabuf.detach(att)
+            raise
+        bo.import_mapping = mapping
+        return bo
+
+    def prime_export(self, file: AccelFile, bo: BufferObject, flags: int) -> DmaBuf:
+        """Export ``bo`` as a dma-buf; the default shares its memory."""
+        from .dmabuf import DmaBuf
+        from .gem import GemDmaBufOps
+
+        dmabuf = DmaBuf(GemDmaBufOps(self.name), bo.memory, bo.offset, bo.size,
+                        exporter=file.device.name, registry=file.device.subsystem.dmabufs,
+                        priv=bo, flags=flags)
+        bo.get()  # the dma-buf's reference, dropped by GemDmaBufOps.release
+        return dmabuf

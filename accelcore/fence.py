@@ -1,0 +1,222 @@
+"""dma-fence semantics: one-way completion signals, and reservation objects.
+
+A :class:`Fence` goes from unsignalled to signalled exactly once. An error may be
+set before it signals (``-EIO`` for work aborted by a reset, ``-ENODEV`` after
+unplug); callbacks run at the signal. Fences of one engine share a
+:class:`FenceContext`, whose sequence numbers order them.
+
+A :class:`ReservationObject` (``dma_resv``) holds the fences of a buffer with a
+usage class each: ``KERNEL`` (memory management), ``WRITE``, ``READ``,
+``BOOKKEEP``. Asking for a usage returns the fences of that class and the
+stronger ones, as ``dma_resv_iter`` does.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from .clock import Clock, WaitResult
+from .errors import AccelError, InvalidArgument, NoEntry, RestartSyscall
+from .vfs import POLLIN, OpenFile
+
+if TYPE_CHECKING:
+    from .task import Task
+
+__all__ = ["Fence", "FenceContext", "ReservationObject", "SyncFile", "Usage", "wait_fences"]
+
+_contexts = itertools.count(1)
+
+
+class Usage(enum.IntEnum):
+    """Fence usage classes, strongest first (``enum dma_resv_usage``)."""
+
+    KERNEL = 0
+    WRITE = 1
+    READ = 2
+    BOOKKEEP = 3
+
+
+class FenceContext:
+    """A timeline: fences from one engine, numbered in submission order.
+
+    Args:
+        clock: The device clock (waits use it; signals wake its waiters).
+        driver: The driver name (``dma_fence_ops.get_driver_name``).
+        timeline: The engine name (``get_timeline_name``).
+    """
+
+    def __init__(self, clock: Clock, driver: str, timeline: str) -> None:
+        self.clock = clock
+        self.driver = driver
+        self.timeline = timeline
+        self.context = next(_contexts)
+        self._seqno = 0
+
+    def create(self) -> Fence:
+        """A new unsignalled fence, next in this timeline."""
+        self._seqno += 1
+        return Fence(self, self._seqno)
+
+    def signalled_stub(self) -> Fence:
+        """An already signalled fence (``dma_fence_get_stub``)."""
+        fence = Fence(self, 0)
+        fence.signal()
+        return fence
+
+
+class Fence:
+    """A one-shot completion signal. Create them with :meth:`FenceContext.create`."""
+
+    __slots__ = ("_callbacks", "context", "error", "seqno", "signalled", "timestamp")
+
+    def __init__(self, context: FenceContext, seqno: int) -> None:
+        self.context = context
+        self.seqno = seqno
+        self.signalled = False
+        self.error = 0
+        self.timestamp: int | None = None
+        self._callbacks: list[Callable[[Fence], None]] = []
+
+    def set_error(self, error: int) -> None:
+        """Record a negative errno to report at the signal; only before signalling.
+
+        Raises:
+            InvalidArgument: ``error`` is not a negative errno, or the fence signalled.
+        """
+        if not -4095 <= error < 0:
+            raise InvalidArgument(f"fence error {error} is not a negative errno")
+        if self.signalled:
+            raise InvalidArgument(f"fence {self} already signalled; cannot set error {error}")
+        self.error = error
+
+    def signal(self) -> bool:
+        """Signal the fence and run its callbacks; ``False`` if it already was."""
+        if self.signalled:
+            return False
+        self.signalled = True
+        self.timestamp = self.context.clock.now()
+        callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            cb(self)
+        self.context.clock.notify()
+        return True
+
+    def status(self) -> int:
+        """``dma_fence_get_status``: 0 pending, 1 signalled, negative errno on error."""
+        if not self.signalled:
+            return 0
+        return self.error or 1
+
+    def add_callback(self, callback: Callable[[Fence], None]) -> None:
+        """Run ``callback`` at the signal.
+
+        Raises:
+            NoEntry: the fence already signalled (the callback is not called),
+                as ``dma_fence_add_callback`` returns ``-ENOENT``.
+        """
+        if self.signalled:
+            raise NoEntry(f"fence {self} already signalled")
+        self._callbacks.append(callback)
+
+    def remove_callback(self, callback: Callable[[Fence], None]) -> bool:
+        """Forget a callback; ``True`` if it was still pending."""
+        try:
+            self._callbacks.remove(callback)
+        except ValueError:
+            return False
+        return True
+
+    def is_later(self, other: Fence) -> bool:
+        """Whether this fence comes after ``other`` on the same timeline."""
+        if other.context is not self.context:
+            raise InvalidArgument("fences on different timelines are not ordered")
+        return self.seqno > other.seqno
+
+    def __repr__(self) -> str:
+        state = "signalled" if self.signalled else "unsignalled"
+        return f"<Fence {self.context.driver}:{self.context.timeline} seq {self.seqno} {state}>"
+
+
+def wait_fences(
+    fences: Iterable[Fence],
+    clock: Clock,
+    deadline: int | None,
+    task: Task | None = None,
+) -> bool:
+    """Wait for every fence; ``True`` when all signalled, ``False`` at the deadline.
+
+    This is an interruptible wait point: with a ``task``, a pending signal ends
+    it with :class:`~accelcore.errors.RestartSyscall`.
+    """
+    pending = [f for f in fences if not f.signalled]
+    if not pending:
+        return True
+    if task is not None:
+        task.enter_wait()
+    result = clock.wait_until(
+        lambda: all(f.signalled for f in pending),
+        deadline,
+        (lambda: task.signal_pending) if task is not None else (lambda: False),
+    )
+    if result is WaitResult.INTERRUPTED:
+        raise RestartSyscall("wait for fences interrupted by a signal")
+    return result is WaitResult.DONE
+
+
+class ReservationObject:
+    """The fences attached to a buffer, each with a :class:`Usage`."""
+
+    def __init__(self) -> None:
+        self._fences: list[tuple[Fence, Usage]] = []
+
+    def add_fence(self, fence: Fence, usage: Usage) -> None:
+        """Attach ``fence``; a later fence of the same timeline replaces an earlier one."""
+        self._fences = [
+            (f, u) for f, u in self._fences
+            if not (f.context is fence.context and u == usage and fence.seqno >= f.seqno)
+        ]
+        self._fences.append((fence, usage))
+
+    def fences(self, usage: Usage = Usage.BOOKKEEP) -> list[Fence]:
+        """The unsignalled fences of ``usage`` and every stronger class."""
+        self._fences = [(f, u) for f, u in self._fences if not f.signalled]
+        return [f for f, u in self._fences if u <= usage]
+
+    def describe(self) -> list[tuple[Fence, Usage]]:
+        """Every attached fence with its usage (for bufinfo)."""
+        return list(self._fences)
+
+    def test_signalled(self, usage: Usage = Usage.BOOKKEEP) -> bool:
+        """Whether every fence of ``usage`` and stronger has signalled."""
+        return not self.fences(usage)
+
+
+class SyncFile(OpenFile):
+    """A fence as a file (``sync_file``): poll says ``POLLIN`` once it signalled."""
+
+    kind = "sync_file"
+
+    def __init__(self, fence: Fence) -> None:
+        super().__init__()
+        self.fence = fence
+
+    def poll(self) -> int:
+        return POLLIN if self.fence.signalled else 0
+
+    def fdinfo(self) -> dict[str, str]:
+        info = super().fdinfo()
+        info["fence"] = repr(self.fence)
+        info["status"] = str(self.fence.status())
+        return info
+
+
+def fence_error(fence: Fence) -> AccelError | None:
+    """The error a signalled fence carries, as an exception, or ``None``."""
+    from .errors import error_for_errno
+
+    if fence.error:
+        return error_for_errno(-fence.error, f"{fence} completed with error {fence.error}")
+    return None

@@ -1,0 +1,200 @@
+"""Buffer objects, per-file handle tables, and their dma-buf export (GEM-like).
+
+A :class:`BufferObject` is device-visible memory with a reference count. User
+space names it by a *handle*, private to one open file (:class:`HandleTable`);
+``GEM_CLOSE`` drops a handle. ``PRIME_HANDLE_TO_FD`` exports a buffer object as a
+:class:`~accelcore.dmabuf.DmaBuf` (with :class:`GemDmaBufOps`), and
+``PRIME_FD_TO_HANDLE`` imports one: self-import returns the original object, and
+one file gets one handle per buffer however often it imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .dmabuf import Attachment, DmaBuf, DmaBufOps, DmaMapping
+from .errors import InvalidArgument, NoEntry, NoMemory
+from .memory import SharedMemory, page_align
+
+if TYPE_CHECKING:
+    from .device import AccelDevice
+
+__all__ = ["BufferObject", "GemDmaBufOps", "HandleTable"]
+
+#: Fake mmap offsets of buffer objects start here (``DRM_FILE_PAGE_OFFSET_START``).
+MMAP_OFFSET_START = 0x1_0000_0000
+
+
+class BufferObject:
+    """Device-visible memory, shared by handles, dma-bufs and kernel users.
+
+    Args:
+        device: The device the memory belongs to (a reference is held).
+        size: Bytes; rounded up to whole pages.
+        memory: Backing memory to use (device DRAM, an imported buffer); a new
+            memfd is made when ``None``.
+        offset: Where the object starts in ``memory``.
+        region: The memory region it counts against (``system``, ``dram``…).
+        name: A label for listings.
+        on_free: Called when the last reference goes (return device memory).
+        import_attach: Set when the object wraps an imported dma-buf.
+    """
+
+    def __init__(
+        self,
+        device: AccelDevice,
+        size: int,
+        *,
+        memory: SharedMemory | None = None,
+        offset: int = 0,
+        region: str = "system",
+        name: str = "bo",
+        on_free: Callable[[BufferObject], None] | None = None,
+        import_attach: Attachment | None = None,
+    ) -> None:
+        if size <= 0:
+            raise InvalidArgument(f"buffer size {size} must be positive")
+        self.size = page_align(size)
+        self._owns_memory = memory is None
+        self.memory = memory if memory is not None else SharedMemory(self.size, name)
+        if offset < 0 or offset + self.size > self.memory.size:
+            if self._owns_memory:
+                self.memory.close()
+            raise InvalidArgument(
+                f"buffer [{offset:#x}, {offset + self.size:#x}) is outside its memory")
+        self.offset = offset
+        self.device = device
+        self.region = region
+        self.name = name
+        self.refcount = 1
+        self.handle_count = 0
+        self.dma_buf: DmaBuf | None = None
+        self.import_attach = import_attach
+        self.import_mapping: DmaMapping | None = None
+        self.mmap_offset: int | None = None
+        self.priv: Any = None
+        self._on_free = on_free
+        device.get()
+        device.buffers.add(self)
+
+    def view(self, offset: int = 0, length: int | None = None) -> memoryview:
+        """A view of the object's bytes."""
+        if length is None:
+            length = self.size - offset
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise InvalidArgument(f"range [{offset:#x}, {offset + length:#x}) is outside "
+                                  f"buffer of {self.size:#x} bytes")
+        return self.memory.view(self.offset + offset, length)
+
+    def get(self) -> BufferObject:
+        """Take a reference."""
+        self.refcount += 1
+        return self
+
+    def put(self) -> None:
+        """Drop a reference; the last one frees the object."""
+        self.refcount -= 1
+        if self.refcount == 0:
+            self._free()
+
+    def _free(self) -> None:
+        if self.import_attach is not None:
+            att, self.import_attach = self.import_attach, None
+            if self.import_mapping is not None:
+                att.dmabuf.unmap_attachment(self.import_mapping)
+            att.dmabuf.detach(att)
+        if self._on_free is not None:
+            self._on_free(self)
+        if self._owns_memory:
+            self.memory.close()
+        if self.mmap_offset is not None:
+            self.device.mmap_offsets.pop(self.mmap_offset, None)
+        self.device.buffers.discard(self)
+        self.device.put()
+
+    def __repr__(self) -> str:
+        return f"<BufferObject {self.name} size={self.size:#x} refs={self.refcount}>"
+
+
+class GemDmaBufOps(DmaBufOps):
+    """Exporter ops for a buffer object: the dma-buf holds a reference on it."""
+
+    def __init__(self, name: str, *, revocable: bool = False) -> None:
+        self.name = name
+        self.revocable = revocable
+
+    def release(self, dmabuf: DmaBuf) -> None:
+        bo: BufferObject = dmabuf.priv
+        if bo.dma_buf is dmabuf:
+            bo.dma_buf = None
+        bo.put()
+
+
+class HandleTable:
+    """One file's handles: small integers from 1, each holding a reference.
+
+    Args:
+        limit: The most handles one file may hold; ``ENOMEM`` past it, so one
+            client cannot exhaust the device for the others.
+    """
+
+    def __init__(self, limit: int = 65536) -> None:
+        self._objects: dict[int, BufferObject] = {}
+        self._next = 1
+        self.limit = limit
+
+    def create(self, bo: BufferObject) -> int:
+        """A new handle for ``bo`` (takes a reference of its own).
+
+        Raises:
+            NoMemory: the file holds ``limit`` handles.
+        """
+        if len(self._objects) >= self.limit:
+            raise NoMemory(f"file holds {self.limit} handles (the per-file limit)")
+        handle = self._next
+        while handle in self._objects:
+            handle += 1
+        self._next = handle + 1
+        self._objects[handle] = bo.get()
+        bo.handle_count += 1
+        return handle
+
+    def lookup(self, handle: int) -> BufferObject:
+        """The object behind ``handle``; ``ENOENT`` if the handle is unknown."""
+        try:
+            return self._objects[handle]
+        except KeyError:
+            raise NoEntry(f"no buffer object with handle {handle} on this file") from None
+
+    def handle_of(self, bo: BufferObject) -> int | None:
+        """The handle this file has for ``bo``, if any."""
+        for h, o in self._objects.items():
+            if o is bo:
+                return h
+        return None
+
+    def delete(self, handle: int) -> BufferObject:
+        """Drop ``handle``; ``EINVAL`` if unknown (as ``drm_gem_handle_delete``).
+
+        Returns:
+            The object (its reference already dropped; do not use it further
+            unless you hold another).
+        """
+        bo = self._objects.pop(handle, None)
+        if bo is None:
+            raise InvalidArgument(f"no buffer object with handle {handle} on this file")
+        bo.handle_count -= 1
+        bo.put()
+        return bo
+
+    def clear(self) -> None:
+        """Drop every handle (the file is released)."""
+        for handle in sorted(self._objects):
+            self.delete(handle)
+
+    def items(self) -> list[tuple[int, BufferObject]]:
+        return sorted(self._objects.items())
+
+    def __len__(self) -> int:
+        return len(self._objects)

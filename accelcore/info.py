@@ -1,0 +1,201 @@
+"""The common INFO ioctl: a query table answered for every opener (seeds 000, 002).
+
+``ACCEL_IOCTL_INFO`` takes a query id (``op``), a user buffer (``return_pointer``)
+and its size (``return_size``). The answer is cut to that size, as habanalabs'
+``HL_INFO`` does, so old binaries with smaller structs keep working; its full
+size comes back in ``actual_size``, so a caller can ask with size 0 first. Array
+answers (clients, memory regions, engines) start at element ``index`` and are cut
+to whole elements.
+
+INFO works for owners and non-owners, on the control node, during reset, and —
+for the device identity and status queries — after hot-unplug, so a management
+tool can always learn what a device is and what state it is in. Ops from
+``ACCEL_INFO_DRIVER_BASE`` up go to the driver's :func:`~accelcore.driver.info_query`
+methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .driver import DriverFeature
+from .errors import BadAddress, InvalidArgument, NoDevice
+from .uapi import CORE
+
+if TYPE_CHECKING:
+    from .device import AccelDevice
+    from .dispatch import IoctlCall
+
+__all__ = ["CORE_QUERIES", "CoreQuery", "info_ioctl"]
+
+
+@dataclass(frozen=True, slots=True)
+class CoreQuery:
+    """A core INFO query: the op, what it answers, and whether it is an array."""
+
+    op: int
+    name: str
+    answer_type: str
+    answer: Callable[[AccelDevice], list[Any]]
+    array: bool = False
+    unplugged_ok: bool = False
+
+
+def _set_str(owner: Any, name: str, value: str) -> None:
+    """Set a ``char[N]`` field, cut to leave room for the terminating NUL."""
+    length = dict(CORE.ffi.typeof(owner).item.fields)[name].type.length
+    setattr(owner, name, value.encode()[: length - 1])
+
+
+def _device(dev: AccelDevice) -> list[Any]:
+    a = CORE.new("struct accel_info_device")
+    drv = dev.driver
+    _set_str(a, "driver", drv.name)
+    _set_str(a, "bus_id", dev.bus_id)
+    a.version_major, a.version_minor, a.version_patchlevel = drv.version
+    a.minor = dev.minor
+    parent = dev.parent
+    for field in ("vendor", "device", "subsystem_vendor", "subsystem_device", "class_code"):
+        setattr(a, field, int(getattr(parent, field, 0) or 0))
+    a.ownership_policy = int(drv.ownership)
+    a.features = (
+        (CORE.ACCEL_FEATURE_GEM if DriverFeature.GEM in drv.features else 0)
+        | (CORE.ACCEL_FEATURE_PRIME if DriverFeature.PRIME in drv.features else 0)
+        | (CORE.ACCEL_FEATURE_CONTROL_NODE if DriverFeature.CONTROL_NODE in drv.features else 0)
+    )
+    return [a]
+
+
+def _status(dev: AccelDevice) -> list[Any]:
+    a = CORE.new("struct accel_info_status")
+    a.status = int(dev.status)
+    a.flags = CORE.ACCEL_STATUS_FLAG_TAINTED if dev.tainted else 0
+    a.reset_count = dev.reset_count
+    a.oops_count = len(dev.oopses)
+    a.open_count = len(dev.files)
+    return [a]
+
+
+def _ownership(dev: AccelDevice) -> list[Any]:
+    own = dev.ownership
+    a = CORE.new("struct accel_info_ownership")
+    a.state = int(own.state)
+    a.policy = int(own.policy)
+    if own.owner is not None:
+        a.owner_client_id = own.owner.client_id
+        a.owner_pid = own.owner.pid
+    a.pin_count = len(own.pins)
+    a.pinned_bytes = own.pinned_bytes
+    return [a]
+
+
+def _clients(dev: AccelDevice) -> list[Any]:
+    out = []
+    for f in dev.files:
+        a = CORE.new("struct accel_info_client")
+        a.client_id = f.client_id
+        a.pid = f.pid
+        a.uid = f.uid
+        a.flags = (
+            (CORE.ACCEL_CLIENT_OWNER if f.is_owner else 0)
+            | (CORE.ACCEL_CLIENT_CONTROL if f.control else 0)
+            | (CORE.ACCEL_CLIENT_ADMIN if f.admin else 0)
+        )
+        a.handles = len(f.handles)
+        a.memory_bytes = f.memory_bytes
+        a.engine_time_ns = f.engine_time_ns
+        _set_str(a, "name", f.client_name)
+        _set_str(a, "comm", f.comm)
+        out.append(a)
+    return out
+
+
+def _memory(dev: AccelDevice) -> list[Any]:
+    out = []
+    for r in dev.driver.memory_regions(dev):
+        a = CORE.new("struct accel_info_memory_region")
+        _set_str(a, "name", r.name)
+        a.total_bytes, a.used_bytes = r.total_bytes, r.used_bytes
+        out.append(a)
+    return out
+
+
+def _engines(dev: AccelDevice) -> list[Any]:
+    out = []
+    for e in dev.driver.engines(dev):
+        a = CORE.new("struct accel_info_engine")
+        _set_str(a, "name", e.name)
+        a.engine_class, a.busy = e.engine_class, int(e.busy)
+        a.busy_time_ns, a.submitted, a.completed = e.busy_time_ns, e.submitted, e.completed
+        out.append(a)
+    return out
+
+
+#: The core queries by op.
+CORE_QUERIES: dict[int, CoreQuery] = {
+    q.op: q for q in (
+        CoreQuery(CORE.ACCEL_INFO_DEVICE, "device", "struct accel_info_device", _device,
+                  unplugged_ok=True),
+        CoreQuery(CORE.ACCEL_INFO_STATUS, "status", "struct accel_info_status", _status,
+                  unplugged_ok=True),
+        CoreQuery(CORE.ACCEL_INFO_OWNERSHIP, "ownership", "struct accel_info_ownership",
+                  _ownership),
+        CoreQuery(CORE.ACCEL_INFO_CLIENTS, "clients", "struct accel_info_client", _clients,
+                  array=True),
+        CoreQuery(CORE.ACCEL_INFO_MEMORY, "memory", "struct accel_info_memory_region", _memory,
+                  array=True),
+        CoreQuery(CORE.ACCEL_INFO_ENGINES, "engines", "struct accel_info_engine", _engines,
+                  array=True),
+    )
+}
+
+
+def info_ioctl(call: IoctlCall) -> None:
+    """Handle ``ACCEL_IOCTL_INFO``.
+
+    Raises:
+        InvalidArgument: non-zero ``flags`` or ``pad``, or an unknown ``op``.
+        NoDevice: the device is unplugged and the query needs it present.
+        BadAddress: ``return_size`` is non-zero and ``return_pointer`` is not
+            writable user memory.
+    """
+    a = call.args
+    dev = call.device
+    if a.flags:
+        raise InvalidArgument(f"accel_info.flags is {a.flags:#x}, must be 0")
+    if a.pad:
+        raise InvalidArgument(f"accel_info.pad is {a.pad:#x}, must be 0")
+    op = a.op
+    elem_size = 0
+    if op >= CORE.ACCEL_INFO_DRIVER_BASE:
+        desc = dev.info_queries.get(op)
+        if desc is None:
+            raise InvalidArgument(f"unknown INFO op {op:#x} for driver {dev.driver.name}")
+        if dev.unplugged and not desc.unplugged_ok:
+            raise NoDevice(f"{dev.name} was unplugged")
+        answer = desc.func(call, dev)
+        data = answer if isinstance(answer, bytes | bytearray) else \
+            (dev.driver.uapi or CORE).to_bytes(answer)
+    else:
+        q = CORE_QUERIES.get(op)
+        if q is None:
+            raise InvalidArgument(f"unknown INFO op {op:#x}")
+        if dev.unplugged and not q.unplugged_ok:
+            raise NoDevice(f"{dev.name} was unplugged")
+        items = q.answer(dev)
+        if q.array:
+            elem_size = CORE.sizeof(q.answer_type)
+            items = items[a.index:]
+        elif a.index:
+            raise InvalidArgument(f"accel_info.index is {a.index} for a non-array query")
+        data = b"".join(CORE.to_bytes(i) for i in items)
+    a.actual_size = len(data)
+    n = min(a.return_size, len(data))
+    if elem_size:
+        n -= n % elem_size
+    if a.return_size and not a.return_pointer:
+        raise BadAddress("accel_info.return_pointer is NULL with a non-zero return_size")
+    if n:
+        call.copy_to_user(a.return_pointer, data[:n])

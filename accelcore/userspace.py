@@ -1,0 +1,204 @@
+"""The in-process user API: a program's view of the subsystem, as system calls.
+
+A :class:`Process` is a user program living in this interpreter: it opens device
+nodes and gets file descriptors, calls ioctls with argument structs, maps
+buffers, reads and polls events, passes and duplicates descriptors, forks, and
+exits. The same surface exists across real processes in
+:mod:`accelcore.server`'s client, so code written against one runs on the other.
+
+>>> from accelcore.testing import vaccel_subsystem
+>>> sub, dev = vaccel_subsystem()
+>>> proc = Process(sub)
+>>> fd = proc.open("/dev/accel/accel0")
+>>> v = CORE.new("struct drm_version")
+>>> proc.ioctl(fd, CORE.DRM_IOCTL_VERSION, v)
+0
+>>> v.version_major, v.name_len
+(1, 6)
+>>> proc.close(fd)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import InvalidArgument
+from .memory import SharedMemory
+from .subsystem import Subsystem
+from .task import Task, UserBuffer
+from .uapi import CORE
+from .udmabuf import MemfdFile
+from .vfs import Mapping
+
+__all__ = ["Process"]
+
+ArgBuffer = bytearray | memoryview
+
+
+class Process:
+    """A user program in this interpreter.
+
+    Args:
+        subsystem: The subsystem it talks to.
+        uid, gid, groups: Its credentials (uid 0 is root and has ``CAP_SYS_ADMIN``).
+        comm: Its command name.
+        restart: ``SA_RESTART``: interrupted ioctls are restarted, not ``EINTR``.
+        task: Adopt an existing task instead of making one.
+    """
+
+    def __init__(self, subsystem: Subsystem, *, uid: int = 0, gid: int = 0,
+                 groups: tuple[int, ...] = (), comm: str = "python", restart: bool = False,
+                 task: Task | None = None) -> None:
+        self.subsystem = subsystem
+        self.task = task if task is not None else subsystem.new_task(
+            uid=uid, gid=gid, groups=groups, comm=comm, restart_syscalls=restart)
+        self._scratch: UserBuffer | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.task.pid
+
+    # -- descriptors -----------------------------------------------------------
+    def open(self, path: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
+        """``open(2)`` a device node; returns the descriptor."""
+        with self.subsystem.clock.lock:
+            file = self.subsystem.open(self.task, path, flags)
+            try:
+                return self.task.files.install(file, cloexec=bool(flags & os.O_CLOEXEC))
+            except BaseException:
+                file.put()
+                raise
+
+    def close(self, fd: int) -> None:
+        """``close(2)``; the file is released when its last descriptor closes."""
+        with self.subsystem.clock.lock:
+            self.task.files.close(fd)
+
+    def dup(self, fd: int) -> int:
+        """``dup(2)``: another descriptor for the same open file description."""
+        with self.subsystem.clock.lock:
+            return self.task.files.dup(fd)
+
+    def send_fd(self, fd: int, to: Process) -> int:
+        """Pass a descriptor to another process (``SCM_RIGHTS``); returns its number there."""
+        with self.subsystem.clock.lock:
+            return to.task.files.install(self.task.files.get(fd).get(), cloexec=True)
+
+    def fork(self) -> Process:
+        """``fork(2)``: a child sharing every open file description."""
+        with self.subsystem.clock.lock:
+            child = self.task.fork(next(self.subsystem._pids))
+            self.subsystem.tasks[child.pid] = child
+            return Process(self.subsystem, task=child)
+
+    def exit(self) -> None:
+        """Process exit (also what a SIGKILL does): every descriptor is closed."""
+        with self.subsystem.clock.lock:
+            if self._scratch is not None:
+                self.task.mm.free(self._scratch)
+                self._scratch = None
+            self.subsystem.exit_task(self.task)
+
+    kill = exit
+
+    # -- ioctl -----------------------------------------------------------------------
+    def ioctl(self, fd: int, cmd: int, arg: int | ArgBuffer | Any = 0) -> int:
+        """``ioctl(2)``. ``arg`` is a user address, or a struct/buffer as with
+        :func:`fcntl.ioctl`: it is copied into user memory, and whatever the
+        kernel copied out is copied back into it (also when the call fails).
+
+        Returns:
+            The ioctl's return value.
+
+        Raises:
+            OSError: an :class:`~accelcore.errors.AccelError` with the errno.
+        """
+        file = self.task.files.get(fd)
+        if isinstance(arg, int):
+            return file.ioctl(self.task, cmd, arg)
+        buf = _as_buffer(arg)
+        n = len(buf)
+        if n == 0:
+            return file.ioctl(self.task, cmd, 0)
+        scratch = self._scratch_of(n)
+        scratch.view[:n] = buf
+        try:
+            return file.ioctl(self.task, cmd, scratch.addr)
+        finally:
+            if not buf.readonly:
+                buf[:n] = scratch.view[:n]
+
+    def _scratch_of(self, size: int) -> UserBuffer:
+        if self._scratch is None or len(self._scratch) < size:
+            with self.subsystem.clock.lock:
+                if self._scratch is not None:
+                    self.task.mm.free(self._scratch)
+                self._scratch = self.task.mm.alloc(max(size, 4096), "ioctl-args")
+        return self._scratch
+
+    # -- memory ----------------------------------------------------------------------
+    def alloc(self, size: int) -> UserBuffer:
+        """Allocate user memory (``malloc``); its ``addr`` can go in ioctl structs."""
+        with self.subsystem.clock.lock:
+            return self.task.mm.alloc(size)
+
+    def free(self, buf: UserBuffer) -> None:
+        """Free memory from :meth:`alloc`."""
+        with self.subsystem.clock.lock:
+            self.task.mm.free(buf)
+
+    def mmap(self, fd: int, length: int, offset: int = 0, *, write: bool = True) -> Mapping:
+        """``mmap(2)`` of ``length`` bytes at ``offset`` of the file."""
+        if length <= 0:
+            raise InvalidArgument(f"mmap length {length} must be positive")
+        with self.subsystem.clock.lock:
+            return self.task.files.get(fd).mmap(self.task, offset, length, write)
+
+    def munmap(self, mapping: Mapping) -> None:
+        """``munmap(2)``."""
+        with self.subsystem.clock.lock:
+            mapping.unmap()
+
+    def memfd_create(self, name: str, size: int) -> int:
+        """``memfd_create(2)`` + ``ftruncate``: a descriptor for new shared memory."""
+        with self.subsystem.clock.lock:
+            return self.task.files.install(MemfdFile(SharedMemory(size, name)), cloexec=True)
+
+    def add_seals(self, fd: int, seals: int) -> None:
+        """``fcntl(fd, F_ADD_SEALS, seals)`` on a memfd."""
+        file = self.task.files.get(fd)
+        if not isinstance(file, MemfdFile):
+            raise InvalidArgument(f"fd {fd} is not a memfd")
+        file.add_seals(seals)
+
+    # -- events ----------------------------------------------------------------------
+    def read(self, fd: int, size: int, *, nonblock: bool = False) -> bytes:
+        """``read(2)``: events from an accel file."""
+        return self.task.files.get(fd).read(self.task, size, nonblock=nonblock)
+
+    def poll(self, fd: int) -> int:
+        """The ready mask of ``fd`` now (``POLLIN``, ``POLLOUT``)."""
+        with self.subsystem.clock.lock:
+            return self.task.files.get(fd).poll()
+
+    def signal(self) -> None:
+        """Deliver a signal: the process's current or next wait is interrupted."""
+        with self.subsystem.clock.lock:
+            self.task.post_signal()
+            self.subsystem.clock.notify()
+
+    def __repr__(self) -> str:
+        return f"<Process pid={self.pid}>"
+
+
+def _as_buffer(arg: Any) -> memoryview:
+    if isinstance(arg, bytearray | memoryview):
+        mv = memoryview(arg)
+    else:
+        try:
+            mv = memoryview(CORE.ffi.buffer(arg))
+        except TypeError as exc:
+            raise InvalidArgument(f"ioctl argument {arg!r} is not an address, a buffer or a "
+                                  "cffi struct") from exc
+    return mv.cast("B") if mv.format != "B" else mv
