@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .dmabuf import DmaBuf
     from .file import AccelFile
     from .gem import BufferObject
+    from .subsystem import Subsystem
     from .sysfs import AttributeGroup
     from .vfs import Mapping
 
@@ -306,6 +307,13 @@ class AccelDriver:
                 f"rules:\n  {lines}")
 
     # -- callbacks (override what the driver needs) ----------------------------
+    def registered(self, subsystem: Subsystem) -> None:
+        """The driver was registered (module init): create driver-wide nodes here,
+        such as KFD's ``/dev/kfd``, with ``subsystem.add_node``."""
+
+    def unregistered(self, subsystem: Subsystem) -> None:
+        """The driver is going away (module exit): remove what :meth:`registered` made."""
+
     def probe(self, dev: AccelDevice) -> None:
         """Set up a newly allocated device (before it is registered).
 

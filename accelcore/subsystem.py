@@ -109,6 +109,11 @@ class Subsystem:
             if DriverFeature.PRIME in driver.features and DriverFeature.GEM not in driver.features:
                 raise InvalidArgument(f"driver {driver.name}: PRIME needs GEM")
             self._drivers[driver.name] = _Registration(driver, ioctls, info)
+            try:
+                driver.registered(self)
+            except BaseException:
+                del self._drivers[driver.name]
+                raise
 
     def unregister_driver(self, driver: AccelDriver) -> None:
         """Remove every device of ``driver``, then forget it."""
@@ -116,7 +121,8 @@ class Subsystem:
             for dev in [d for d in self.devices if d.driver is driver
                         and d.state is DeviceState.REGISTERED]:
                 self.remove_device(dev)
-            self._drivers.pop(driver.name, None)
+            if self._drivers.pop(driver.name, None) is not None:
+                driver.unregistered(self)
 
     @property
     def drivers(self) -> dict[str, AccelDriver]:

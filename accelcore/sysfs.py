@@ -317,16 +317,14 @@ class SysfsTree:
         node.write(name, value, privileged=privileged)
 
     def _split(self, path: str) -> tuple[SysfsNode, str]:
-        head, _, name = path.rstrip("/").rpartition("/")
-        node = self._lookup(head)
-        if node is None:
-            # Attribute inside a group subdirectory: one more level up.
-            head2, _, group = head.rpartition("/")
-            node = self._lookup(head2)
-            name = f"{group}/{name}"
-        if node is None:
-            raise NoEntry(f"no sysfs attribute at {path}")
-        return node, name
+        """The node and attribute name of an attribute path; the attribute may sit
+        in group subdirectories (``…/topology/nodes/0/properties``)."""
+        parts = path.rstrip("/").split("/")
+        for cut in range(len(parts) - 1, 0, -1):
+            node = self._lookup("/".join(parts[:cut]))
+            if node is not None:
+                return node, "/".join(parts[cut:])
+        raise NoEntry(f"no sysfs attribute at {path}")
 
     # -- uevents ----------------------------------------------------------------
     def subscribe(self, listener: UeventListener) -> Callable[[], None]:
