@@ -105,7 +105,8 @@ class Clock:
 
     def notify(self) -> None:
         """Tell waiters that state changed (a fence signalled, a signal posted)."""
-        self.changed.notify_all()
+        with self.lock:
+            self.changed.notify_all()
 
     def _scheduled(self) -> None:
         """Hook: a timer was added."""

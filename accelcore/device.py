@@ -40,7 +40,7 @@ class BusDevice(Protocol):
     """What the core needs of a device's parent on a bus (a PCI function)."""
 
     @property
-    def sysfs(self) -> SysfsNode: ...
+    def sysfs(self) -> SysfsNode | None: ...
 
     @property
     def address(self) -> object: ...
@@ -87,8 +87,15 @@ class AccelDevice:
         status: The :class:`DeviceStatus` INFO reports.
     """
 
-    def __init__(self, subsystem: Subsystem, driver: AccelDriver, parent: BusDevice | None,
-                 minor: int, ioctls: dict[int, IoctlDesc], info: dict[int, InfoDesc]) -> None:
+    def __init__(
+        self,
+        subsystem: Subsystem,
+        driver: AccelDriver,
+        parent: BusDevice | None,
+        minor: int,
+        ioctls: dict[int, IoctlDesc],
+        info: dict[int, InfoDesc],
+    ) -> None:
         self.subsystem = subsystem
         self.driver = driver
         self.parent = parent
@@ -161,7 +168,7 @@ class AccelDevice:
 
     def add_action(self, action: Callable[[], None], name: str | None = None) -> None:
         """Run ``action`` at the final release, before actions added earlier."""
-        self._actions.append((name or getattr(action, "__name__", "action"), action))
+        self._actions.append((name or str(getattr(action, "__name__", "action")), action))
 
     def add_action_or_reset(self, action: Callable[[], None], name: str | None = None) -> None:
         """Like :meth:`add_action`; if adding failed the action would run at once.
@@ -257,8 +264,9 @@ class AccelDevice:
             self.reset_count += 1
             self.status = DeviceStatus.OPERATIONAL
             if self.sysfs is not None:
-                self.subsystem.sysfs.emit("change", self.sysfs,
-                                          {"RESET": "1", "REASON": reason, "STATUS": "OPERATIONAL"})
+                self.subsystem.sysfs.emit(
+                    "change", self.sysfs, {"RESET": "1", "REASON": reason, "STATUS": "OPERATIONAL"}
+                )
 
     # -- mmap offsets (drm_vma_offset_manager) ----------------------------------
     def mmap_offset(self, bo: BufferObject) -> int:

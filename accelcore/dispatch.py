@@ -73,8 +73,9 @@ class IoctlCall:
 
     __slots__ = ("args", "buf", "cmd", "desc", "device", "file", "task")
 
-    def __init__(self, file: AccelFile, task: Task, cmd: int, desc: IoctlDesc,
-                 buf: bytearray) -> None:
+    def __init__(
+        self, file: AccelFile, task: Task, cmd: int, desc: IoctlDesc, buf: bytearray
+    ) -> None:
         self.file = file
         self.device = file.device
         self.task = task
@@ -114,8 +115,13 @@ class IoctlCall:
         self.copy_to_user(addr, uapi.to_bytes(value))
 
     # -- sleeping ----------------------------------------------------------------
-    def wait(self, predicate: Callable[[], bool], timeout_ns: int | None = None, *,
-             deadline: int | None = None) -> bool:
+    def wait(
+        self,
+        predicate: Callable[[], bool],
+        timeout_ns: int | None = None,
+        *,
+        deadline: int | None = None,
+    ) -> bool:
         """An interruptible wait point: sleep until ``predicate()`` holds.
 
         Args:
@@ -206,8 +212,10 @@ def dispatch(file: AccelFile, task: Task, cmd: int, argp: int) -> int:
         if desc is None:
             if (cmd >> 8) & 0xFF != DRM_IOCTL_BASE:
                 raise NotTTY(f"ioctl {cmd:#010x} has type {(cmd >> 8) & 0xFF:#04x}, not 'd'")
-            raise NotTTY(f"{dev.name} ({dev.driver.name}) has no ioctl number "
-                         f"{cmd & 0xFF:#04x} (cmd {cmd:#010x})")
+            raise NotTTY(
+                f"{dev.name} ({dev.driver.name}) has no ioctl number "
+                f"{cmd & 0xFF:#04x} (cmd {cmd:#010x})"
+            )
         user_size = (cmd >> 16) & IOC_SIZEMASK
         in_size = user_size if cmd & desc.cmd & IOC_IN else 0
         out_size = user_size if cmd & desc.cmd & IOC_OUT else 0
@@ -293,7 +301,8 @@ def _get_cap(call: IoctlCall) -> None:
     if cap == CORE.DRM_CAP_PRIME:
         call.args.value = (
             CORE.DRM_PRIME_CAP_IMPORT | CORE.DRM_PRIME_CAP_EXPORT
-            if DriverFeature.PRIME in feats else 0
+            if DriverFeature.PRIME in feats
+            else 0
         )
     elif cap == CORE.DRM_CAP_TIMESTAMP_MONOTONIC:
         call.args.value = 1
@@ -321,8 +330,9 @@ def _prime_handle_to_fd(call: IoctlCall) -> None:
     a = call.args
     valid = CORE.DRM_CLOEXEC | CORE.DRM_RDWR
     if a.flags & ~valid:
-        raise InvalidArgument(f"PRIME_HANDLE_TO_FD flags {a.flags:#o} has unknown bits "
-                              f"{a.flags & ~valid:#o}")
+        raise InvalidArgument(
+            f"PRIME_HANDLE_TO_FD flags {a.flags:#o} has unknown bits {a.flags & ~valid:#o}"
+        )
     file = call.file
     bo = file.handles.lookup(a.handle)
     dmabuf = bo.dma_buf
@@ -354,8 +364,11 @@ def _prime_fd_to_handle(call: IoctlCall) -> None:
         a.handle = file.prime[dmabuf]
         return
     bo = dmabuf.priv
-    if isinstance(dmabuf.ops, GemDmaBufOps) and isinstance(bo, BufferObject) \
-            and bo.device is call.device:
+    if (
+        isinstance(dmabuf.ops, GemDmaBufOps)
+        and isinstance(bo, BufferObject)
+        and bo.device is call.device
+    ):
         existing = file.handles.handle_of(bo)
         handle = existing if existing is not None else file.handles.create(bo)
     else:
@@ -386,17 +399,17 @@ def _info(call: IoctlCall) -> None:
 
 
 def _core_table() -> dict[int, IoctlDesc]:
-    F = IoctlFlags
-    rows: list[tuple[str, F, Callable[[IoctlCall], None]]] = [
-        ("DRM_IOCTL_VERSION", F.CONTROL_ALLOW | F.RESET_OK, _version),
-        ("DRM_IOCTL_GEM_CLOSE", F.RESET_OK, _gem_close),
-        ("DRM_IOCTL_GET_CAP", F.CONTROL_ALLOW | F.RESET_OK, _get_cap),
-        ("DRM_IOCTL_SET_MASTER", F.NONE, _set_master),
-        ("DRM_IOCTL_DROP_MASTER", F.RESET_OK, _drop_master),
-        ("DRM_IOCTL_PRIME_HANDLE_TO_FD", F.OWNER, _prime_handle_to_fd),
-        ("DRM_IOCTL_PRIME_FD_TO_HANDLE", F.OWNER, _prime_fd_to_handle),
-        ("DRM_IOCTL_SET_CLIENT_NAME", F.CONTROL_ALLOW | F.RESET_OK, _set_client_name),
-        ("ACCEL_IOCTL_INFO", F.CONTROL_ALLOW | F.RESET_OK | F.UNPLUGGED_OK, _info),
+    f = IoctlFlags
+    rows: list[tuple[str, IoctlFlags, Callable[[IoctlCall], None]]] = [
+        ("DRM_IOCTL_VERSION", f.CONTROL_ALLOW | f.RESET_OK, _version),
+        ("DRM_IOCTL_GEM_CLOSE", f.RESET_OK, _gem_close),
+        ("DRM_IOCTL_GET_CAP", f.CONTROL_ALLOW | f.RESET_OK, _get_cap),
+        ("DRM_IOCTL_SET_MASTER", f.NONE, _set_master),
+        ("DRM_IOCTL_DROP_MASTER", f.RESET_OK, _drop_master),
+        ("DRM_IOCTL_PRIME_HANDLE_TO_FD", f.OWNER, _prime_handle_to_fd),
+        ("DRM_IOCTL_PRIME_FD_TO_HANDLE", f.OWNER, _prime_fd_to_handle),
+        ("DRM_IOCTL_SET_CLIENT_NAME", f.CONTROL_ALLOW | f.RESET_OK, _set_client_name),
+        ("ACCEL_IOCTL_INFO", f.CONTROL_ALLOW | f.RESET_OK | f.UNPLUGGED_OK, _info),
     ]
     table = {}
     for name, flags, func in rows:

@@ -165,24 +165,30 @@ class DmaBufRegistry:
         """One record per buffer: size, flags, count, exporter, name, fences, attachments."""
         out = []
         for b in sorted(self.live.values(), key=lambda b: b.inode):
-            out.append({
-                "size": b.size,
-                "flags": b.flags,
-                "count": b.refcount,
-                "exp_name": b.ops.name,
-                "exporter": b.exporter,
-                "ino": b.inode,
-                "name": b.name or "<none>",
-                "revoked": b.revoked,
-                "pins": list(b.pins),
-                "fences": [
-                    {"usage": u.name.lower(), "driver": f.context.driver,
-                     "timeline": f.context.timeline, "seqno": f.seqno,
-                     "signalled": f.signalled}
-                    for f, u in b.resv.describe()
-                ],
-                "attachments": [a.importer for a in b.attachments],
-            })
+            out.append(
+                {
+                    "size": b.size,
+                    "flags": b.flags,
+                    "count": b.refcount,
+                    "exp_name": b.ops.name,
+                    "exporter": b.exporter,
+                    "ino": b.inode,
+                    "name": b.name or "<none>",
+                    "revoked": b.revoked,
+                    "pins": list(b.pins),
+                    "fences": [
+                        {
+                            "usage": u.name.lower(),
+                            "driver": f.context.driver,
+                            "timeline": f.context.timeline,
+                            "seqno": f.seqno,
+                            "signalled": f.signalled,
+                        }
+                        for f, u in b.resv.describe()
+                    ],
+                    "attachments": [a.importer for a in b.attachments],
+                }
+            )
         return out
 
 
@@ -219,11 +225,13 @@ class DmaBuf(OpenFile):
     ) -> None:
         if size <= 0 or size % PAGE_SIZE or offset % PAGE_SIZE:
             raise InvalidArgument(
-                f"dma-buf offset {offset:#x} and size {size:#x} must be page-aligned and size > 0")
+                f"dma-buf offset {offset:#x} and size {size:#x} must be page-aligned and size > 0"
+            )
         if offset + size > memory.size:
             raise InvalidArgument(
                 f"dma-buf [{offset:#x}, {offset + size:#x}) is outside its memory of "
-                f"{memory.size:#x} bytes")
+                f"{memory.size:#x} bytes"
+            )
         super().__init__(flags=flags)
         self.ops = ops
         self.memory = memory
@@ -269,8 +277,9 @@ class DmaBuf(OpenFile):
             AccelError: the exporter refused (the importer cannot reach the memory).
         """
         self._check_usable()
-        att = Attachment(self, importer, ops,
-                         peer2peer=ops.allow_peer2peer if ops is not None else False)
+        att = Attachment(
+            self, importer, ops, peer2peer=ops.allow_peer2peer if ops is not None else False
+        )
         self.ops.attach(self, att)
         self.attachments.append(att)
         self.get()
@@ -338,7 +347,8 @@ class DmaBuf(OpenFile):
         if length <= 0 or offset < 0 or offset % PAGE_SIZE or offset + length > self.size:
             raise InvalidArgument(
                 f"mmap of [{offset:#x}, {offset + length:#x}) is outside dma-buf of "
-                f"{self.size:#x} bytes (or offset not page-aligned)")
+                f"{self.size:#x} bytes (or offset not page-aligned)"
+            )
         m = Mapping(self, self.ops.mmap(self, offset, length), offset, writable)
         self.cpu_mappings.append(m)
         m.on_unmap(self.cpu_mappings.remove)
@@ -384,11 +394,14 @@ class DmaBuf(OpenFile):
             self.name = raw.decode("utf-8", "replace")
             return 0
         if cmd == CORE.DMA_BUF_IOCTL_EXPORT_SYNC_FILE:
-            args = CORE.from_bytes("struct dma_buf_export_sync_file",
-                                   task.mm.copy_from_user(argp, 8))
+            args = CORE.from_bytes(
+                "struct dma_buf_export_sync_file", task.mm.copy_from_user(argp, 8)
+            )
             if not args.flags or args.flags & ~CORE.DMA_BUF_SYNC_RW:
-                raise InvalidArgument(f"EXPORT_SYNC_FILE flags {args.flags:#x} are not a "
-                                      "non-empty subset of DMA_BUF_SYNC_RW")
+                raise InvalidArgument(
+                    f"EXPORT_SYNC_FILE flags {args.flags:#x} are not a "
+                    "non-empty subset of DMA_BUF_SYNC_RW"
+                )
             usage = Usage.BOOKKEEP if args.flags & CORE.DMA_BUF_SYNC_WRITE else Usage.WRITE
             fences = self.resv.fences(usage)
             fence = fences[-1] if fences else self._stub()
@@ -396,11 +409,14 @@ class DmaBuf(OpenFile):
             task.mm.copy_to_user(argp, CORE.to_bytes(args))
             return 0
         if cmd == CORE.DMA_BUF_IOCTL_IMPORT_SYNC_FILE:
-            args = CORE.from_bytes("struct dma_buf_import_sync_file",
-                                   task.mm.copy_from_user(argp, 8))
+            args = CORE.from_bytes(
+                "struct dma_buf_import_sync_file", task.mm.copy_from_user(argp, 8)
+            )
             if not args.flags or args.flags & ~CORE.DMA_BUF_SYNC_RW:
-                raise InvalidArgument(f"IMPORT_SYNC_FILE flags {args.flags:#x} are not a "
-                                      "non-empty subset of DMA_BUF_SYNC_RW")
+                raise InvalidArgument(
+                    f"IMPORT_SYNC_FILE flags {args.flags:#x} are not a "
+                    "non-empty subset of DMA_BUF_SYNC_RW"
+                )
             sync = task.files.get(args.fd)
             if not isinstance(sync, SyncFile):
                 raise InvalidArgument(f"fd {args.fd} is not a sync file")
@@ -417,15 +433,18 @@ class DmaBuf(OpenFile):
 
     def fdinfo(self) -> dict[str, str]:
         info = super().fdinfo()
-        info.update({"size": str(self.size), "count": str(self.refcount),
-                     "exp_name": self.ops.name})
+        info.update(
+            {"size": str(self.size), "count": str(self.refcount), "exp_name": self.ops.name}
+        )
         if self.name:
             info["name"] = self.name
         return info
 
     def __repr__(self) -> str:
-        return (f"<DmaBuf ino={self.inode} size={self.size:#x} exporter={self.exporter} "
-                f"refs={self.refcount}>")
+        return (
+            f"<DmaBuf ino={self.inode} size={self.size:#x} exporter={self.exporter} "
+            f"refs={self.refcount}>"
+        )
 
 
 def require_dmabuf(file: OpenFile, fd: int) -> DmaBuf:

@@ -165,7 +165,7 @@ class _IoctlMark:
 
 @dataclass(frozen=True, slots=True)
 class _InfoMark:
-    op: int
+    op: int | str
     answer_type: str | None
     unplugged_ok: bool
 
@@ -173,8 +173,13 @@ class _InfoMark:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def ioctl(name: str, flags: IoctlFlags = IoctlFlags.NONE, *, waits: bool = False,
-          multi_device: bool = False) -> Callable[[F], F]:
+def ioctl(
+    name: str,
+    flags: IoctlFlags = IoctlFlags.NONE,
+    *,
+    waits: bool = False,
+    multi_device: bool = False,
+) -> Callable[[F], F]:
     """Mark a driver method as the handler of the ioctl ``name`` of its header.
 
     Args:
@@ -191,8 +196,9 @@ def ioctl(name: str, flags: IoctlFlags = IoctlFlags.NONE, *, waits: bool = False
     return mark
 
 
-def info_query(op: int | str, answer_type: str | None = None, *,
-               unplugged_ok: bool = False) -> Callable[[F], F]:
+def info_query(
+    op: int | str, answer_type: str | None = None, *, unplugged_ok: bool = False
+) -> Callable[[F], F]:
     """Mark a driver method as the answer to the driver INFO query ``op``.
 
     The method is called as ``method(call, device)`` and returns the answer's
@@ -204,7 +210,7 @@ def info_query(op: int | str, answer_type: str | None = None, *,
         fn.__accel_info__ = _InfoMark(op, answer_type, unplugged_ok)  # type: ignore[attr-defined]
         return fn
 
-    return mark  # type: ignore[return-value]
+    return mark
 
 
 class AccelDriver:
@@ -251,21 +257,32 @@ class AccelDriver:
             if self.uapi is None or mark.name not in self.uapi.ioctls:
                 raise InvalidArgument(
                     f"driver {self.name}: ioctl {mark.name} (method {attr}) is not defined "
-                    f"in its uAPI header")
+                    f"in its uAPI header"
+                )
             d = self.uapi.ioctls[mark.name]
             if d.type != DRM_IOCTL_BASE:
                 raise InvalidArgument(
-                    f"driver {self.name}: ioctl {mark.name} has type {d.type:#x}, not 'd'")
+                    f"driver {self.name}: ioctl {mark.name} has type {d.type:#x}, not 'd'"
+                )
             if not DRM_COMMAND_BASE <= d.nr < DRM_COMMAND_END:
                 raise InvalidArgument(
                     f"driver {self.name}: ioctl {mark.name} number {d.nr:#x} is outside the "
-                    f"driver range {DRM_COMMAND_BASE:#x}..{DRM_COMMAND_END - 1:#x}")
+                    f"driver range {DRM_COMMAND_BASE:#x}..{DRM_COMMAND_END - 1:#x}"
+                )
             if d.nr in table:
                 raise InvalidArgument(
                     f"driver {self.name}: ioctls {table[d.nr].name} and {mark.name} share "
-                    f"number {d.nr:#x}")
-            table[d.nr] = IoctlDesc(d.cmd, mark.name, mark.flags, getattr(self, attr),
-                                    d.arg_type, mark.waits, mark.multi_device)
+                    f"number {d.nr:#x}"
+                )
+            table[d.nr] = IoctlDesc(
+                d.cmd,
+                mark.name,
+                mark.flags,
+                getattr(self, attr),
+                d.arg_type,
+                mark.waits,
+                mark.multi_device,
+            )
         return table
 
     def info_table(self) -> dict[int, InfoDesc]:
@@ -284,11 +301,11 @@ class AccelDriver:
             if op < CORE.ACCEL_INFO_DRIVER_BASE:
                 raise InvalidArgument(
                     f"driver {self.name}: INFO op {op:#x} ({attr}) is below the driver range "
-                    f"{CORE.ACCEL_INFO_DRIVER_BASE:#x}")
+                    f"{CORE.ACCEL_INFO_DRIVER_BASE:#x}"
+                )
             if op in table:
                 raise InvalidArgument(f"driver {self.name}: two INFO queries use op {op:#x}")
-            table[op] = InfoDesc(op, attr, getattr(self, attr), mark.answer_type,
-                                 mark.unplugged_ok)
+            table[op] = InfoDesc(op, attr, getattr(self, attr), mark.answer_type, mark.unplugged_ok)
         return table
 
     def check_uapi(self) -> None:
@@ -304,7 +321,8 @@ class AccelDriver:
             lines = "\n  ".join(str(p) for p in problems)
             raise InvalidArgument(
                 f"driver {self.name}: uAPI header {self.uapi.path.name} breaks the ioctl "
-                f"rules:\n  {lines}")
+                f"rules:\n  {lines}"
+            )
 
     # -- callbacks (override what the driver needs) ----------------------------
     def registered(self, subsystem: Subsystem) -> None:
@@ -367,9 +385,15 @@ class AccelDriver:
         att = dmabuf.attach(file.device.name)
         try:
             mapping = dmabuf.map_attachment(att)
-            bo = BufferObject(file.device, dmabuf.size, memory=dmabuf.memory,
-                              offset=dmabuf.offset, region="imported",
-                              name=f"import:{dmabuf.exporter}", import_attach=att)
+            bo = BufferObject(
+                file.device,
+                dmabuf.size,
+                memory=dmabuf.memory,
+                offset=dmabuf.offset,
+                region="imported",
+                name=f"import:{dmabuf.exporter}",
+                import_attach=att,
+            )
         except BaseException:
             dmabuf.detach(att)
             raise
@@ -381,8 +405,15 @@ class AccelDriver:
         from .dmabuf import DmaBuf
         from .gem import GemDmaBufOps
 
-        dmabuf = DmaBuf(GemDmaBufOps(self.name), bo.memory, bo.offset, bo.size,
-                        exporter=file.device.name, registry=file.device.subsystem.dmabufs,
-                        priv=bo, flags=flags)
+        dmabuf = DmaBuf(
+            GemDmaBufOps(self.name),
+            bo.memory,
+            bo.offset,
+            bo.size,
+            exporter=file.device.name,
+            registry=file.device.subsystem.dmabufs,
+            priv=bo,
+            flags=flags,
+        )
         bo.get()  # the dma-buf's reference, dropped by GemDmaBufOps.release
         return dmabuf

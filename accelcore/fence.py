@@ -175,7 +175,8 @@ class ReservationObject:
     def add_fence(self, fence: Fence, usage: Usage) -> None:
         """Attach ``fence``; a later fence of the same timeline replaces an earlier one."""
         self._fences = [
-            (f, u) for f, u in self._fences
+            (f, u)
+            for f, u in self._fences
             if not (f.context is fence.context and u == usage and fence.seqno >= f.seqno)
         ]
         self._fences.append((fence, usage))

@@ -131,8 +131,9 @@ class AccelFile(OpenFile):
                 task.enter_wait()
                 from .clock import WaitResult
 
-                res = clock.wait_until(lambda: bool(self._events), None,
-                                       lambda: task.signal_pending)
+                res = clock.wait_until(
+                    lambda: bool(self._events), None, lambda: task.signal_pending
+                )
                 if res is WaitResult.INTERRUPTED:
                     raise RestartSyscall("read of events interrupted")
             out = b""
@@ -142,7 +143,8 @@ class AccelFile(OpenFile):
                 out += ev
             if not out:
                 raise InvalidArgument(
-                    f"read size {size} is smaller than the next event ({len(self._events[0])})")
+                    f"read size {size} is smaller than the next event ({len(self._events[0])})"
+                )
             return out
 
     def poll(self) -> int:
@@ -205,8 +207,10 @@ class AccelFile(OpenFile):
             BadFd: ``task`` did not open this file.
         """
         if task.pid != self.pid:
-            raise BadFd(f"file of client {self.client_id} was opened by pid {self.pid}, "
-                        f"not by pid {task.pid}")
+            raise BadFd(
+                f"file of client {self.client_id} was opened by pid {self.pid}, "
+                f"not by pid {task.pid}"
+            )
 
     def __repr__(self) -> str:
         role = " owner" if self.is_owner else ""

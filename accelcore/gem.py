@@ -62,7 +62,8 @@ class BufferObject:
             if self._owns_memory:
                 self.memory.close()
             raise InvalidArgument(
-                f"buffer [{offset:#x}, {offset + self.size:#x}) is outside its memory")
+                f"buffer [{offset:#x}, {offset + self.size:#x}) is outside its memory"
+            )
         self.offset = offset
         self.device = device
         self.region = region
@@ -83,8 +84,10 @@ class BufferObject:
         if length is None:
             length = self.size - offset
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise InvalidArgument(f"range [{offset:#x}, {offset + length:#x}) is outside "
-                                  f"buffer of {self.size:#x} bytes")
+            raise InvalidArgument(
+                f"range [{offset:#x}, {offset + length:#x}) is outside "
+                f"buffer of {self.size:#x} bytes"
+            )
         return self.memory.view(self.offset + offset, length)
 
     def get(self) -> BufferObject:

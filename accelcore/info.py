@@ -135,19 +135,26 @@ def _engines(dev: AccelDevice) -> list[Any]:
 
 #: The core queries by op.
 CORE_QUERIES: dict[int, CoreQuery] = {
-    q.op: q for q in (
-        CoreQuery(CORE.ACCEL_INFO_DEVICE, "device", "struct accel_info_device", _device,
-                  unplugged_ok=True),
-        CoreQuery(CORE.ACCEL_INFO_STATUS, "status", "struct accel_info_status", _status,
-                  unplugged_ok=True),
-        CoreQuery(CORE.ACCEL_INFO_OWNERSHIP, "ownership", "struct accel_info_ownership",
-                  _ownership),
-        CoreQuery(CORE.ACCEL_INFO_CLIENTS, "clients", "struct accel_info_client", _clients,
-                  array=True),
-        CoreQuery(CORE.ACCEL_INFO_MEMORY, "memory", "struct accel_info_memory_region", _memory,
-                  array=True),
-        CoreQuery(CORE.ACCEL_INFO_ENGINES, "engines", "struct accel_info_engine", _engines,
-                  array=True),
+    q.op: q
+    for q in (
+        CoreQuery(
+            CORE.ACCEL_INFO_DEVICE, "device", "struct accel_info_device", _device, unplugged_ok=True
+        ),
+        CoreQuery(
+            CORE.ACCEL_INFO_STATUS, "status", "struct accel_info_status", _status, unplugged_ok=True
+        ),
+        CoreQuery(
+            CORE.ACCEL_INFO_OWNERSHIP, "ownership", "struct accel_info_ownership", _ownership
+        ),
+        CoreQuery(
+            CORE.ACCEL_INFO_CLIENTS, "clients", "struct accel_info_client", _clients, array=True
+        ),
+        CoreQuery(
+            CORE.ACCEL_INFO_MEMORY, "memory", "struct accel_info_memory_region", _memory, array=True
+        ),
+        CoreQuery(
+            CORE.ACCEL_INFO_ENGINES, "engines", "struct accel_info_engine", _engines, array=True
+        ),
     )
 }
 
@@ -176,8 +183,11 @@ def info_ioctl(call: IoctlCall) -> None:
         if dev.unplugged and not desc.unplugged_ok:
             raise NoDevice(f"{dev.name} was unplugged")
         answer = desc.func(call, dev)
-        data = answer if isinstance(answer, bytes | bytearray) else \
-            (dev.driver.uapi or CORE).to_bytes(answer)
+        data = (
+            answer
+            if isinstance(answer, bytes | bytearray)
+            else (dev.driver.uapi or CORE).to_bytes(answer)
+        )
     else:
         q = CORE_QUERIES.get(op)
         if q is None:
@@ -187,7 +197,7 @@ def info_ioctl(call: IoctlCall) -> None:
         items = q.answer(dev)
         if q.array:
             elem_size = CORE.sizeof(q.answer_type)
-            items = items[a.index:]
+            items = items[a.index :]
         elif a.index:
             raise InvalidArgument(f"accel_info.index is {a.index} for a non-array query")
         data = b"".join(CORE.to_bytes(i) for i in items)

@@ -37,7 +37,7 @@ from .pci import PciBus, PciDeviceId, PciFunction
 from .subsystem import Subsystem
 from .sysfs import SysfsTree
 
-__all__ = ["DEFAULT_MACHINE", "AccelPciDriver", "Machine", "load_driver", "installed_drivers"]
+__all__ = ["DEFAULT_MACHINE", "AccelPciDriver", "Machine", "installed_drivers", "load_driver"]
 
 #: The demo's machine: two habanalabs-like and two KFD-like devices.
 DEFAULT_MACHINE: dict[str, Any] = {
@@ -138,8 +138,9 @@ class Machine:
         drivers: Driver instances or names to register now.
     """
 
-    def __init__(self, clock: Clock | None = None,
-                 drivers: Iterable[AccelDriver | str] = ()) -> None:
+    def __init__(
+        self, clock: Clock | None = None, drivers: Iterable[AccelDriver | str] = ()
+    ) -> None:
         self.clock = clock if clock is not None else VirtualClock()
         self.sysfs = SysfsTree()
         self.bus = PciBus(self.clock, self.sysfs)
@@ -178,8 +179,9 @@ class Machine:
         raise NoEntry(f"no accel device on PCI function {address}")
 
     @classmethod
-    def from_description(cls, description: Mapping[str, Any],
-                         clock: Clock | None = None) -> Machine:
+    def from_description(
+        cls, description: Mapping[str, Any], clock: Clock | None = None
+    ) -> Machine:
         """Build a machine from a description (see the module docstring).
 
         Raises:

@@ -10,6 +10,7 @@ the server passes the fd, the client maps the same pages. A memfd is sparse, so 
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import threading
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from .errors import BadAddress, InvalidArgument, NoMemory
 
-__all__ = ["LIVE", "PAGE_SIZE", "LiveCounter", "SharedMemory", "page_align", "is_page_aligned"]
+__all__ = ["LIVE", "PAGE_SIZE", "LiveCounter", "SharedMemory", "is_page_aligned", "page_align"]
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -146,10 +147,9 @@ class SharedMemory:
         self._closed = True
         LIVE.add(self.size, -1)
         self._view.release()
-        try:
+        # A caller may still hold a view; then the mapping goes with the last one.
+        with contextlib.suppress(BufferError):
             self._map.close()
-        except BufferError:
-            pass  # a caller still holds a view; the mapping goes with it
         os.close(self.fd)
 
     def __enter__(self) -> SharedMemory:

@@ -61,11 +61,15 @@ class Ownership:
     def describe(self) -> str:
         """One line for error messages and listings."""
         if self.owner is not None:
-            return (f"owned by client {self.owner.client_id} (pid {self.owner.pid}) on "
-                    f"{self.device.name}")
+            return (
+                f"owned by client {self.owner.client_id} (pid {self.owner.pid}) on "
+                f"{self.device.name}"
+            )
         if self.pins:
-            return (f"pinned by {len(self.pins)} dma-buf(s) exported by a previous owner "
-                    f"(inodes {sorted(b.inode for b in self.pins)})")
+            return (
+                f"pinned by {len(self.pins)} dma-buf(s) exported by a previous owner "
+                f"(inodes {sorted(b.inode for b in self.pins)})"
+            )
         return "free"
 
     # -- acquiring ---------------------------------------------------------------
@@ -77,8 +81,9 @@ class Ownership:
             InvalidArgument: the policy has no owner (per-process contexts).
         """
         if not self.single_owner:
-            raise InvalidArgument(f"{self.device.name} uses per-process contexts; "
-                                  "there is no device owner")
+            raise InvalidArgument(
+                f"{self.device.name} uses per-process contexts; there is no device owner"
+            )
         if self.owner is file:
             return
         if self.owner is not None or self.pins:
@@ -161,8 +166,7 @@ class Ownership:
         if buf in self.pins:
             self.pins.discard(buf)
             if not self.pins and self.owner is None and self.device.sysfs is not None:
-                self.device.subsystem.sysfs.emit("change", self.device.sysfs,
-                                                 {"OWNERSHIP": "FREE"})
+                self.device.subsystem.sysfs.emit("change", self.device.sysfs, {"OWNERSHIP": "FREE"})
 
     @property
     def pinned_bytes(self) -> int:

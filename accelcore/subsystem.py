@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+
 from .clock import Clock, VirtualClock
 from .device import ACCEL_MAJOR, AccelDevice, BusDevice, DeviceState, DeviceStatus, Oops
 from .dispatch import CORE_IOCTLS
@@ -88,8 +89,17 @@ class Subsystem:
         self.dmabufs = DmaBufRegistry(FenceContext(self.clock, "accelcore", "stub"))
         self._drivers: dict[str, _Registration] = {}
         self._pids = itertools.count(1000)
-        self.add_node(DevNode("/dev/udmabuf", 0o666, 0, 0,
-                              lambda task, flags: UdmabufFile(self.dmabufs), (10, 125), "misc"))
+        self.add_node(
+            DevNode(
+                "/dev/udmabuf",
+                0o666,
+                0,
+                0,
+                lambda task, flags: UdmabufFile(self.dmabufs),
+                (10, 125),
+                "misc",
+            )
+        )
 
     # -- drivers -----------------------------------------------------------------
     def register_driver(self, driver: AccelDriver) -> None:
@@ -118,8 +128,9 @@ class Subsystem:
     def unregister_driver(self, driver: AccelDriver) -> None:
         """Remove every device of ``driver``, then forget it."""
         with self.clock.lock:
-            for dev in [d for d in self.devices if d.driver is driver
-                        and d.state is DeviceState.REGISTERED]:
+            for dev in [
+                d for d in self.devices if d.driver is driver and d.state is DeviceState.REGISTERED
+            ]:
                 self.remove_device(dev)
             if self._drivers.pop(driver.name, None) is not None:
                 driver.unregistered(self)
@@ -159,8 +170,9 @@ class Subsystem:
                     self._unregister(dev)
                 err: BaseException = exc
                 if not isinstance(exc, AccelError) and isinstance(exc, Exception):
-                    err = DeviceIOError(f"probe of {driver.name} oopsed: "
-                                        f"{dev.record_oops('probe', exc).exception}")
+                    err = DeviceIOError(
+                        f"probe of {driver.name} oopsed: {dev.record_oops('probe', exc).exception}"
+                    )
                 dev.put()
                 raise err from exc
             return dev
@@ -168,28 +180,54 @@ class Subsystem:
     def _register(self, dev: AccelDevice) -> None:
         drv = dev.driver
         parent_node = dev.parent.sysfs if dev.parent is not None else None
-        node = SysfsNode(dev.name, parent=parent_node, subsystem="accel", kind="class",
-                         devnum=(ACCEL_MAJOR, dev.minor), devname=f"accel/{dev.name}",
-                         devtype="accel_minor",
-                         subdir="accel" if parent_node is not None else "virtual/accel")
+        node = SysfsNode(
+            dev.name,
+            parent=parent_node,
+            subsystem="accel",
+            kind="class",
+            devnum=(ACCEL_MAJOR, dev.minor),
+            devname=f"accel/{dev.name}",
+            devtype="accel_minor",
+            subdir="accel" if parent_node is not None else "virtual/accel",
+        )
         for group in drv.attribute_groups(dev):
             node.add_group(group)
         dev.sysfs = node
         self.sysfs.add(node)
-        self.add_node(DevNode(dev.node_path, drv.node_mode, 0, drv.node_gid,
-                              lambda task, flags: self._open_accel(dev, task, flags, False),
-                              (ACCEL_MAJOR, dev.minor)))
+        self.add_node(
+            DevNode(
+                dev.node_path,
+                drv.node_mode,
+                0,
+                drv.node_gid,
+                lambda task, flags: self._open_accel(dev, task, flags, False),
+                (ACCEL_MAJOR, dev.minor),
+            )
+        )
         if dev.control_path is not None:
-            ctl = SysfsNode(f"accel_controlD{dev.minor}", parent=parent_node, subsystem="accel",
-                            kind="class", devname=f"accel/accel_controlD{dev.minor}",
-                            devtype="accel_control",
-                            subdir="accel" if parent_node is not None else "virtual/accel")
+            ctl = SysfsNode(
+                f"accel_controlD{dev.minor}",
+                parent=parent_node,
+                subsystem="accel",
+                kind="class",
+                devname=f"accel/accel_controlD{dev.minor}",
+                devtype="accel_control",
+                subdir="accel" if parent_node is not None else "virtual/accel",
+            )
             ctl.add_attribute(Attribute.ro("compute_node", lambda: dev.name))
             dev.control_sysfs = ctl
             self.sysfs.add(ctl)
-            self.add_node(DevNode(dev.control_path, 0o666, 0, 0,
-                                  lambda task, flags: self._open_accel(dev, task, flags, True),
-                                  None, "control"))
+            self.add_node(
+                DevNode(
+                    dev.control_path,
+                    0o666,
+                    0,
+                    0,
+                    lambda task, flags: self._open_accel(dev, task, flags, True),
+                    None,
+                    "control",
+                )
+            )
         self.minors.publish(dev.minor, dev)
         dev.state = DeviceState.REGISTERED
 
@@ -239,14 +277,19 @@ class Subsystem:
         """
         for dev in self.devices:
             if dev.state is DeviceState.REGISTERED and which in (
-                    dev.minor, dev.name, dev.node_path, dev.bus_id):
+                dev.minor,
+                dev.name,
+                dev.node_path,
+                dev.bus_id,
+            ):
                 return dev
         raise NoEntry(f"no accel device {which!r}")
 
     def registered_devices(self) -> list[AccelDevice]:
         """Registered devices by minor."""
-        return sorted((d for d in self.devices if d.state is DeviceState.REGISTERED),
-                      key=lambda d: d.minor)
+        return sorted(
+            (d for d in self.devices if d.state is DeviceState.REGISTERED), key=lambda d: d.minor
+        )
 
     # -- nodes and opening -----------------------------------------------------------
     def add_node(self, node: DevNode) -> None:
@@ -279,7 +322,8 @@ class Subsystem:
             if not node.permits(task.creds, flags):
                 raise PermissionDenied(
                     f"{path} (mode {stat.filemode(stat.S_IFCHR | node.mode)}, uid {node.uid}, "
-                    f"gid {node.gid}) refuses uid {task.creds.uid} gid {task.creds.gid}")
+                    f"gid {node.gid}) refuses uid {task.creds.uid} gid {task.creds.gid}"
+                )
             if flags & os.O_EXCL:
                 raise Busy(f"{path}: no exclusive opens (O_EXCL)")
             return node.opener(task, flags)
@@ -304,13 +348,24 @@ class Subsystem:
             return file
 
     # -- tasks ---------------------------------------------------------------------
-    def new_task(self, *, uid: int = 0, gid: int = 0, comm: str = "python",
-                 pid: int | None = None, groups: tuple[int, ...] = (),
-                 restart_syscalls: bool = False) -> Task:
+    def new_task(
+        self,
+        *,
+        uid: int = 0,
+        gid: int = 0,
+        comm: str = "python",
+        pid: int | None = None,
+        groups: tuple[int, ...] = (),
+        restart_syscalls: bool = False,
+    ) -> Task:
         """A task for an in-process program (``fork``+``exec`` of a new process)."""
         with self.clock.lock:
-            task = Task(pid if pid is not None else next(self._pids), comm,
-                        Credentials(uid, gid, groups), restart_syscalls)
+            task = Task(
+                pid if pid is not None else next(self._pids),
+                comm,
+                Credentials(uid, gid, groups),
+                restart_syscalls,
+            )
             self.tasks[task.pid] = task
             return task
 
@@ -343,13 +398,18 @@ class Subsystem:
 
     def holders(self, file: OpenFile) -> list[tuple[int, int]]:
         """``(pid, fd)`` of every descriptor on ``file`` in the known tasks."""
-        return [(pid, fd) for pid, t in self.tasks.items()
-                for fd, f in t.files.fds().items() if f is file]
+        return [
+            (pid, fd)
+            for pid, t in self.tasks.items()
+            for fd, f in t.files.fds().items()
+            if f is file
+        ]
 
     def core_ioctls(self) -> dict[int, IoctlDesc]:
         """The core ioctl table (read-only use)."""
         return dict(CORE_IOCTLS)
 
     def __repr__(self) -> str:
-        return f"<Subsystem {len(self.registered_devices())} devices, drivers {list(self._drivers)}>"
-
+        return (
+            f"<Subsystem {len(self.registered_devices())} devices, drivers {list(self._drivers)}>"
+        )

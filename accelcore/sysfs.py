@@ -294,14 +294,20 @@ class SysfsTree:
         parts = path.strip("/").split("/")
         if len(parts) == 3 and parts[0] == "class":
             return next(
-                (n for n in self._nodes.values()
-                 if n.kind == "class" and n.subsystem == parts[1] and n.name == parts[2]),
+                (
+                    n
+                    for n in self._nodes.values()
+                    if n.kind == "class" and n.subsystem == parts[1] and n.name == parts[2]
+                ),
                 None,
             )
         if len(parts) == 4 and parts[0] == "bus" and parts[2] == "devices":
             return next(
-                (n for n in self._nodes.values()
-                 if n.kind == "bus" and n.subsystem == parts[1] and n.name == parts[3]),
+                (
+                    n
+                    for n in self._nodes.values()
+                    if n.kind == "bus" and n.subsystem == parts[1] and n.name == parts[3]
+                ),
                 None,
             )
         return None

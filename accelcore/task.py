@@ -81,10 +81,17 @@ class AddressSpace:
     def __init__(self, base: int = 0x7F00_0000_0000) -> None:
         self._starts: list[int] = []
         self._vmas: list[Vma] = []
+        self._owned: dict[int, SharedMemory] = {}
         self._next = base
 
-    def map(self, view: memoryview | bytearray, *, addr: int | None = None,
-            writable: bool = True, name: str = "anon") -> int:
+    def map(
+        self,
+        view: memoryview | bytearray,
+        *,
+        addr: int | None = None,
+        writable: bool = True,
+        name: str = "anon",
+    ) -> int:
         """Make ``view`` visible at ``addr`` (or the next free page-aligned address).
 
         Raises:
@@ -125,14 +132,23 @@ class AddressSpace:
         """Allocate ``size`` bytes of zeroed, shared user memory and map it."""
         mem = SharedMemory(size, name)
         addr = self.map(mem.view(), name=name)
+        self._owned[addr] = mem
         return UserBuffer(addr, mem.view(), mem)
 
     def free(self, buf: UserBuffer) -> None:
         """Unmap and free a buffer from :meth:`alloc`."""
         self.unmap(buf.addr)
-        if buf.memory is not None:
-            buf.view.release()
-            buf.memory.close()
+        mem = self._owned.pop(buf.addr, None)
+        if mem is not None:
+            mem.close()
+
+    def clear(self) -> None:
+        """Unmap everything and free what :meth:`alloc` made (``exit_mmap``)."""
+        self._starts.clear()
+        self._vmas.clear()
+        for mem in self._owned.values():
+            mem.close()
+        self._owned.clear()
 
     def _find(self, addr: int, length: int, write: bool) -> tuple[Vma, int]:
         i = bisect.bisect_right(self._starts, addr) - 1
@@ -142,8 +158,8 @@ class AddressSpace:
         if addr + length > vma.end:
             raise BadAddress(
                 f"user range [{addr:#x}, {addr + length:#x}) is not mapped"
-                if addr >= vma.end else
-                f"user range [{addr:#x}, {addr + length:#x}) runs past the end of its "
+                if addr >= vma.end
+                else f"user range [{addr:#x}, {addr + length:#x}) runs past the end of its "
                 f"mapping at {vma.end:#x}"
             )
         if write and not vma.writable:
@@ -305,14 +321,16 @@ class Task:
     # -- process lifetime ------------------------------------------------------
     def fork(self, pid: int) -> Task:
         """A child sharing every open file description (not the address space)."""
-        return Task(pid, self.comm, self.creds, self.restart_syscalls, AddressSpace(),
-                    self.files.copy())
+        return Task(
+            pid, self.comm, self.creds, self.restart_syscalls, AddressSpace(), self.files.copy()
+        )
 
     def exit(self) -> None:
         """Process exit: close every descriptor. Idempotent."""
         if not self.exited:
             self.exited = True
             self.files.close_all()
+            self.mm.clear()
 
     @property
     def tgid(self) -> int:

@@ -56,8 +56,10 @@ class MemfdFile(OpenFile):
 
     def mmap(self, task: Task, offset: int, length: int, writable: bool) -> Mapping:
         if length <= 0 or offset < 0 or offset + length > self.memory.size:
-            raise InvalidArgument(f"mmap of [{offset:#x}, {offset + length:#x}) is outside "
-                                  f"memfd of {self.memory.size:#x} bytes")
+            raise InvalidArgument(
+                f"mmap of [{offset:#x}, {offset + length:#x}) is outside "
+                f"memfd of {self.memory.size:#x} bytes"
+            )
         return Mapping(self, self.memory.view(offset, length), offset, writable)
 
     def release(self) -> None:
@@ -97,16 +99,20 @@ class UdmabufFile(OpenFile):
     def ioctl(self, task: Task, cmd: int, argp: int) -> int:
         if cmd != CORE.UDMABUF_CREATE:
             raise NotTTY(f"udmabuf has no ioctl {cmd:#010x}")
-        a = CORE.from_bytes("struct udmabuf_create",
-                            task.mm.copy_from_user(argp, CORE.sizeof("struct udmabuf_create")))
+        a = CORE.from_bytes(
+            "struct udmabuf_create",
+            task.mm.copy_from_user(argp, CORE.sizeof("struct udmabuf_create")),
+        )
         if a.flags & ~CORE.UDMABUF_FLAGS_CLOEXEC:
             raise InvalidArgument(f"udmabuf flags {a.flags:#x} has unknown bits")
         if a.offset % PAGE_SIZE or a.size % PAGE_SIZE:
             raise InvalidArgument(
-                f"udmabuf offset {a.offset:#x} and size {a.size:#x} must be page-aligned")
+                f"udmabuf offset {a.offset:#x} and size {a.size:#x} must be page-aligned"
+            )
         if not 0 < a.size <= UDMABUF_SIZE_LIMIT:
             raise InvalidArgument(
-                f"udmabuf size {a.size:#x} must be in (0, {UDMABUF_SIZE_LIMIT:#x}]")
+                f"udmabuf size {a.size:#x} must be in (0, {UDMABUF_SIZE_LIMIT:#x}]"
+            )
         memfd = task.files.get(a.memfd)
         if not isinstance(memfd, MemfdFile):
             raise error_for_errno(errno.EBADFD, f"fd {a.memfd} is a {memfd.kind}, not a memfd")
@@ -118,10 +124,18 @@ class UdmabufFile(OpenFile):
         if a.offset + a.size > memfd.memory.size:
             raise InvalidArgument(
                 f"udmabuf [{a.offset:#x}, {a.offset + a.size:#x}) is past the end of memfd "
-                f"{a.memfd} ({memfd.memory.size:#x} bytes)")
+                f"{a.memfd} ({memfd.memory.size:#x} bytes)"
+            )
         ops = UdmabufOps(memfd)
-        buf = DmaBuf(ops, memfd.memory, a.offset, a.size, exporter="udmabuf",
-                     registry=self.registry, flags=0o2)
+        buf = DmaBuf(
+            ops,
+            memfd.memory,
+            a.offset,
+            a.size,
+            exporter="udmabuf",
+            registry=self.registry,
+            flags=0o2,
+        )
         memfd.get()  # the pages stay pinned for the buffer's life
         try:
             return task.files.install(buf, cloexec=bool(a.flags & CORE.UDMABUF_FLAGS_CLOEXEC))

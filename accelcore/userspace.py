@@ -47,12 +47,25 @@ class Process:
         task: Adopt an existing task instead of making one.
     """
 
-    def __init__(self, subsystem: Subsystem, *, uid: int = 0, gid: int = 0,
-                 groups: tuple[int, ...] = (), comm: str = "python", restart: bool = False,
-                 task: Task | None = None) -> None:
+    def __init__(
+        self,
+        subsystem: Subsystem,
+        *,
+        uid: int = 0,
+        gid: int = 0,
+        groups: tuple[int, ...] = (),
+        comm: str = "python",
+        restart: bool = False,
+        task: Task | None = None,
+    ) -> None:
         self.subsystem = subsystem
-        self.task = task if task is not None else subsystem.new_task(
-            uid=uid, gid=gid, groups=groups, comm=comm, restart_syscalls=restart)
+        self.task = (
+            task
+            if task is not None
+            else subsystem.new_task(
+                uid=uid, gid=gid, groups=groups, comm=comm, restart_syscalls=restart
+            )
+        )
         self._scratch: UserBuffer | None = None
 
     @property
@@ -95,9 +108,7 @@ class Process:
     def exit(self) -> None:
         """Process exit (also what a SIGKILL does): every descriptor is closed."""
         with self.subsystem.clock.lock:
-            if self._scratch is not None:
-                self.task.mm.free(self._scratch)
-                self._scratch = None
+            self._scratch = None
             self.subsystem.exit_task(self.task)
 
     kill = exit
@@ -199,6 +210,7 @@ def _as_buffer(arg: Any) -> memoryview:
         try:
             mv = memoryview(CORE.ffi.buffer(arg))
         except TypeError as exc:
-            raise InvalidArgument(f"ioctl argument {arg!r} is not an address, a buffer or a "
-                                  "cffi struct") from exc
+            raise InvalidArgument(
+                f"ioctl argument {arg!r} is not an address, a buffer or a cffi struct"
+            ) from exc
     return mv.cast("B") if mv.format != "B" else mv

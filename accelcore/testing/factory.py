@@ -35,6 +35,15 @@ __all__ = ["Handler", "make_driver"]
 Handler = Callable[[IoctlCall], int | None]
 
 
+def _as_method(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a plain function as a method that ignores ``self``."""
+
+    def method(self: AccelDriver, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return method
+
+
 def make_driver(
     name: str = "kunit",
     *,
@@ -66,7 +75,8 @@ def make_driver(
         "ownership": ownership,
         "features": features,
         "uapi": load_uapi(f"{name}.h", include=[CORE], text=textwrap.dedent(header))
-        if header else None,
+        if header
+        else None,
     }
     for i, (ioctl_name, spec) in enumerate((ioctls or {}).items()):
         fn, flags = spec if isinstance(spec, tuple) else (spec, IoctlFlags.NONE)
@@ -76,10 +86,7 @@ def make_driver(
 
         ns[f"ioctl_{i}"] = ioctl(ioctl_name, flags)(method)
     for key, value in attributes.items():
-        if callable(value) and not isinstance(value, type):
-            ns[key] = (lambda f: lambda self, *a, **k: f(*a, **k))(value)
-        else:
-            ns[key] = value
+        ns[key] = _as_method(value) if callable(value) and not isinstance(value, type) else value
     cls = type(f"{name.title()}Driver", (base,), ns)
     driver: AccelDriver = cls()
     return driver

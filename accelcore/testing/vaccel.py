@@ -69,8 +69,13 @@ class VAccelDriver(AccelDriver):
 
     def context_destroy(self, file: AccelFile, context: Any) -> None:
         dev = file.device
-        err = (-errno.ENODEV if dev.status == DeviceStatus.UNPLUGGED
-               else -errno.EIO if dev.status == DeviceStatus.IN_RESET else -errno.ECANCELED)
+        err = (
+            -errno.ENODEV
+            if dev.status == DeviceStatus.UNPLUGGED
+            else -errno.EIO
+            if dev.status == DeviceStatus.IN_RESET
+            else -errno.ECANCELED
+        )
         for fence in context.jobs.values():
             if not fence.signalled:
                 fence.set_error(err)
@@ -134,14 +139,14 @@ class VAccelDriver(AccelDriver):
         timeout = None if a.timeout_ns < 0 else int(a.timeout_ns)
         if not call.wait_fences([fence], timeout):
             raise TimedOut(f"job {a.seqno} not done after {a.timeout_ns} ns")
-        a.status = (self.uapi.VACCEL_WAIT_ABORTED if fence.error
-                    else self.uapi.VACCEL_WAIT_COMPLETED)
+        a.status = self.uapi.VACCEL_WAIT_ABORTED if fence.error else self.uapi.VACCEL_WAIT_COMPLETED
 
     @info_query("VACCEL_INFO_COUNTERS", "struct vaccel_info_counters")
     def info_counters(self, call: IoctlCall, dev: AccelDevice) -> Any:
         st = self.state(dev)
-        return self.uapi.new("struct vaccel_info_counters", submitted=st.submitted,
-                             completed=st.completed)
+        return self.uapi.new(
+            "struct vaccel_info_counters", submitted=st.submitted, completed=st.completed
+        )
 
     def memory_regions(self, dev: AccelDevice) -> Sequence[MemoryRegionInfo]:
         used = sum(bo.size for bo in dev.buffers)
@@ -149,16 +154,23 @@ class VAccelDriver(AccelDriver):
 
     def engines(self, dev: AccelDevice) -> Sequence[EngineInfo]:
         st = self.state(dev)
-        return [EngineInfo("fill", 0, st.submitted > st.completed, st.busy_ns, st.submitted,
-                           st.completed)]
+        return [
+            EngineInfo(
+                "fill", 0, st.submitted > st.completed, st.busy_ns, st.submitted, st.completed
+            )
+        ]
 
     def attribute_groups(self, dev: AccelDevice) -> Sequence[AttributeGroup]:
         st = self.state(dev)
-        return [AttributeGroup((
-            Attribute.ro("jobs_submitted", lambda: str(st.submitted)),
-            Attribute.ro("jobs_completed", lambda: str(st.completed)),
-            Attribute.wo("reset", lambda value: dev.reset("sysfs")),
-        ))]
+        return [
+            AttributeGroup(
+                (
+                    Attribute.ro("jobs_submitted", lambda: str(st.submitted)),
+                    Attribute.ro("jobs_completed", lambda: str(st.completed)),
+                    Attribute.wo("reset", lambda value: dev.reset("sysfs")),
+                )
+            )
+        ]
 
     def fdinfo(self, file: AccelFile) -> dict[str, str]:
         return {"drm-engine-fill": f"{file.engine_time_ns} ns"}

@@ -23,8 +23,17 @@ from .header import Uapi
 
 __all__ = ["UapiViolation", "check_struct", "check_uapi"]
 
-_FIXED = {"uint8_t", "int8_t", "uint16_t", "int16_t", "uint32_t", "int32_t",
-          "uint64_t", "int64_t", "char"}
+_FIXED = {
+    "uint8_t",
+    "int8_t",
+    "uint16_t",
+    "int16_t",
+    "uint32_t",
+    "int32_t",
+    "uint64_t",
+    "int64_t",
+    "char",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +58,7 @@ def _has_u64(ffi: Any, t: Any) -> str | None:
             ft = ft.item
         if ft.kind == "primitive" and ffi.sizeof(ft) == 8:
             return str(name)
-        if ft.kind == "struct" or ft.kind == "union":
+        if ft.kind in {"struct", "union"}:
             inner = _has_u64(ffi, ft)
             if inner is not None:
                 return f"{name}.{inner}"
@@ -73,40 +82,80 @@ def check_struct(uapi: Uapi, ctype: str) -> list[UapiViolation]:
         while base.kind == "array":
             base = base.item
         if base.kind == "primitive" and base.cname not in _FIXED:
-            out.append(UapiViolation(ctype, name, "fixed-width types",
-                                     f"type {ft.cname!r} has no fixed width; use __u32/__u64"))
+            out.append(
+                UapiViolation(
+                    ctype,
+                    name,
+                    "fixed-width types",
+                    f"type {ft.cname!r} has no fixed width; use __u32/__u64",
+                )
+            )
         elif base.kind == "pointer":
-            out.append(UapiViolation(ctype, name, "fixed-width types",
-                                     f"pointer type {ft.cname!r}; pass pointers as __u64"))
+            out.append(
+                UapiViolation(
+                    ctype,
+                    name,
+                    "fixed-width types",
+                    f"pointer type {ft.cname!r}; pass pointers as __u64",
+                )
+            )
         elif base.kind == "enum":
-            out.append(UapiViolation(ctype, name, "fixed-width types",
-                                     f"enum type {ft.cname!r} has no fixed size; use __u32"))
+            out.append(
+                UapiViolation(
+                    ctype,
+                    name,
+                    "fixed-width types",
+                    f"enum type {ft.cname!r} has no fixed size; use __u32",
+                )
+            )
         elif base.kind in ("struct", "union"):
             out.extend(check_struct(uapi, base.cname))
         align = ffi.alignof(base)
         if f.offset % align:
-            out.append(UapiViolation(ctype, name, "natural alignment",
-                                     f"offset {f.offset} is not a multiple of its alignment {align}"))
+            out.append(
+                UapiViolation(
+                    ctype,
+                    name,
+                    "natural alignment",
+                    f"offset {f.offset} is not a multiple of its alignment {align}",
+                )
+            )
         if t.kind == "struct" and f.offset > end:
-            out.append(UapiViolation(
-                ctype, name, "explicit padding",
-                f"{f.offset - end} bytes of implicit padding before it (offset {end} to "
-                f"{f.offset}); add an explicit __u{8 * (f.offset - end)} pad field"
-                if f.offset - end in (1, 2, 4, 8) else
-                f"{f.offset - end} bytes of implicit padding before it; add explicit padding"))
-        end = max(end, f.offset + ffi.sizeof(ft)) if t.kind == "struct" else max(
-            end, ffi.sizeof(ft))
+            hole = f.offset - end
+            fix = f"an explicit __u{8 * hole} pad field" if hole in (1, 2, 4, 8) else "padding"
+            out.append(
+                UapiViolation(
+                    ctype,
+                    name,
+                    "explicit padding",
+                    f"{hole} bytes of implicit padding before it (offset {end} to "
+                    f"{f.offset}); add {fix}",
+                )
+            )
+        end = (
+            max(end, f.offset + ffi.sizeof(ft)) if t.kind == "struct" else max(end, ffi.sizeof(ft))
+        )
     size = ffi.sizeof(t)
     wide = _has_u64(ffi, t)
     if wide is not None and end % 8:
-        out.append(UapiViolation(
-            ctype, None, "64-bit multiple",
-            f"size {end} is not a multiple of 8 although field {wide!r} is 64-bit; "
-            f"pad the struct explicitly to {(end + 7) // 8 * 8} bytes"))
+        out.append(
+            UapiViolation(
+                ctype,
+                None,
+                "64-bit multiple",
+                f"size {end} is not a multiple of 8 although field {wide!r} is 64-bit; "
+                f"pad the struct explicitly to {(end + 7) // 8 * 8} bytes",
+            )
+        )
     elif size > end:
-        out.append(UapiViolation(
-            ctype, None, "explicit padding",
-            f"{size - end} bytes of implicit tail padding (fields end at {end}, size {size})"))
+        out.append(
+            UapiViolation(
+                ctype,
+                None,
+                "explicit padding",
+                f"{size - end} bytes of implicit tail padding (fields end at {end}, size {size})",
+            )
+        )
     return out
 
 

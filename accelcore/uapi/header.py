@@ -53,13 +53,23 @@ _INT_SUFFIX = re.compile(r"\b(0[xX][0-9a-fA-F]+|\d+)[uUlL]+\b")
 _CHAR = re.compile(r"'(\\?.)'")
 _OCTAL = re.compile(r"\b0([0-7]+)\b")
 
-_DIRS = {"IO": ioc.IOC_NONE, "IOR": ioc.IOC_READ, "IOW": ioc.IOC_WRITE,
-         "IOWR": ioc.IOC_READ | ioc.IOC_WRITE}
+_DIRS = {
+    "IO": ioc.IOC_NONE,
+    "IOR": ioc.IOC_READ,
+    "IOW": ioc.IOC_WRITE,
+    "IOWR": ioc.IOC_READ | ioc.IOC_WRITE,
+}
 
 _BINOPS: dict[type[ast.operator], Callable[[int, int], int]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.BitOr: operator.or_, ast.BitAnd: operator.and_, ast.BitXor: operator.xor,
-    ast.LShift: operator.lshift, ast.RShift: operator.rshift, ast.FloorDiv: operator.floordiv,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.BitOr: operator.or_,
+    ast.BitAnd: operator.and_,
+    ast.BitXor: operator.xor,
+    ast.LShift: operator.lshift,
+    ast.RShift: operator.rshift,
+    ast.FloorDiv: operator.floordiv,
 }
 
 
@@ -159,8 +169,9 @@ class Uapi:
             unknown type.
     """
 
-    def __init__(self, path: Path | str, include: Iterable[Uapi] = (), *,
-                 text: str | None = None) -> None:
+    def __init__(
+        self, path: Path | str, include: Iterable[Uapi] = (), *, text: str | None = None
+    ) -> None:
         self.path = Path(path)
         self.include = tuple(include)
         if text is None:
@@ -178,7 +189,9 @@ class Uapi:
         try:
             self.ffi.cdef(cdef if self.include else PRELUDE + cdef)
         except cffi.CDefError as exc:
-            raise InvalidArgument(f"{self.path.name}: cffi cannot parse the uAPI region: {exc}") from exc
+            raise InvalidArgument(
+                f"{self.path.name}: cffi cannot parse the uAPI region: {exc}"
+            ) from exc
         self.types: tuple[str, ...] = tuple(f"{k} {n}" for k, n in _AGGREGATE.findall(cdef))
         for enum in _ENUM.findall(cdef):
             consts.update(self.ffi.typeof(f"enum {enum}").relements)
@@ -210,13 +223,14 @@ class Uapi:
         if arg_type is not None:
             try:
                 size = self.ffi.sizeof(arg_type)
-            except (cffi.FFIError, TypeError) as exc:
+            except (cffi.FFIError, TypeError, ValueError) as exc:
                 raise InvalidArgument(
                     f"{self.path.name}: ioctl {name} names unknown type {arg_type!r}"
                 ) from exc
         direction = _DIRS[kind]
-        return IoctlDef(name, ioc.ioc(direction, type_, nr, size), direction, type_, nr, size,
-                        arg_type)
+        return IoctlDef(
+            name, ioc.ioc(direction, type_, nr, size), direction, type_, nr, size, arg_type
+        )
 
     def __getattr__(self, name: str) -> int:
         try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ..errors import InvalidArgument
 
 __all__ = [
+    "IO",
     "IOC_IN",
     "IOC_INOUT",
     "IOC_NONE",
@@ -30,7 +31,6 @@ __all__ = [
     "IOC_READ",
     "IOC_SIZEMASK",
     "IOC_WRITE",
-    "IO",
     "IOR",
     "IOW",
     "IOWR",
