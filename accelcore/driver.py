@@ -24,7 +24,7 @@ rules) when the driver registers, and refuses a driver that breaks them.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -239,6 +239,16 @@ class AccelDriver:
     node_mode: ClassVar[int] = 0o666
     node_gid: ClassVar[int] = 0
     max_handles: ClassVar[int] = 65536
+
+    # -- what the conformance suite needs to know (declarations, not behaviour) ----
+    #: The PCI device model to instantiate for tests (``None``: virtual devices).
+    device_model: ClassVar[str | None] = None
+    #: Valid arguments per ioctl name (field → value), for the negative matrix,
+    #: the restart checker and fuzzing seeds. Ioctls without one are skipped
+    #: with that reason.
+    examples: ClassVar[Mapping[str, Mapping[str, int]]] = {}
+    #: How to make a buffer object: ``(ioctl name, fields, handle field)``.
+    bo_create: ClassVar[tuple[str, Mapping[str, int], str] | None] = None
 
     # -- table construction ----------------------------------------------------
     def ioctl_table(self) -> dict[int, IoctlDesc]:

@@ -56,6 +56,11 @@ class VAccelDriver(AccelDriver):
     desc = "virtual accelerator"
     version = (1, 0, 0)
     uapi = VACCEL_UAPI
+    examples = {
+        "DRM_IOCTL_VACCEL_CREATE_BO": {"size": 4096},
+        "DRM_IOCTL_VACCEL_NOP": {"value": 1},
+    }
+    bo_create = ("DRM_IOCTL_VACCEL_CREATE_BO", {"size": 4096}, "handle")
 
     def probe(self, dev: AccelDevice) -> None:
         dev.private = VAccelState(FenceContext(dev.subsystem.clock, self.name, "fill"))
