@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .gem import BufferObject
     from .subsystem import Subsystem
     from .sysfs import AttributeGroup
-    from .vfs import Mapping
+    from . import vfs
 
 __all__ = [
     "DRM_COMMAND_BASE",
@@ -365,7 +365,7 @@ class AccelDriver:
     def context_destroy(self, file: AccelFile, context: Any) -> None:
         """Tear the context down: revoke in-flight work (fences complete with error)."""
 
-    def mmap(self, file: AccelFile, offset: int, length: int, writable: bool) -> Mapping | None:
+    def mmap(self, file: AccelFile, offset: int, length: int, writable: bool) -> vfs.Mapping | None:
         """Map driver memory at ``offset``; ``None`` lets the core map buffer objects."""
         return None
 
