@@ -33,6 +33,7 @@ from .uapi import CORE, Uapi, check_uapi
 from .uapi.ioc import IocNumber, decode
 
 if TYPE_CHECKING:
+    from . import vfs
     from .device import AccelDevice
     from .dispatch import IoctlCall
     from .dmabuf import DmaBuf
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from .gem import BufferObject
     from .subsystem import Subsystem
     from .sysfs import AttributeGroup
-    from . import vfs
 
 __all__ = [
     "DRM_COMMAND_BASE",
