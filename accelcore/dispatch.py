@@ -55,9 +55,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CORE_IOCTLS", "IoctlCall", "dispatch"]
 
-_ptr_types: dict[tuple[int, str], tuple[Any, Any]] = {}
-
-
 class IoctlCall:
     """Everything a handler needs: the file, the calling task and the arguments.
 
@@ -83,9 +80,8 @@ class IoctlCall:
         self.desc = desc
         self.buf = buf
         self.args: Any = None
-        if desc.arg_type is not None:
-            ffi, ptype = _pointer_type(file.device, desc)
-            self.args = ffi.from_buffer(ptype, buf)
+        if desc.ptype is not None:
+            self.args = desc.uapi.ffi.from_buffer(desc.ptype, buf)  # type: ignore[union-attr]
 
     @property
     def clock(self) -> Clock:
@@ -158,28 +154,25 @@ class IoctlCall:
         return self.task.files.get(fd)
 
 
-def _pointer_type(device: AccelDevice, desc: IoctlDesc) -> tuple[Any, Any]:
-    uapi = CORE if desc.cmd in _CORE_CMDS else (device.driver.uapi or CORE)
-    assert desc.arg_type is not None
-    key = (id(uapi), desc.arg_type)
-    hit = _ptr_types.get(key)
-    if hit is None:
-        hit = _ptr_types[key] = (uapi.ffi, uapi.ffi.typeof(desc.arg_type + " *"))
-    return hit
+_ROOT_ONLY = IoctlFlags.ROOT_ONLY.value
+_OWNER = IoctlFlags.OWNER.value
+_CONTROL_ALLOW = IoctlFlags.CONTROL_ALLOW.value
+_RESET_OK = IoctlFlags.RESET_OK.value
+_UNPLUGGED_OK = IoctlFlags.UNPLUGGED_OK.value
 
 
 def _permit(file: AccelFile, task: Task, desc: IoctlDesc) -> None:
-    flags = desc.flags
+    bits = desc.bits
     dev = file.device
-    if IoctlFlags.ROOT_ONLY in flags and not task.creds.is_admin:
+    if bits & _ROOT_ONLY and not task.creds.is_admin:
         raise PermissionDenied(f"{desc.name} needs CAP_SYS_ADMIN (caller uid {task.creds.uid})")
-    if file.control and IoctlFlags.CONTROL_ALLOW not in flags:
+    if file.control and not bits & _CONTROL_ALLOW:
         raise PermissionDenied(f"{desc.name} is not allowed on control node of {dev.name}")
-    if dev.status != DeviceStatus.OPERATIONAL and IoctlFlags.RESET_OK not in flags:
+    if dev.status != DeviceStatus.OPERATIONAL and not bits & _RESET_OK:
         if dev.status == DeviceStatus.IN_RESET:
             raise Busy(f"{dev.name} is in reset; {desc.name} refused")
         raise DeviceIOError(f"{dev.name} is {dev.status.name.lower()}; {desc.name} refused")
-    if IoctlFlags.OWNER in flags:
+    if bits & _OWNER:
         dev.ownership.require(file)
 
 
@@ -205,9 +198,7 @@ def dispatch(file: AccelFile, task: Task, cmd: int, argp: int) -> int:
     dev = file.device
     with dev.subsystem.clock.lock:
         desc = lookup(dev, cmd)
-        if dev.status == DeviceStatus.UNPLUGGED and (
-            desc is None or IoctlFlags.UNPLUGGED_OK not in desc.flags
-        ):
+        if dev.status == DeviceStatus.UNPLUGGED and (desc is None or not desc.bits & _UNPLUGGED_OK):
             raise NoDevice(f"{dev.name} was unplugged")
         if desc is None:
             if (cmd >> 8) & 0xFF != DRM_IOCTL_BASE:
@@ -223,7 +214,7 @@ def dispatch(file: AccelFile, task: Task, cmd: int, argp: int) -> int:
         while True:
             buf = bytearray(ksize)
             if in_size:
-                buf[:in_size] = task.mm.copy_from_user(argp, in_size)
+                buf[:in_size] = task.mm.user_view(argp, in_size)
             _permit(file, task, desc)
             call = IoctlCall(file, task, cmd, desc, buf)
             try:
@@ -414,10 +405,9 @@ def _core_table() -> dict[int, IoctlDesc]:
     table = {}
     for name, flags, func in rows:
         d = CORE.ioctls[name]
-        table[d.nr] = IoctlDesc(d.cmd, name, flags, func, d.arg_type)
+        table[d.nr] = IoctlDesc(d.cmd, name, flags, func, d.arg_type, uapi=CORE)
     return table
 
 
 #: The core ioctls by number.
 CORE_IOCTLS: dict[int, IoctlDesc] = _core_table()
-_CORE_CMDS = {d.cmd for d in CORE_IOCTLS.values()}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .errors import InvalidArgument
@@ -117,6 +117,17 @@ class IoctlDesc:
     waits: bool = False
     #: Ioctls that act on several devices in one call (seed 004).
     multi_device: bool = False
+    #: The header the argument type comes from (resolved once, for dispatch speed).
+    uapi: Uapi | None = None
+    #: ``flags.value``, and the cffi pointer type of the argument: derived once here
+    #: because enum-flag tests and type lookups cost more than the rest of dispatch.
+    bits: int = field(init=False, default=0)
+    ptype: Any = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", self.flags.value)
+        if self.arg_type is not None and self.uapi is not None:
+            object.__setattr__(self, "ptype", self.uapi.ffi.typeof(self.arg_type + " *"))
 
     @property
     def number(self) -> IocNumber:
@@ -292,6 +303,7 @@ class AccelDriver:
                 d.arg_type,
                 mark.waits,
                 mark.multi_device,
+                self.uapi,
             )
         return table
 

@@ -15,6 +15,7 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .dispatch import dispatch
 from .errors import BadFd, InvalidArgument, NoMemory, RestartSyscall, TryAgain
 from .gem import HandleTable
 from .vfs import POLLIN, POLLOUT, Mapping, OpenFile
@@ -81,8 +82,6 @@ class AccelFile(OpenFile):
 
     # -- file operations ---------------------------------------------------------
     def ioctl(self, task: Task, cmd: int, argp: int) -> int:
-        from .dispatch import dispatch
-
         return dispatch(self, task, cmd, argp)
 
     def mmap(self, task: Task, offset: int, length: int, writable: bool) -> Mapping:

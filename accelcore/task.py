@@ -82,6 +82,7 @@ class AddressSpace:
         self._starts: list[int] = []
         self._vmas: list[Vma] = []
         self._owned: dict[int, SharedMemory] = {}
+        self._last: Vma | None = None
         self._next = base
 
     def map(
@@ -127,6 +128,7 @@ class AddressSpace:
             raise InvalidArgument(f"no user mapping starts at {addr:#x}")
         del self._starts[i]
         del self._vmas[i]
+        self._last = None
 
     def alloc(self, size: int, name: str = "user") -> UserBuffer:
         """Allocate ``size`` bytes of zeroed, shared user memory and map it."""
@@ -146,11 +148,17 @@ class AddressSpace:
         """Unmap everything and free what :meth:`alloc` made (``exit_mmap``)."""
         self._starts.clear()
         self._vmas.clear()
+        self._last = None
         for mem in self._owned.values():
             mem.close()
         self._owned.clear()
 
     def _find(self, addr: int, length: int, write: bool) -> tuple[Vma, int]:
+        last = self._last
+        if last is not None and last.start <= addr and addr + length <= last.end and length >= 0:
+            if write and not last.writable:
+                raise BadAddress(f"user address {addr:#x} is read-only")
+            return last, addr - last.start
         i = bisect.bisect_right(self._starts, addr) - 1
         if i < 0 or length < 0:
             raise BadAddress(f"user address {addr:#x} is not mapped")
@@ -164,6 +172,7 @@ class AddressSpace:
             )
         if write and not vma.writable:
             raise BadAddress(f"user address {addr:#x} is read-only")
+        self._last = vma  # most accesses hit the range the previous one hit
         return vma, addr - vma.start
 
     def copy_from_user(self, addr: int, length: int) -> bytes:
