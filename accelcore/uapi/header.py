@@ -256,7 +256,10 @@ class Uapi:
         return self.ffi.new(f"{ctype} *", data or None)
 
     def to_bytes(self, cdata: Any) -> bytes:
-        """The raw bytes of a struct (what the kernel copies)."""
+        """The raw bytes of a struct (what the kernel copies): a pointer to one, or a
+        struct or union member nested in another."""
+        if self.ffi.typeof(cdata).kind in ("struct", "union"):
+            cdata = self.ffi.addressof(cdata)
         return bytes(self.ffi.buffer(cdata))
 
     def from_bytes(self, ctype: str, data: bytes | bytearray | memoryview) -> Any:
