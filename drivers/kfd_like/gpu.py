@@ -1,0 +1,325 @@
+"""The simulated KFD-like GPU: VRAM, doorbells, per-VM page tables and an SDMA engine.
+
+The device model is the hardware half of the driver; it knows nothing of files,
+processes or ioctls:
+
+* **BAR0** is VRAM (``vram_mb``, large-BAR: the whole of it is host visible);
+  :class:`VramAllocator` hands out page ranges of it.
+* **BAR2** is the doorbell aperture: one 4 KiB page per process and GPU, one
+  64-bit doorbell per queue in it (see :mod:`drivers.kfd_like.queues`).
+* **Page tables**: one :class:`PageTable` per GPU VM (per process and GPU). A
+  process maps a buffer at the same virtual address on every GPU (HSA's shared
+  virtual memory), so each GPU's table holds the same ranges.
+* **SDMA**: page-table updates are jobs on a serial engine that take device time
+  (``pt_update_ns`` each). :meth:`KfdGpu.submit_pt_update` returns a fence the
+  driver waits on. :meth:`KfdGpu.inject_pt_failure` makes the next update fail
+  at submission, for seed 004's partial-failure tests.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from accelcore import PAGE_SIZE, Fence, FenceContext, InvalidArgument, NoMemory, SharedMemory
+from accelcore.errors import error_for_errno
+from accelcore.pci import BarKind, BarSpec, ResetKind, SimDevice
+
+if TYPE_CHECKING:
+    from accelcore.pci import PciFunction
+
+__all__ = [
+    "DOORBELL_BAR_SIZE",
+    "Backing",
+    "GpuVmFault",
+    "KfdGpu",
+    "PageTable",
+    "Pte",
+    "VramAllocator",
+]
+
+#: Size of the doorbell BAR: 256 process doorbell pages.
+DOORBELL_BAR_SIZE = 1 << 20
+
+
+class Backing(Protocol):
+    """What a page-table entry points at: memory with a label."""
+
+    @property
+    def label(self) -> str: ...
+
+    def view(self) -> memoryview: ...
+
+
+class GpuVmFault(Exception):
+    """A GPU access to an address its VM does not map (or maps read-only)."""
+
+    def __init__(self, va: int, length: int, write: bool, reason: str) -> None:
+        super().__init__(
+            f"GPU VM fault at {va:#x} (+{length:#x}, {'write' if write else 'read'}): {reason}"
+        )
+        self.va = va
+        self.write = write
+        self.not_present = reason != "read-only"
+
+
+@dataclass(frozen=True, slots=True)
+class Pte:
+    """One mapped range of a GPU VM."""
+
+    va: int
+    size: int
+    backing: Backing
+    writable: bool
+
+    @property
+    def end(self) -> int:
+        return self.va + self.size
+
+
+class PageTable:
+    """A GPU VM's page table: non-overlapping ranges by start address."""
+
+    def __init__(self, pasid: int) -> None:
+        self.pasid = pasid
+        self._starts: list[int] = []
+        self._ptes: dict[int, Pte] = {}
+        self.dead = False
+
+    def map(self, pte: Pte) -> None:
+        """Enter ``pte``; an identical entry already there is left alone.
+
+        Raises:
+            InvalidArgument: the range overlaps a different mapping.
+        """
+        old = self._ptes.get(pte.va)
+        if old is not None and old.backing is pte.backing:
+            return
+        i = bisect.bisect_right(self._starts, pte.va)
+        if (i and self._ptes[self._starts[i - 1]].end > pte.va) or (
+            i < len(self._starts) and self._starts[i] < pte.end
+        ):
+            raise InvalidArgument(
+                f"VA range [{pte.va:#x}, {pte.end:#x}) overlaps a mapping in VM {self.pasid}"
+            )
+        self._starts.insert(i, pte.va)
+        self._ptes[pte.va] = pte
+
+    def unmap(self, va: int, backing: Backing | None = None) -> None:
+        """Remove the range at ``va`` (only if it maps ``backing``, when given)."""
+        pte = self._ptes.get(va)
+        if pte is None or (backing is not None and pte.backing is not backing):
+            return
+        del self._ptes[va]
+        self._starts.remove(va)
+
+    def translate(self, va: int, length: int, *, write: bool) -> memoryview:
+        """The bytes behind ``[va, va+length)``, which must lie in one range.
+
+        Raises:
+            GpuVmFault: not mapped, crossing a range's end, or a write to read-only.
+        """
+        i = bisect.bisect_right(self._starts, va) - 1
+        if i < 0 or length < 0:
+            raise GpuVmFault(va, length, write, "not mapped")
+        pte = self._ptes[self._starts[i]]
+        if va + length > pte.end:
+            raise GpuVmFault(va, length, write, "not mapped")
+        if write and not pte.writable:
+            raise GpuVmFault(va, length, write, "read-only")
+        off = va - pte.va
+        return pte.backing.view()[off : off + length]
+
+    def snapshot(self) -> tuple[tuple[int, int, str, bool], ...]:
+        """``(va, size, backing label, writable)`` per range, in VA order."""
+        return tuple(
+            (p.va, p.size, p.backing.label, p.writable)
+            for p in (self._ptes[s] for s in self._starts)
+        )
+
+    def clear(self) -> None:
+        self._starts.clear()
+        self._ptes.clear()
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+
+class VramAllocator:
+    """First-fit allocation of page ranges of VRAM, with coalescing frees."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[tuple[int, int]] = [(0, size)]
+        self.used = 0
+
+    def alloc(self, size: int) -> int:
+        """An offset of ``size`` free bytes (a page multiple).
+
+        Raises:
+            NoMemory: no free range is large enough.
+        """
+        for i, (off, length) in enumerate(self._free):
+            if length >= size:
+                if length == size:
+                    del self._free[i]
+                else:
+                    self._free[i] = (off + size, length - size)
+                self.used += size
+                return off
+        raise NoMemory(
+            f"no {size:#x} bytes of VRAM free ({self.size - self.used:#x} free in fragments)"
+        )
+
+    def free(self, offset: int, size: int) -> None:
+        """Return a range from :meth:`alloc`."""
+        self._free.append((offset, size))
+        self._free.sort()
+        merged: list[tuple[int, int]] = []
+        for off, length in self._free:
+            if merged and merged[-1][0] + merged[-1][1] == off:
+                merged[-1] = (merged[-1][0], merged[-1][1] + length)
+            else:
+                merged.append((off, length))
+        self._free = merged
+        self.used -= size
+
+
+class KfdGpu(SimDevice):
+    """A KFD-like GPU (PCI 1002:74a1).
+
+    Args:
+        vram_mb: VRAM size in MiB (a power of two, 1..4096): BAR0's size.
+        pt_update_ns: Device time one page-table update takes on the SDMA engine.
+        poll_ns: Shortest interval at which the command processor polls doorbells.
+
+    Raises:
+        InvalidArgument: an option out of range (names the value).
+    """
+
+    model = "kfd_like"
+    vendor_id = 0x1002
+    device_id = 0x74A1
+    subsystem_vendor_id = 0x1002
+    subsystem_id = 0x0C34
+    class_code = 0x038000
+    revision = 0x02
+
+    def __init__(self, vram_mb: int = 64, pt_update_ns: int = 5_000, poll_ns: int = 1_000) -> None:
+        super().__init__()
+        if not 1 <= vram_mb <= 4096 or vram_mb & (vram_mb - 1):
+            raise InvalidArgument(f"kfd_like vram_mb {vram_mb} is not a power of two in 1..4096")
+        if pt_update_ns < 0 or poll_ns <= 0:
+            raise InvalidArgument(
+                f"kfd_like pt_update_ns {pt_update_ns} / poll_ns {poll_ns} out of range"
+            )
+        self.vram_size = vram_mb << 20
+        self.pt_update_ns = pt_update_ns
+        self.poll_ns = poll_ns
+        self.bars = (
+            BarSpec(0, self.vram_size, BarKind.MEM64, prefetchable=True),
+            BarSpec(2, DOORBELL_BAR_SIZE, BarKind.MEM64),
+        )
+        self.vram_alloc = VramAllocator(self.vram_size)
+        self.page_tables: dict[int, PageTable] = {}
+        self.pt_updates = 0
+        self._sdma_busy_until = 0
+        self._fail_next: int | None = None
+        self._fences: FenceContext | None = None
+        self._doorbell_pages: set[int] = set()
+
+    # -- lifecycle ---------------------------------------------------------------
+    def realize(self, fn: PciFunction) -> None:
+        self._fences = FenceContext(fn.bus.clock, "kfd_like", f"sdma@{fn.address}")
+        # VRAM and the doorbell aperture exist from power-on (BAR memory is lazy).
+        self._apertures = (fn.bar(0).memory, fn.bar(2).memory)
+
+    def reset(self, kind: ResetKind) -> None:
+        # A reset loses the VM contexts; the driver recreates what it needs.
+        for pt in self.page_tables.values():
+            pt.clear()
+        self._sdma_busy_until = 0
+
+    # -- memory --------------------------------------------------------------------
+    @property
+    def vram(self) -> SharedMemory:
+        """VRAM as the host sees it through BAR0."""
+        mem = self.fn.bar(0).memory
+        assert mem is not None
+        return mem
+
+    @property
+    def doorbells(self) -> SharedMemory:
+        """The doorbell aperture (BAR2)."""
+        mem = self.fn.bar(2).memory
+        assert mem is not None
+        return mem
+
+    def alloc_doorbell_page(self) -> int:
+        """Index of a free process doorbell page (zeroed).
+
+        Raises:
+            NoSpace: every page is in use.
+        """
+        for index in range(DOORBELL_BAR_SIZE // PAGE_SIZE):
+            if index not in self._doorbell_pages:
+                self._doorbell_pages.add(index)
+                self.doorbells.fill(index * PAGE_SIZE, PAGE_SIZE, 0)
+                return index
+        raise error_for_errno(errno.ENOSPC, f"all doorbell pages of {self} are in use")
+
+    def free_doorbell_page(self, index: int) -> None:
+        self._doorbell_pages.discard(index)
+
+    def doorbell_page(self, index: int) -> memoryview:
+        """The 4 KiB doorbell page ``index``."""
+        return self.doorbells.view(index * PAGE_SIZE, PAGE_SIZE)
+
+    # -- VMs and the SDMA engine ---------------------------------------------------
+    def create_vm(self, pasid: int) -> PageTable:
+        """A new, empty VM context for ``pasid``."""
+        pt = PageTable(pasid)
+        self.page_tables[pasid] = pt
+        return pt
+
+    def destroy_vm(self, pt: PageTable) -> None:
+        """Drop a VM context: its ranges are gone at once."""
+        pt.clear()
+        pt.dead = True
+        self.page_tables.pop(pt.pasid, None)
+
+    def inject_pt_failure(self, error: int = errno.ENOMEM) -> None:
+        """Fault injection: the next page-table update fails with ``error`` at submission."""
+        self._fail_next = error
+
+    def submit_pt_update(self, update: Callable[[], None]) -> Fence:
+        """Queue a page-table update on the SDMA engine.
+
+        Args:
+            update: Applies the change to a :class:`PageTable`, run when the job
+                completes (in device time, after the jobs before it).
+
+        Returns:
+            The job's fence.
+
+        Raises:
+            AccelError: an injected failure (``ENOMEM`` by default).
+        """
+        if self._fail_next is not None:
+            err, self._fail_next = self._fail_next, None
+            raise error_for_errno(err, f"page-table update on {self} failed (injected)")
+        assert self._fences is not None
+        fence = self._fences.create()
+        now = self.clock.now()
+        self._sdma_busy_until = max(now, self._sdma_busy_until) + self.pt_update_ns
+
+        def done() -> None:
+            update()
+            self.pt_updates += 1
+            fence.signal()
+
+        self.schedule(self._sdma_busy_until - now, done)
+        return fence
