@@ -396,6 +396,11 @@ class AccelDriver:
         """Engines for INFO."""
         return ()
 
+    def accounting(self) -> dict[str, int]:
+        """Counts of the driver's own live resources (queues, events, page-table
+        entries…), merged into :meth:`Subsystem.accounting` for leak checks."""
+        return {}
+
     def fdinfo(self, file: AccelFile) -> dict[str, str]:
         """Driver lines for the file's fdinfo (``drm-engine-<name>: <ns> ns``…)."""
         return {}

@@ -394,6 +394,9 @@ class Subsystem:
                 "oopses": len(self.oopses),
             }
             counts.update(self.dmabufs.counts())
+            for name, reg in sorted(self._drivers.items()):
+                for key, value in reg.driver.accounting().items():
+                    counts[f"{name}.{key}"] = value
             return counts
 
     def holders(self, file: OpenFile) -> list[tuple[int, int]]:
