@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CORE_IOCTLS", "IoctlCall", "dispatch"]
 
+
 class IoctlCall:
     """Everything a handler needs: the file, the calling task and the arguments.
 
