@@ -1,0 +1,642 @@
+"""The client library: :class:`accelcore.Process`'s API across real processes.
+
+:func:`connect` opens a session with the devfs server and returns a
+:class:`ClientProcess`. Its descriptors are real descriptors of this process
+(sockets whose other end the server holds), so ``os.dup``, ``fork`` and passing
+them over a Unix socket (:func:`send_fds`/:func:`recv_fds`) share the open file
+as the kernel would; the file is released when the last copy is closed
+everywhere, or the last process holding it dies.
+
+User memory is a memfd arena (64 MiB, sparse) mapped here and in the server at
+the same address — this process's real address — so pointers inside ioctl
+arguments are read and written in place. Arguments passed as buffers or cffi
+structs are copied into a per-thread scratch area of the arena and back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import itertools
+import mmap
+import os
+import signal as _signal
+import socket
+import threading
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ..errors import (
+    BadFd,
+    InvalidArgument,
+    NoDevice,
+    NoEntry,
+    PermissionDenied,
+    error_for_errno,
+)
+from ..memory import page_align
+from ..task import UserBuffer
+from ..uapi import CORE
+from . import protocol as p
+from .fdtable import is_placeholder
+from .server import CONTROL_NAME, default_runtime_dir
+from .wire import close_all, recv_fds, recv_record, send_fds, send_record
+
+__all__ = [
+    "ARENA_SIZE",
+    "ClientMapping",
+    "ClientProcess",
+    "connect",
+    "recv_fds",
+    "register_fd_field",
+    "send_fds",
+]
+
+#: Size of each user-memory arena (sparse: untouched pages cost nothing).
+ARENA_SIZE = 64 << 20
+
+ArgBuffer = bytearray | memoryview
+
+#: (type << 8 | nr) of an ioctl → offsets of 32-bit descriptor fields it reads.
+_FD_FIELDS: dict[int, tuple[int, ...]] = {}
+
+
+def register_fd_field(cmd: int, offset: int) -> None:
+    """Declare that ioctl ``cmd`` reads a descriptor (a 32-bit field at ``offset`` of
+    its argument struct), so the client sends that descriptor with the call.
+
+    The core ioctls that take descriptors are declared already
+    (``PRIME_FD_TO_HANDLE``, ``UDMABUF_CREATE``, ``DMA_BUF_IOCTL_IMPORT_SYNC_FILE``).
+    """
+    key = cmd & 0xFFFF
+    _FD_FIELDS[key] = (*_FD_FIELDS.get(key, ()), offset)
+
+
+for _cmd, _ctype, _field in (
+    (CORE.DRM_IOCTL_PRIME_FD_TO_HANDLE, "struct drm_prime_handle", "fd"),
+    (CORE.UDMABUF_CREATE, "struct udmabuf_create", "memfd"),
+    (CORE.DMA_BUF_IOCTL_IMPORT_SYNC_FILE, "struct dma_buf_import_sync_file", "fd"),
+):
+    register_fd_field(_cmd, CORE.ffi.offsetof(_ctype, _field))
+
+
+def _raise_for(msg: p.Message) -> p.Message:
+    if isinstance(msg, p.Result) and msg.errno:
+        raise error_for_errno(msg.errno, msg.message or os.strerror(msg.errno))
+    return msg
+
+
+def _address(buf: mmap.mmap) -> int:
+    c = ctypes.c_char.from_buffer(buf)
+    try:
+        return ctypes.addressof(c)
+    finally:
+        del c
+
+
+class _Channel:
+    """The session connection; replies are matched to callers by request id, so
+    several threads may have calls in flight (one of them reads for all)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._send_lock = threading.RLock()  # RLock: a signal handler may send
+        self._cond = threading.Condition()
+        self._replies: dict[int, tuple[p.Message, list[int]]] = {}
+        self._reading = False
+        self._rids = itertools.count(1)
+        self.inflight = 0
+
+    def send(self, msg: p.Message, fds: Sequence[int] = (), rid: int = 0) -> None:
+        with self._send_lock:
+            send_record(self.sock, p.encode(msg, rid), fds)
+
+    def call(self, msg: p.Message, fds: Sequence[int] = ()) -> tuple[p.Message, list[int]]:
+        rid = next(self._rids)
+        self.inflight += 1
+        try:
+            self.send(msg, fds, rid)
+            return self._wait(rid)
+        finally:
+            self.inflight -= 1
+
+    def _wait(self, rid: int) -> tuple[p.Message, list[int]]:
+        while True:
+            with self._cond:
+                while True:
+                    if rid in self._replies:
+                        return self._replies.pop(rid)
+                    if not self._reading:
+                        self._reading = True
+                        break
+                    self._cond.wait()
+            try:
+                data, fds = recv_record(self.sock)
+                if not data:
+                    raise ConnectionResetError("the devfs server closed the session")
+                frame = p.decode(data)
+                if frame.message.fd_count() != len(fds):
+                    close_all(fds)
+                    raise p.ProtocolError("reply carries the wrong number of descriptors")
+            finally:
+                with self._cond:
+                    self._reading = False
+                    self._cond.notify_all()
+            with self._cond:
+                self._replies[frame.rid] = (frame.message, fds)
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _Arena:
+    """A sealed memfd mapped here; first-fit page allocator over it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.fd = os.memfd_create("accel-arena", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(self.fd, size)
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.addr = _address(self.map)
+        self.view = memoryview(self.map)
+        self._free: list[tuple[int, int]] = [(0, size)]
+
+    def alloc(self, size: int) -> int | None:
+        size = page_align(max(size, 1))
+        for i, (off, n) in enumerate(self._free):
+            if n >= size:
+                self._free[i : i + 1] = [(off + size, n - size)] if n > size else []
+                return off
+        return None
+
+    def release(self, off: int, size: int) -> None:
+        size = page_align(max(size, 1))
+        self._free.append((off, size))
+        self._free.sort()
+        merged: list[tuple[int, int]] = []
+        for o, n in self._free:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
+            else:
+                merged.append((o, n))
+        self._free = merged
+
+    def contains(self, addr: int, length: int) -> bool:
+        return self.addr <= addr and addr + length <= self.addr + self.size
+
+    def close(self) -> None:
+        self.view.release()
+        with contextlib.suppress(BufferError):  # the program still holds views
+            self.map.close()
+        os.close(self.fd)
+
+
+class ClientMapping:
+    """A CPU mapping made by :meth:`ClientProcess.mmap`: the server's memory itself."""
+
+    def __init__(
+        self,
+        proc: ClientProcess,
+        mapping_id: int,
+        backing: mmap.mmap,
+        view: memoryview,
+        offset: int,
+        writable: bool,
+    ) -> None:
+        self._proc = proc
+        self.mapping_id = mapping_id
+        self._backing = backing
+        self._view: memoryview | None = view
+        self.offset = offset
+        self.length = len(view)
+        self.writable = writable
+
+    @property
+    def view(self) -> memoryview:
+        """The mapped bytes."""
+        if self._view is None:
+            raise BadFd("mapping was unmapped")
+        return self._view
+
+    @property
+    def mapped(self) -> bool:
+        return self._view is not None
+
+    def unmap(self) -> None:
+        """``munmap``. Idempotent."""
+        if self._view is None:
+            return
+        self._view.release()
+        self._view = None
+        with contextlib.suppress(BufferError):
+            self._backing.close()
+        self._proc._unmapped(self)
+
+
+class ClientProcess:
+    """This process, as a task of the devfs server (see the module docstring).
+
+    Args:
+        runtime_dir: The server's runtime directory (default: as the server's).
+        restart: ``SA_RESTART``: interrupted ioctls are restarted, not ``EINTR``.
+        arena_size: Bytes per user-memory arena.
+
+    Raises:
+        NoDevice: no server answers at ``runtime_dir``.
+    """
+
+    def __init__(
+        self,
+        runtime_dir: Path | str | None = None,
+        *,
+        restart: bool = False,
+        arena_size: int = ARENA_SIZE,
+    ) -> None:
+        self.runtime_dir = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
+        self._restart = restart
+        self._arena_size = page_align(arena_size)
+        self._lock = threading.Lock()
+        self._fds: dict[int, tuple[int, int]] = {}
+        self._mappings: dict[int, ClientMapping] = {}
+        self._chan: _Channel | None = None
+        self._arenas: list[_Arena] = []
+        self._exited = False
+        self._connect()
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            obj = ref()
+            if obj is not None:
+                obj._forked()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    # -- session -----------------------------------------------------------------
+    def _connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(str(self.runtime_dir / CONTROL_NAME))
+        except OSError as exc:
+            sock.close()
+            raise NoDevice(f"no devfs server at {self.runtime_dir}: {exc.strerror}") from exc
+        chan = _Channel(sock)
+        msg, _ = chan.call(p.Hello(self._restart, ""))
+        if not isinstance(msg, p.Welcome):
+            chan.close()
+            raise NoDevice(f"devfs server answered HELLO with {msg.TYPE.name}")
+        self._chan = chan
+        self._pid = os.getpid()
+        self.token = msg.token
+        self.server_pid = msg.server_pid
+        self._arenas = []
+        self._tls = threading.local()
+        self._add_arena(self._arena_size)
+
+    def _forked(self) -> None:
+        # The child must not speak on the parent's session (replies would be
+        # misrouted, and the server would see the parent's task). Its copy of
+        # the socket is dropped; a new session starts at the next call. The
+        # inherited arenas stay mapped (they are shared with the parent).
+        if self._chan is not None:
+            with contextlib.suppress(OSError):
+                self._chan.sock.close()
+        self._chan = None
+        self._mappings = {}
+        self._fds = {}
+
+    def _session(self) -> _Channel:
+        if self._exited:
+            raise BadFd("process has exited")
+        if self._chan is None or os.getpid() != self._pid:
+            with self._lock:
+                if self._chan is None or os.getpid() != self._pid:
+                    self._connect()
+        assert self._chan is not None
+        return self._chan
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _add_arena(self, size: int) -> _Arena:
+        arena = _Arena(size)
+        try:
+            assert self._chan is not None
+            _raise_for(self._chan.call(p.AddArena(arena.addr, size), [arena.fd])[0])
+        except BaseException:
+            arena.close()
+            raise
+        self._arenas.append(arena)
+        return arena
+
+    def _region(self, addr: int, length: int) -> memoryview | None:
+        for a in self._arenas:
+            if a.contains(addr, length):
+                return a.view[addr - a.addr : addr - a.addr + length]
+        return None
+
+    # -- descriptors -------------------------------------------------------------------
+    def _track(self, fd: int) -> int:
+        st = os.fstat(fd)
+        self._fds[fd] = (st.st_dev, st.st_ino)
+        return fd
+
+    def open(self, path: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
+        """``open(2)`` a device node of the server; returns a real descriptor.
+
+        Raises:
+            NoEntry: no such node.
+            PermissionDenied: the node's mode and group refuse this process.
+        """
+        self._session()
+        token = self.token
+        if not path.startswith("/"):
+            raise NoEntry(f"device node {path!r} must be an absolute path")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            try:
+                sock.connect(str(self.runtime_dir / path.lstrip("/")))
+            except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+                raise NoEntry(f"no device node {path}") from None
+            except PermissionError as exc:
+                raise PermissionDenied(f"{path}: {exc.strerror}") from None
+            send_record(sock, p.encode(p.Open(flags & ~os.O_CLOEXEC, token)), [sock.fileno()])
+            data, fds = recv_record(sock)
+            close_all(fds)
+            if not data:
+                raise NoDevice(f"devfs server closed the connection opening {path}")
+            _raise_for(p.decode(data).message)
+        except BaseException:
+            sock.close()
+            raise
+        if not flags & os.O_CLOEXEC:
+            sock.set_inheritable(True)
+        return self._track(sock.detach())
+
+    def close(self, fd: int) -> None:
+        """``close(2)``; the file is released when its last descriptor, in every
+        process, is closed."""
+        try:
+            os.close(fd)
+        except OSError as exc:
+            raise BadFd(f"file descriptor {fd} is not open") from exc
+        self._fds.pop(fd, None)
+
+    def dup(self, fd: int) -> int:
+        """``dup(2)``: another descriptor for the same open file."""
+        try:
+            return self._track(os.dup(fd))
+        except OSError as exc:
+            raise BadFd(f"file descriptor {fd} is not open") from exc
+
+    # -- ioctl -------------------------------------------------------------------------
+    def ioctl(self, fd: int, cmd: int, arg: int | ArgBuffer | Any = 0) -> int:
+        """``ioctl(2)``, as :meth:`accelcore.Process.ioctl`: ``arg`` is a user
+        address, or a buffer or cffi struct copied in and (also on failure) back.
+
+        Descriptors the call returns are received close-on-exec and their numbers
+        written where the engine put them.
+
+        Raises:
+            OSError: an :class:`~accelcore.errors.AccelError` with the errno.
+        """
+        chan = self._session()
+        size = (cmd >> 16) & 0x3FFF
+        buf: memoryview | None = None
+        if isinstance(arg, int):
+            argp = arg
+            region = self._region(argp, size) if size and argp else None
+        else:
+            buf = _as_buffer(arg)
+            region = None
+            argp = 0
+            if len(buf):
+                scratch = self._scratch(len(buf))
+                region = scratch.view[: len(buf)]
+                region[:] = buf
+                argp = scratch.addr
+        numbers = [fd, *self._fd_args(cmd, region)]
+        try:
+            reply, rfds = chan.call(p.Ioctl(cmd, argp, tuple(numbers)), numbers)
+        except OSError as exc:
+            if exc.errno == 9:  # EBADF from sendmsg: the target is not open here
+                raise BadFd(f"file descriptor {fd} is not open") from None
+            raise
+        try:
+            if isinstance(reply, p.Result) and not reply.errno:
+                ret = self._patch(reply, rfds, region)
+                rfds = []
+            else:
+                ret = 0
+        finally:
+            close_all(rfds)
+            if buf is not None and region is not None and not buf.readonly:
+                buf[:] = region
+        _raise_for(reply)
+        return ret
+
+    def _fd_args(self, cmd: int, region: memoryview | None) -> list[int]:
+        offsets = _FD_FIELDS.get(cmd & 0xFFFF, ())
+        out = []
+        for off in offsets:
+            if region is None or off + 4 > len(region):
+                continue
+            n = int.from_bytes(region[off : off + 4], "little", signed=True)
+            try:
+                os.fstat(n)
+            except OSError:
+                continue  # not open here: the engine answers EBADF
+            out.append(n)
+        return out
+
+    def _patch(self, reply: p.Result, rfds: list[int], region: memoryview | None) -> int:
+        real = dict(zip(reply.placeholders, rfds, strict=True))
+        for fd in rfds:
+            self._track(fd)
+        if region is not None and real:
+            words = region[: len(region) - len(region) % 4].cast("i")
+            for i, v in enumerate(words):
+                if is_placeholder(v) and v in real:
+                    words[i] = real[v]
+            words.release()
+        return real.get(reply.ret, reply.ret)
+
+    def _scratch(self, size: int) -> UserBuffer:
+        cur: UserBuffer | None = getattr(self._tls, "scratch", None)
+        if cur is None or len(cur) < size:
+            if cur is not None:
+                self.free(cur)
+            cur = self.alloc(max(size, 4096))
+            self._tls.scratch = cur
+        return cur
+
+    # -- memory ------------------------------------------------------------------------
+    def alloc(self, size: int) -> UserBuffer:
+        """User memory shared with the server; its ``addr`` can go in ioctl structs."""
+        if size <= 0:
+            raise InvalidArgument(f"allocation size {size} must be positive")
+        self._session()
+        with self._lock:
+            for a in self._arenas:
+                off = a.alloc(size)
+                if off is not None:
+                    break
+            else:
+                a = self._add_arena(max(self._arena_size, page_align(size)))
+                off = a.alloc(size)
+                assert off is not None
+        return UserBuffer(a.addr + off, a.view[off : off + size])
+
+    def free(self, buf: UserBuffer) -> None:
+        """Free memory from :meth:`alloc`."""
+        with self._lock:
+            for a in self._arenas:
+                if a.contains(buf.addr, len(buf)):
+                    a.release(buf.addr - a.addr, len(buf))
+                    return
+        raise InvalidArgument(f"{buf.addr:#x} was not allocated by this process")
+
+    def mmap(self, fd: int, length: int, offset: int = 0, *, write: bool = True) -> ClientMapping:
+        """``mmap(2)``: maps the very memory the server's object uses."""
+        if length <= 0:
+            raise InvalidArgument(f"mmap length {length} must be positive")
+        reply, rfds = self._session().call(p.Mmap(offset, length, write), [fd])
+        try:
+            _raise_for(reply)
+            if not isinstance(reply, p.Mapped):
+                raise NoDevice(f"devfs server answered MMAP with {reply.TYPE.name}")
+            aligned = reply.memfd_offset - reply.memfd_offset % mmap.ALLOCATIONGRANULARITY
+            delta = reply.memfd_offset - aligned
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
+            backing = mmap.mmap(
+                rfds[0], delta + reply.length, mmap.MAP_SHARED, prot, offset=aligned
+            )
+        finally:
+            close_all(rfds)
+        view = memoryview(backing)[delta : delta + reply.length]
+        m = ClientMapping(self, reply.mapping_id, backing, view, offset, write)
+        self._mappings[m.mapping_id] = m
+        return m
+
+    def munmap(self, mapping: ClientMapping) -> None:
+        """``munmap(2)``."""
+        mapping.unmap()
+
+    def _unmapped(self, mapping: ClientMapping) -> None:
+        if self._mappings.pop(mapping.mapping_id, None) is not None and self._chan is not None:
+            # If the session is gone, the server dropped the mapping with it.
+            with contextlib.suppress(OSError, p.ProtocolError):
+                _raise_for(self._chan.call(p.Munmap(mapping.mapping_id))[0])
+
+    def memfd_create(self, name: str, size: int) -> int:
+        """``memfd_create(2)`` + ``ftruncate``: a real memfd (sealable)."""
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, size)
+        return self._track(fd)
+
+    def add_seals(self, fd: int, seals: int) -> None:
+        """``fcntl(fd, F_ADD_SEALS, seals)`` on a memfd."""
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        except OSError as exc:
+            raise error_for_errno(exc.errno or 22, f"fd {fd}: {exc.strerror}") from None
+
+    # -- events ------------------------------------------------------------------------
+    def read(self, fd: int, size: int, *, nonblock: bool = False) -> bytes:
+        """``read(2)``: events from an accel file (interruptible by :meth:`signal`)."""
+        reply, rfds = self._session().call(p.Read(size, nonblock), [fd])
+        close_all(rfds)
+        _raise_for(reply)
+        return reply.data if isinstance(reply, p.Data) else b""
+
+    def poll(self, fd: int) -> int:
+        """The ready mask of ``fd`` now (``POLLIN``, ``POLLOUT``)."""
+        reply, rfds = self._session().call(p.Poll(), [fd])
+        close_all(rfds)
+        _raise_for(reply)
+        return reply.ret if isinstance(reply, p.Result) else 0
+
+    def signal(self) -> None:
+        """Deliver a signal to this task: its current or next wait in the server is
+        interrupted (``EINTR``, or a restart with ``restart=True``)."""
+        self._session().send(p.Signal())
+
+    def install_sigint_handler(self) -> None:
+        """Make Ctrl-C interrupt a call blocked in the server (it fails with
+        ``EINTR``); with no call in flight, Ctrl-C raises ``KeyboardInterrupt``."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            chan = self._chan
+            if chan is not None and chan.inflight:
+                chan.send(p.Signal())
+            else:
+                raise KeyboardInterrupt
+
+        _signal.signal(_signal.SIGINT, handler)
+
+    # -- exit --------------------------------------------------------------------------
+    def exit(self) -> None:
+        """End the session: descriptors this object made and still open are closed,
+        mappings dropped, the server-side task exits. Idempotent."""
+        if self._exited:
+            return
+        for m in list(self._mappings.values()):
+            m.unmap()
+        for fd, key in list(self._fds.items()):
+            try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) == key:
+                    os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+        self._exited = True
+        if self._chan is not None:
+            self._chan.close()
+            self._chan = None
+        for a in self._arenas:
+            a.close()
+        self._arenas = []
+
+    kill = exit
+
+    def __enter__(self) -> ClientProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.exit()
+
+    def __repr__(self) -> str:
+        return f"<ClientProcess pid={os.getpid()} server={self.runtime_dir}>"
+
+
+def _as_buffer(arg: Any) -> memoryview:
+    if isinstance(arg, bytearray | memoryview | bytes):
+        mv = memoryview(arg)
+    else:
+        try:
+            mv = memoryview(CORE.ffi.buffer(arg))
+        except TypeError as exc:
+            raise InvalidArgument(
+                f"ioctl argument {arg!r} is not an address, a buffer or a cffi struct"
+            ) from exc
+    return mv.cast("B") if mv.format != "B" else mv
+
+
+def connect(runtime_dir: Path | str | None = None, *, restart: bool = False) -> ClientProcess:
+    """Open a session with the devfs server at ``runtime_dir``.
+
+    Raises:
+        NoDevice: no server answers there.
+    """
+    return ClientProcess(runtime_dir, restart=restart)

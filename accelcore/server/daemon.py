@@ -1,0 +1,321 @@
+"""Running the devfs server as a process, and asking it questions.
+
+``python -m accelcore.server [--config FILE] [--runtime-dir DIR]`` runs a server
+in the foreground until SIGTERM/SIGINT or a ``shutdown`` control request.
+:func:`spawn_server` starts one detached and waits until it serves;
+:func:`stop_server` and :func:`server_status` talk to its control endpoint, as
+``accelctl sim`` does.
+
+A configuration is a machine description (TOML or JSON, see
+:mod:`accelcore.machine`) plus an optional ``virtual`` list of devices without
+a bus, e.g. ``virtual = [{driver = "vaccel", count = 1}]``. The server always
+runs on a real-time clock (``speed`` in ``[machine]`` scales it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..clock import RealClock
+from ..errors import DeviceIOError, InvalidArgument, NoDevice, TimedOut
+from ..machine import DEFAULT_MACHINE, Machine
+from . import protocol as p
+from .server import CONTROL_NAME, Server, default_runtime_dir
+from .wire import close_all, recv_record, send_record
+
+__all__ = [
+    "control_request",
+    "load_config",
+    "load_machine",
+    "main",
+    "server_status",
+    "spawn_server",
+    "stop_server",
+    "uevents",
+]
+
+log = logging.getLogger("accelcore.server")
+
+_SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def load_config(config: Path | str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The description in ``config`` (a TOML/JSON file or a dict; ``None`` is the
+    default machine).
+
+    Raises:
+        InvalidArgument: the file is not valid TOML/JSON.
+    """
+    if config is None:
+        copy: dict[str, Any] = json.loads(json.dumps(DEFAULT_MACHINE))
+        return copy
+    if isinstance(config, Mapping):
+        return dict(config)
+    path = Path(config)
+    text = path.read_text()
+    try:
+        data: dict[str, Any] = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidArgument(f"{path}: not a valid machine description: {exc}") from exc
+    return data
+
+
+def load_machine(description: Mapping[str, Any]) -> Machine:
+    """Build the server's machine: real-time clock, PCI devices, virtual devices.
+
+    Raises:
+        InvalidArgument: a bad description or ``virtual`` entry.
+        NoEntry: a driver is not installed.
+    """
+    desc = dict(description)
+    virtual = desc.pop("virtual", [])
+    section = desc.get("machine", {})
+    speed = float(section.get("speed", 1.0)) if isinstance(section, Mapping) else 1.0
+    machine = Machine.from_description(desc, clock=RealClock(speed))
+    try:
+        if not isinstance(virtual, list):
+            raise InvalidArgument(f"virtual {virtual!r} must be a list of tables")
+        for entry in virtual:
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("driver"), str):
+                raise InvalidArgument(f"virtual entry {entry!r} needs a driver name")
+            drv = machine.subsystem.drivers.get(entry["driver"])
+            if drv is None:
+                raise InvalidArgument(
+                    f"virtual device driver {entry['driver']!r} is not in [machine] drivers"
+                )
+            for _ in range(int(entry.get("count", 1))):
+                machine.subsystem.create_device(drv)
+    except BaseException:
+        machine.shutdown()
+        raise
+    return machine
+
+
+# -- talking to a server --------------------------------------------------------------
+
+
+def _control_socket(runtime_dir: Path | str | None) -> socket.socket | None:
+    rt = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(str(rt / CONTROL_NAME))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _ask(sock: socket.socket, request: dict[str, Any], timeout: float) -> Any:
+    sock.settimeout(timeout)
+    send_record(sock, p.encode(p.Control(request), 1))
+    data, fds = recv_record(sock)
+    close_all(fds)
+    if not data:
+        raise NoDevice("the devfs server closed the control connection")
+    msg = p.decode(data).message
+    if not isinstance(msg, p.ControlReply):
+        raise DeviceIOError(f"control reply was {msg.TYPE.name}")
+    if not msg.reply.get("ok"):
+        raise InvalidArgument(str(msg.reply.get("error")))
+    return msg.reply.get("result")
+
+
+def control_request(
+    op: str, runtime_dir: Path | str | None = None, *, timeout: float = 10.0, **args: Any
+) -> Any:
+    """Ask the server's control endpoint: ``status``, ``devices``, ``nodes``,
+    ``accounting``, ``bufinfo``, ``shutdown``.
+
+    Raises:
+        NoDevice: no server answers.
+        InvalidArgument: the server refused the request (the message says why).
+    """
+    sock = _control_socket(runtime_dir)
+    if sock is None:
+        raise NoDevice(f"no devfs server at {runtime_dir or default_runtime_dir()}")
+    with sock:
+        return _ask(sock, {"op": op, **args}, timeout)
+
+
+def server_status(runtime_dir: Path | str | None = None) -> dict[str, Any] | None:
+    """The server's status (pid, version, machine, accounting…), or ``None`` if no
+    server answers at ``runtime_dir``."""
+    try:
+        result: dict[str, Any] = control_request("status", runtime_dir)
+    except (NoDevice, OSError, p.ProtocolError):
+        return None
+    return result
+
+
+def uevents(runtime_dir: Path | str | None = None) -> Iterator[dict[str, Any]]:
+    """Subscribe to the server's uevents; yields one dict per event until the
+    server goes away (close the generator to unsubscribe)."""
+    sock = _control_socket(runtime_dir)
+    if sock is None:
+        raise NoDevice(f"no devfs server at {runtime_dir or default_runtime_dir()}")
+    with sock:
+        _ask(sock, {"op": "subscribe"}, 10.0)
+        sock.settimeout(None)
+        while True:
+            data, fds = recv_record(sock)
+            close_all(fds)
+            if not data:
+                return
+            msg = p.decode(data).message
+            if isinstance(msg, p.Uevent):
+                yield msg.event
+
+
+def _alive(pid: int) -> bool:
+    proc = _SPAWNED.get(pid)
+    if proc is not None:
+        return proc.poll() is None
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def spawn_server(
+    config: Path | str | Mapping[str, Any] | None = None,
+    runtime_dir: Path | str | None = None,
+    timeout: float = 10,
+) -> int:
+    """Start ``python -m accelcore.server`` detached (new session, output in
+    ``<runtime>/server.log``) and wait until it serves.
+
+    Returns:
+        The server's pid.
+
+    Raises:
+        TimedOut: it was not ready within ``timeout`` seconds (it is killed).
+        DeviceIOError: it exited first (the log's tail is in the message).
+    """
+    rt = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
+    rt.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "accelcore.server", "--runtime-dir", str(rt)]
+    if isinstance(config, Mapping):
+        cfg = rt / "machine.json"
+        cfg.write_text(json.dumps(dict(config)))
+        args += ["--config", str(cfg)]
+    elif config is not None:
+        args += ["--config", str(config)]
+    r, w = os.pipe()
+    args += ["--ready-fd", str(w)]
+    logpath = rt / "server.log"
+    with open(logpath, "ab") as logf:
+        proc = subprocess.Popen(
+            args,
+            pass_fds=(w,),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+        )
+    os.close(w)
+    try:
+        poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
+        poller.register(r, select.POLLIN)
+        ready = poller.poll(int(timeout * 1000))
+        line = os.read(r, 64) if ready else None
+    finally:
+        os.close(r)
+    if line is None:
+        proc.kill()
+        proc.wait()
+        raise TimedOut(f"devfs server not ready after {timeout} s (log: {logpath})")
+    if not line.startswith(b"ready"):
+        proc.wait(timeout)
+        tail = logpath.read_text(errors="replace")[-2000:]
+        raise DeviceIOError(f"devfs server exited with status {proc.returncode}:\n{tail}")
+    _SPAWNED[proc.pid] = proc
+    return proc.pid
+
+
+def stop_server(runtime_dir: Path | str | None = None, timeout: float = 10) -> bool:
+    """Ask the server at ``runtime_dir`` to shut down and wait until it is gone
+    (SIGKILL after ``timeout``).
+
+    Returns:
+        Whether a server was running.
+    """
+    status = server_status(runtime_dir)
+    if status is None:
+        return False
+    pid = int(status["pid"])
+    with contextlib.suppress(NoDevice, OSError, p.ProtocolError):
+        control_request("shutdown", runtime_dir)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc = _SPAWNED.pop(pid, None)
+    if proc is not None:
+        proc.wait(timeout)
+    return True
+
+
+# -- the foreground server ---------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m accelcore.server``: serve until SIGTERM, SIGINT or ``shutdown``."""
+    ap = argparse.ArgumentParser(
+        prog="python -m accelcore.server",
+        description="Serve a simulated machine's accel device "
+        "nodes to real processes over Unix sockets.",
+    )
+    ap.add_argument("--config", help="machine description (TOML or JSON)")
+    ap.add_argument(
+        "--runtime-dir",
+        help="where the sockets go (default: $ACCEL_RUNTIME_DIR, "
+        "$XDG_RUNTIME_DIR/accelcore or a per-user temp dir)",
+    )
+    ap.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--log-level", default="INFO")
+    opts = ap.parse_args(argv)
+    logging.basicConfig(
+        level=opts.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        description = load_config(opts.config)
+        machine = load_machine(description)
+    except (OSError, ValueError) as exc:
+        log.error("cannot build the machine: %s", exc)
+        return 2
+    server = Server(machine, opts.runtime_dir, description=description)
+    try:
+        server.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        machine.shutdown()
+        return 1
+    if opts.ready_fd is not None:
+        os.write(opts.ready_fd, f"ready {os.getpid()}\n".encode())
+        os.close(opts.ready_fd)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(0.2) and not server.stopped.is_set():
+        pass
+    server.stop()
+    machine.shutdown()
+    return 0

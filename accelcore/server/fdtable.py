@@ -1,0 +1,161 @@
+"""Descriptors of a remote task, as the engine sees them during one call.
+
+A client's descriptors are real: they live in the client process, and the
+engine's ``task.files`` cannot hold them. Instead, each request carries the
+descriptors it names (the target, and those named by the ioctl arguments) with
+their numbers in the client; the server resolves each to its
+:class:`~accelcore.vfs.OpenFile` and, for the length of the call, the task's
+:class:`ServerFdTable` answers ``get(n)`` from them. Files the engine installs
+(``PRIME_HANDLE_TO_FD``, ``UDMABUF_CREATE``…) get *placeholder* numbers; the
+server sends the real descriptors with the reply and the client rewrites the
+placeholders with the numbers the kernel gave it.
+
+The table is per thread, because one task may have several calls in flight.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..dmabuf import DmaBuf
+from ..errors import BadFd, TooManyFiles
+from ..file import AccelFile
+from ..memory import SharedMemory
+from ..task import FdTable
+from ..udmabuf import MemfdFile
+from ..vfs import OpenFile
+from .protocol import MAX_FDS
+
+__all__ = ["PLACEHOLDER_BASE", "CallFds", "ServerFdTable", "backing_memory", "is_placeholder"]
+
+#: Descriptor numbers the engine sees for files it installs during a call.
+PLACEHOLDER_BASE = 0x7ACC_0000
+
+
+def is_placeholder(value: int) -> bool:
+    """Whether ``value`` is a number :class:`ServerFdTable` hands out."""
+    return PLACEHOLDER_BASE <= value < PLACEHOLDER_BASE + MAX_FDS
+
+
+@dataclass
+class CallFds:
+    """The descriptors of one call: those the client sent, and those installed."""
+
+    files: dict[int, OpenFile] = field(default_factory=dict)
+    installed: list[tuple[OpenFile, bool]] = field(default_factory=list)
+
+
+class ServerFdTable(FdTable):
+    """``task.files`` of a remote task: valid only inside :meth:`call`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+
+    @contextmanager
+    def call(self, ctx: CallFds) -> Iterator[CallFds]:
+        """Make ``ctx`` this thread's descriptor table for the block."""
+        prev = getattr(self._local, "ctx", None)
+        self._local.ctx = ctx
+        try:
+            yield ctx
+        finally:
+            self._local.ctx = prev
+
+    def _ctx(self) -> CallFds:
+        ctx: CallFds | None = getattr(self._local, "ctx", None)
+        if ctx is None:
+            raise BadFd("no descriptors of a remote task outside a call")
+        return ctx
+
+    def install(self, file: OpenFile, *, cloexec: bool = True) -> int:
+        ctx = self._ctx()
+        if len(ctx.installed) >= MAX_FDS:
+            raise TooManyFiles(f"one call may return at most {MAX_FDS} descriptors")
+        ctx.installed.append((file, cloexec))
+        return PLACEHOLDER_BASE + len(ctx.installed) - 1
+
+    def get(self, fd: int) -> OpenFile:
+        ctx = self._ctx()
+        if (
+            isinstance(fd, int)
+            and is_placeholder(fd)
+            and fd - PLACEHOLDER_BASE < len(ctx.installed)
+        ):
+            return ctx.installed[fd - PLACEHOLDER_BASE][0]
+        try:
+            return ctx.files[fd]
+        except (KeyError, TypeError):
+            raise BadFd(
+                f"file descriptor {fd} is not open (or was not sent with the request)"
+            ) from None
+
+    def close(self, fd: int) -> None:
+        ctx = self._ctx()
+        file = ctx.files.pop(fd, None)
+        if file is None:
+            raise BadFd(f"file descriptor {fd} is not open")
+        file.put()
+
+    def dup(self, fd: int) -> int:
+        return self.install(self.get(fd).get(), cloexec=False)
+
+    def copy(self) -> FdTable:
+        return ServerFdTable()
+
+    def close_all(self) -> None:
+        """Nothing to do: the descriptors live in the client and die with it."""
+
+    def fds(self) -> dict[int, OpenFile]:
+        ctx: CallFds | None = getattr(self._local, "ctx", None)
+        return dict(ctx.files) if ctx is not None else {}
+
+    def __len__(self) -> int:
+        return len(self.fds())
+
+
+def _address(view: memoryview) -> int:
+    addr: int = np.frombuffer(view, dtype=np.uint8).ctypes.data
+    return addr
+
+
+def _candidates(file: OpenFile) -> Iterator[SharedMemory]:
+    if isinstance(file, DmaBuf | MemfdFile):
+        yield file.memory
+    if isinstance(file, AccelFile):
+        for bo in list(file.device.buffers):
+            yield bo.memory
+
+
+def backing_memory(file: OpenFile, view: memoryview) -> tuple[SharedMemory, int] | None:
+    """The memfd-backed memory behind a mapping's view, and the view's offset in it.
+
+    This is how "shared, not copied" crosses the process boundary: the client maps
+    the same memfd at that offset. The usual owners (the file's buffer objects,
+    a dma-buf's or memfd's memory) are tried first, then any live
+    :class:`SharedMemory` that exports the view's mapping.
+
+    Returns:
+        ``None`` if the view is not backed by a :class:`SharedMemory`.
+    """
+    target = view.obj
+    found: SharedMemory | None = None
+    for mem in _candidates(file):
+        if getattr(mem, "_map", None) is target:
+            found = mem
+            break
+    if found is None:
+        for ref in gc.get_referrers(target):
+            if isinstance(ref, SharedMemory) and getattr(ref, "_map", None) is target:
+                found = ref
+                break
+    if found is None or found.closed:
+        return None
+    base = _address(found.view())
+    return found, _address(view) - base

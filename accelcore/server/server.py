@@ -1,0 +1,488 @@
+"""The devfs server: a simulated machine's device nodes as Unix sockets.
+
+Every path in ``machine.subsystem.nodes`` (``/dev/accel/accelN``, control nodes,
+``/dev/udmabuf``, ``/dev/kfd``…) is a listening ``SOCK_SEQPACKET`` socket at the
+same path under the runtime directory; ``<runtime>/control`` is the control
+endpoint (sessions, enumeration, status, bufinfo, uevents).
+
+Opening a node is connecting to its socket: the connection *is* the open file.
+The client's descriptor is its end of the connection, so ``dup``, ``fork`` and
+``SCM_RIGHTS`` share it as they share any file, and the server sees end of file
+on its end exactly when the last copy is closed in every process — also when
+the process is killed. Then the server drops the open file's reference. Files
+the engine hands out (dma-bufs, sync files) are socket pairs made the same way.
+
+Threads: one selector thread accepts connections and watches the server ends of
+open files for end of file; each session has its own thread, and its calls that
+may sleep run on per-session workers, so a slow or blocked client never holds
+up another. The engine is entered only under ``clock.lock``, which waits release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import selectors
+import socket
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import AccelError, AlreadyExists, NotPermitted
+from ..machine import Machine
+from ..vfs import OpenFile
+from . import protocol as p
+from .session import Session
+from .wire import close_all, peer_credentials, recv_record, send_record
+
+__all__ = ["CONTROL_NAME", "Server", "default_runtime_dir"]
+
+log = logging.getLogger("accelcore.server")
+
+CONTROL_NAME = "control"
+#: How long a new node connection may take to send its OPEN.
+OPEN_TIMEOUT = 5.0
+
+
+def default_runtime_dir() -> Path:
+    """``$ACCEL_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/accelcore``, else a per-user
+    directory under the temporary directory."""
+    env = os.environ.get("ACCEL_RUNTIME_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "accelcore"
+    return Path(tempfile.gettempdir()) / f"accelcore-{os.getuid()}"
+
+
+@dataclass(eq=False)
+class _FileEnd:
+    """The server end of an open file's connection."""
+
+    sock: socket.socket
+    file: OpenFile
+    key: tuple[int, int]
+    what: str
+    closed: bool = False
+
+
+def _key(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+class Server:
+    """Serves a machine's device nodes to real processes.
+
+    Args:
+        machine: The machine (use a real-time clock: waits sleep for real).
+        runtime_dir: Where the sockets go (:func:`default_runtime_dir` if ``None``).
+        description: The machine description, reported by ``status``.
+    """
+
+    def __init__(
+        self,
+        machine: Machine,
+        runtime_dir: Path | str | None = None,
+        *,
+        description: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.machine = machine
+        self.runtime_dir = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
+        self.description = dict(description) if description is not None else None
+        self.clock = machine.clock
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._posted: list[Callable[[], None]] = []
+        self._post_lock = threading.Lock()
+        self._listeners: dict[str, socket.socket] = {}
+        self._control: socket.socket | None = None
+        self._ends: dict[int, _FileEnd] = {}
+        self._by_key: dict[tuple[int, int], _FileEnd] = {}
+        self._sessions: dict[bytes, Session] = {}
+        self._threads: set[threading.Thread] = set()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._stopping = False
+        self.stopped = threading.Event()
+
+    # -- paths -------------------------------------------------------------------
+    @property
+    def control_path(self) -> Path:
+        return self.runtime_dir / CONTROL_NAME
+
+    def socket_path(self, node_path: str) -> Path:
+        """Where the socket of ``/dev/...`` node ``node_path`` lives."""
+        return self.runtime_dir / node_path.lstrip("/")
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        """Bind the control endpoint and every node, and start serving.
+
+        Raises:
+            AlreadyExists: another server answers on this runtime directory.
+        """
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        ctl = self._bind(self.control_path)
+        self._control = ctl
+        self._sel.register(ctl, selectors.EVENT_READ, "control")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._sync_nodes()
+        with self.clock.lock:
+            self._unsubscribe = self.machine.sysfs.subscribe(lambda ev: self.post(self._sync_nodes))
+        self._thread = threading.Thread(target=self._serve, name="accel-devfs", daemon=True)
+        self._thread.start()
+        log.info(
+            "devfs server pid %d serving %d nodes under %s",
+            os.getpid(),
+            len(self._listeners),
+            self.runtime_dir,
+        )
+
+    def _bind(self, path: Path) -> socket.socket:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # stale socket of a server that died
+            else:
+                raise AlreadyExists(f"a server already listens on {path}")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.bind(str(path))
+        # The engine checks the node's mode and group against the peer's creds
+        # and answers EACCES itself; the socket file lets everyone try.
+        os.chmod(path, 0o666)
+        sock.listen(64)
+        sock.setblocking(False)
+        return sock
+
+    def stop(self) -> None:
+        """Stop serving: every session ends, every open file is released, the
+        sockets are removed. Idempotent."""
+        if self._stopping:
+            self.stopped.wait(30)
+            return
+        self._stopping = True
+        if self._unsubscribe is not None:
+            with self.clock.lock:
+                self._unsubscribe()
+        self._wake_w.send(b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+        for session in list(self._sessions.values()):
+            session.closing = True
+            session.interrupt()
+            with contextlib.suppress(OSError):
+                session.sock.shutdown(socket.SHUT_RDWR)
+        for t in list(self._threads):
+            if t is not threading.current_thread():
+                t.join(15)
+        with self.clock.lock:
+            ends = set(self._ends.values()) | set(self._by_key.values())
+        for end in ends:
+            self._release_end(end)
+        for path, lsock in list(self._listeners.items()):
+            self._close_listener(path, lsock)
+        if self._control is not None:
+            self._control.close()
+            self._unlink(self.control_path)
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self.stopped.set()
+        log.info("devfs server stopped")
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the selector thread -----------------------------------------------------------
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the selector thread (safe from any thread, even under the lock)."""
+        with self._post_lock:
+            self._posted.append(fn)
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def _serve(self) -> None:
+        while not self._stopping:
+            try:
+                events = self._sel.select()
+            except OSError:
+                return
+            for key, _ in events:
+                try:
+                    self._event(key.fileobj, key.data)
+                except Exception:
+                    log.exception("devfs server: error handling %s", key.data)
+
+    def _event(self, sock: Any, what: Any) -> None:
+        if what == "wake":
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(4096)
+            with self._post_lock:
+                posted, self._posted = self._posted, []
+            for fn in posted:
+                if not self._stopping:
+                    fn()
+        elif what == "control":
+            conn = self._accept(sock)
+            if conn is not None:
+                self._spawn(self._run_session, conn, name="accel-session")
+        elif isinstance(what, _FileEnd):
+            try:
+                data = what.sock.recv(p.MAX_MESSAGE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                log.warning(
+                    "refused %d unexpected bytes on the %s connection; closing it",
+                    len(data),
+                    what.what,
+                )
+            self._release_end(what)
+        elif isinstance(what, str):
+            conn = self._accept(sock)
+            if conn is not None:
+                self._spawn(self._open_connection, conn, what, name="accel-open")
+
+    def _accept(self, lsock: socket.socket) -> socket.socket | None:
+        try:
+            conn, _ = lsock.accept()
+        except (BlockingIOError, OSError):
+            return None
+        conn.setblocking(True)
+        return conn
+
+    def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
+        def run() -> None:
+            try:
+                target(*args)
+            finally:
+                self._threads.discard(threading.current_thread())
+
+        t = threading.Thread(target=run, name=name, daemon=True)
+        self._threads.add(t)
+        t.start()
+
+    # -- nodes ---------------------------------------------------------------------
+    def _sync_nodes(self) -> None:
+        with self.clock.lock:
+            paths = set(self.machine.subsystem.nodes)
+        for path in sorted(paths - set(self._listeners)):
+            try:
+                lsock = self._bind(self.socket_path(path))
+            except (OSError, AccelError) as exc:
+                log.error("cannot serve %s: %s", path, exc)
+                continue
+            self._listeners[path] = lsock
+            self._sel.register(lsock, selectors.EVENT_READ, path)
+        for path in sorted(set(self._listeners) - paths):
+            self._close_listener(path, self._listeners[path])
+
+    def _close_listener(self, path: str, lsock: socket.socket) -> None:
+        self._listeners.pop(path, None)
+        with contextlib.suppress(KeyError, ValueError, RuntimeError):
+            self._sel.unregister(lsock)
+        lsock.close()
+        self._unlink(self.socket_path(path))
+
+    @staticmethod
+    def _unlink(path: Path) -> None:
+        try:
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+        except OSError:
+            pass
+
+    # -- open files --------------------------------------------------------------------
+    def _open_connection(self, conn: socket.socket, path: str) -> None:
+        """Serve a node connection's OPEN; on success it becomes the open file."""
+        try:
+            conn.settimeout(OPEN_TIMEOUT)
+            data, fds = recv_record(conn)
+            try:
+                frame = p.decode(data)
+                if not isinstance(frame.message, p.Open) or len(fds) != 1:
+                    raise p.ProtocolError(
+                        f"first record on {path} must be OPEN with its own descriptor"
+                    )
+                key = _key(fds[0])
+            finally:
+                close_all(fds)
+            msg = frame.message
+            pid = peer_credentials(conn)[0]
+            session = self._sessions.get(msg.token)
+            try:
+                if session is None or session.task is None or session.pid != pid:
+                    raise NotPermitted(
+                        f"OPEN of {path} by pid {pid} names no session of that process"
+                    )
+                with self.clock.lock:
+                    file = self.machine.subsystem.open(session.task, path, msg.flags)
+                    end = _FileEnd(conn, file, key, f"{path} (pid {pid})")
+                    self._by_key[key] = end
+            except OSError as exc:
+                code = exc.errno if exc.errno and 0 < exc.errno < 4096 else errno.EIO
+                send_record(
+                    conn, p.encode(p.Result(errno=code, message=str(exc.strerror)), frame.rid)
+                )
+                conn.close()
+                return
+            send_record(conn, p.encode(p.Result(), frame.rid))
+            conn.setblocking(False)
+            self.post(lambda: self._watch(end))
+        except p.ProtocolError as exc:
+            log.warning("refused a record on %s: %s; closing that connection", path, exc)
+            conn.close()
+        except OSError as exc:
+            log.debug("node connection on %s failed: %s", path, exc)
+            conn.close()
+        except Exception:
+            log.exception("internal error opening %s", path)
+            conn.close()
+
+    def _watch(self, end: _FileEnd) -> None:
+        if self._stopping:
+            self._release_end(end)
+            return
+        self._ends[end.sock.fileno()] = end
+        self._sel.register(end.sock, selectors.EVENT_READ, end)
+
+    def _release_end(self, end: _FileEnd) -> None:
+        with self.clock.lock:
+            if end.closed:
+                return
+            end.closed = True
+            if self._by_key.get(end.key) is end:
+                del self._by_key[end.key]
+        fileno = end.sock.fileno()
+        if fileno >= 0 and self._ends.pop(fileno, None) is not None:
+            with contextlib.suppress(KeyError, ValueError, RuntimeError):
+                self._sel.unregister(end.sock)
+        end.sock.close()
+        with self.clock.lock:
+            end.file.put()
+
+    def export_file(self, file: OpenFile) -> int:
+        """Make a socket pair for ``file`` (taking over one reference) and return the
+        client end's descriptor, to be sent and then closed by the caller."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        end = _FileEnd(mine, file, _key(theirs.fileno()), f"{file.kind} file")
+        mine.setblocking(False)
+        with self.clock.lock:
+            self._by_key[end.key] = end
+        self.post(lambda: self._watch(end))
+        return theirs.detach()
+
+    def lookup_fd(self, fd: int) -> OpenFile | None:
+        """The open file behind a received descriptor (with a new reference), if it
+        is the client end of one of ours."""
+        try:
+            key = _key(fd)
+        except OSError:
+            return None
+        with self.clock.lock:
+            end = self._by_key.get(key)
+            if end is None or end.file.released:
+                return None
+            return end.file.get()
+
+    # -- sessions ------------------------------------------------------------------------
+    def _run_session(self, conn: socket.socket) -> None:
+        try:
+            session = Session(self, conn)
+        except OSError:
+            conn.close()
+            return
+        session.run()
+
+    def add_session(self, session: Session) -> None:
+        self._sessions[session.token] = session
+
+    def remove_session(self, session: Session) -> None:
+        self._sessions.pop(session.token, None)
+
+    # -- control -------------------------------------------------------------------------
+    def control(self, op: str, request: Mapping[str, Any], peer_uid: int) -> Any:
+        """Answer a control request (``status``, ``devices``, ``nodes``, ``accounting``,
+        ``bufinfo``, ``shutdown``).
+
+        Raises:
+            ValueError: unknown op.
+            NotPermitted: ``shutdown`` by a user other than root or the server's.
+        """
+        sub = self.machine.subsystem
+        if op == "status":
+            from .. import __version__
+
+            return {
+                "pid": os.getpid(),
+                "uid": os.getuid(),
+                "version": __version__,
+                "protocol": p.PROTOCOL_VERSION,
+                "runtime_dir": str(self.runtime_dir),
+                "clock": type(self.clock).__name__,
+                "machine": self.description,
+                "sessions": len(self._sessions),
+                "open_files": len(self._by_key),
+                "accounting": sub.accounting(),
+            }
+        if op == "devices":
+            with self.clock.lock:
+                return [
+                    {
+                        "name": d.name,
+                        "minor": d.minor,
+                        "driver": d.driver.name,
+                        "bus_id": d.bus_id,
+                        "status": d.status.name.lower(),
+                        "node": d.node_path,
+                        "control_node": d.control_path,
+                        "socket": str(self.socket_path(d.node_path)),
+                        "ownership": d.ownership.describe(),
+                        "open_count": len(d.files),
+                        "tainted": d.tainted,
+                    }
+                    for d in sub.registered_devices()
+                ]
+        if op == "nodes":
+            with self.clock.lock:
+                return [
+                    {
+                        "path": n.path,
+                        "mode": n.mode,
+                        "uid": n.uid,
+                        "gid": n.gid,
+                        "kind": n.kind,
+                        "socket": str(self.socket_path(n.path)),
+                    }
+                    for n in sub.nodes.values()
+                ]
+        if op == "accounting":
+            return sub.accounting()
+        if op == "bufinfo":
+            with self.clock.lock:
+                return sub.dmabufs.bufinfo()
+        if op == "shutdown":
+            if peer_uid not in (0, os.getuid()):
+                raise NotPermitted(f"uid {peer_uid} may not stop a server of uid {os.getuid()}")
+            threading.Thread(target=self.stop, name="accel-stop", daemon=True).start()
+            return None
+        raise ValueError(f"unknown control op {op!r}")

@@ -1,0 +1,447 @@
+"""One client process's session: its task, its user memory, its calls.
+
+A session is a connection to ``<runtime>/control`` that said HELLO. The peer's
+pid, uid and gid (``SO_PEERCRED``) become a :class:`~accelcore.task.Task`; the
+memfd arenas the client sends are mapped into the task's address space at the
+client's own addresses, so user pointers in ioctl arguments need no copying.
+Requests arrive here with the descriptors they name; calls that may sleep
+(``IOCTL``, ``READ``) run on the session's worker threads, so a blocked call
+never stops the session from taking a ``SIGNAL`` that interrupts it.
+
+When the connection ends (the process exited or was killed) every wait of the
+task is interrupted, its mappings are dropped and the task exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import queue
+import secrets
+import select
+import socket
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AccelError, RestartSyscall
+from ..memory import PAGE_SIZE, SharedMemory
+from ..sysfs import Uevent as SysUevent
+from ..task import Task
+from ..udmabuf import MemfdFile
+from ..vfs import Mapping, OpenFile
+from . import protocol as p
+from .fdtable import PLACEHOLDER_BASE, CallFds, ServerFdTable, backing_memory
+from .wire import close_all, peer_credentials, recv_record, send_record
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["Session"]
+
+log = logging.getLogger("accelcore.server")
+
+#: Calls one session may have sleeping at once; more queue behind them.
+WORKERS_PER_SESSION = 32
+#: How long teardown waits for interrupted calls to return.
+TEARDOWN_TIMEOUT = 10.0
+
+
+def _groups_of(pid: int) -> tuple[int, ...]:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Groups:"):
+                return tuple(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return ()
+
+
+def _comm_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+class Session:
+    """A control connection, and the task behind it once it says HELLO.
+
+    Args:
+        server: The server.
+        sock: The accepted connection (blocking).
+    """
+
+    def __init__(self, server: Server, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.clock = server.machine.clock
+        self.pid, self.uid, self.gid = peer_credentials(sock)
+        self.task: Task | None = None
+        self.token = secrets.token_bytes(p.TOKEN_SIZE)
+        self._send_lock = threading.Lock()
+        self._workers: ThreadPoolExecutor | None = None
+        self._inflight: set[Future[None]] = set()
+        self._arenas: dict[int, SharedMemory] = {}
+        self._mappings: dict[int, Mapping] = {}
+        self._next_mapping = 1
+        self.closing = False
+
+    # -- plumbing ----------------------------------------------------------------
+    def send(self, message: p.Message, rid: int = 0, fds: list[int] | None = None) -> None:
+        """Send a reply; a client that went away is not an error."""
+        try:
+            with self._send_lock:
+                send_record(self.sock, p.encode(message, rid), fds or [])
+        except OSError as exc:
+            log.debug("pid %d: reply %s not sent: %s", self.pid, message.TYPE.name, exc)
+
+    def _fail(self, rid: int, exc: BaseException) -> None:
+        if isinstance(exc, RestartSyscall):
+            self.send(p.Result(errno=errno.EINTR, message=str(exc.strerror)), rid)
+        elif isinstance(exc, OSError):
+            code = exc.errno if exc.errno and 0 < exc.errno < 4096 else errno.EIO
+            self.send(p.Result(errno=code, message=str(exc.strerror or exc)), rid)
+        else:
+            log.exception("pid %d: internal error serving a request", self.pid)
+            self.send(p.Result(errno=errno.EIO, message=f"server error: {exc!r}"), rid)
+
+    def run(self) -> None:
+        """Serve the connection until it ends; never raises."""
+        try:
+            while not self.closing:
+                data, fds = recv_record(self.sock)
+                if not data and not fds:
+                    break
+                try:
+                    frame = p.decode(data)
+                    if frame.message.fd_count() != len(fds):
+                        raise p.ProtocolError(
+                            f"{frame.message.TYPE.name} needs {frame.message.fd_count()} "
+                            f"descriptors, got {len(fds)}"
+                        )
+                except p.ProtocolError:
+                    close_all(fds)
+                    raise
+                if not self._handle(frame.rid, frame.message, fds):
+                    break
+        except p.ProtocolError as exc:
+            log.warning(
+                "refused a record from pid %d on the control endpoint: %s; closing that connection",
+                self.pid,
+                exc,
+            )
+        except OSError as exc:
+            if not self.closing:
+                log.debug("pid %d: connection error: %s", self.pid, exc)
+        except Exception:
+            log.exception("pid %d: internal error; closing its connection", self.pid)
+        finally:
+            self.teardown()
+
+    # -- requests ----------------------------------------------------------------
+    def _handle(self, rid: int, msg: p.Message, fds: list[int]) -> bool:
+        if isinstance(msg, p.Control):
+            return self._control(rid, msg)
+        if isinstance(msg, p.Hello):
+            if self.task is not None:
+                raise p.ProtocolError("second HELLO on one session")
+            self._hello(rid, msg)
+            return True
+        if self.task is None:
+            close_all(fds)
+            raise p.ProtocolError(f"{msg.TYPE.name} before HELLO")
+        if isinstance(msg, p.Signal):
+            with self.clock.lock:
+                self.task.post_signal()
+                self.clock.notify()
+        elif isinstance(msg, p.Ioctl | p.Read):
+            self._submit(rid, msg, fds)
+        elif isinstance(msg, p.AddArena):
+            self._guard(rid, self._add_arena, msg, fds)
+        elif isinstance(msg, p.Mmap):
+            self._guard(rid, self._mmap, msg, fds)
+        elif isinstance(msg, p.Munmap):
+            self._guard(rid, self._munmap, msg, fds)
+        elif isinstance(msg, p.Poll):
+            self._guard(rid, self._poll, msg, fds)
+        else:
+            close_all(fds)
+            raise p.ProtocolError(f"{msg.TYPE.name} is not a request")
+        return True
+
+    def _guard(self, rid: int, fn: Any, msg: p.Message, fds: list[int]) -> None:
+        try:
+            fn(rid, msg, fds)
+        except Exception as exc:
+            self._fail(rid, exc)
+
+    def _hello(self, rid: int, msg: p.Hello) -> None:
+        with self.clock.lock:
+            sub = self.server.machine.subsystem
+            task = sub.new_task(
+                uid=self.uid,
+                gid=self.gid,
+                groups=_groups_of(self.pid),
+                comm=msg.comm or _comm_of(self.pid),
+                pid=self.pid,
+                restart_syscalls=msg.restart,
+            )
+            task.files = ServerFdTable()
+            self.task = task
+        self.server.add_session(self)
+        from .. import __version__
+
+        self.send(p.Welcome(self.token, os.getpid(), self.pid, __version__), rid)
+
+    def _control(self, rid: int, msg: p.Control) -> bool:
+        op = msg.request["op"]
+        if op == "subscribe":
+            self.send(p.ControlReply({"ok": True, "result": None}), rid)
+            self._stream_uevents()
+            return False
+        try:
+            result = self.server.control(op, msg.request, self.uid)
+            reply: dict[str, Any] = {"ok": True, "result": result}
+        except (AccelError, ValueError, KeyError, TypeError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        self.send(p.ControlReply(reply), rid)
+        return True
+
+    def _stream_uevents(self) -> None:
+        events: queue.SimpleQueue[SysUevent] = queue.SimpleQueue()
+        with self.clock.lock:
+            unsubscribe = self.server.machine.sysfs.subscribe(events.put)
+        poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
+        poller.register(self.sock, select.POLLIN)
+        try:
+            while not self.closing:
+                ready = poller.poll(100)
+                if ready and not self.sock.recv(1):
+                    return
+                while True:
+                    try:
+                        ev = events.get_nowait()
+                    except queue.Empty:
+                        break
+                    self.send(
+                        p.Uevent(
+                            {
+                                "action": ev.action,
+                                "devpath": ev.devpath,
+                                "subsystem": ev.subsystem,
+                                "seqnum": ev.seqnum,
+                                "env": dict(ev.env),
+                            }
+                        )
+                    )
+        finally:
+            with self.clock.lock:
+                unsubscribe()
+
+    # -- descriptors -------------------------------------------------------------
+    def _resolve(self, fds: list[int]) -> list[OpenFile]:
+        """The files behind received descriptors, each with a reference for the call.
+
+        Our sockets resolve through the server's registry; a memfd becomes a
+        :class:`MemfdFile` over the same pages; anything else is an opaque file
+        (so ``PRIME_FD_TO_HANDLE`` on it is ``EINVAL``, as for any non-dma-buf).
+        """
+        out: list[OpenFile] = []
+        try:
+            for fd in fds:
+                file = self.server.lookup_fd(fd) or _adopt_memfd(fd) or OpenFile()
+                out.append(file)
+                os.close(fd)
+        except BaseException:
+            self._put(out)
+            close_all(fds[len(out) :])
+            raise
+        return out
+
+    def _put(self, files: list[OpenFile]) -> None:
+        with self.clock.lock:
+            for f in files:
+                f.put()
+
+    # -- calls that may sleep ---------------------------------------------------------
+    def _submit(self, rid: int, msg: p.Message, fds: list[int]) -> None:
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(
+                WORKERS_PER_SESSION, thread_name_prefix=f"accel-pid{self.pid}"
+            )
+        fut = self._workers.submit(self._call, rid, msg, fds)
+        self._inflight.add(fut)
+        fut.add_done_callback(self._inflight.discard)
+
+    def _call(self, rid: int, msg: p.Message, fds: list[int]) -> None:
+        task = self.task
+        assert task is not None and isinstance(task.files, ServerFdTable)
+        try:
+            files = self._resolve(fds)
+        except Exception as exc:
+            self._fail(rid, exc)
+            return
+        ctx = CallFds()
+        if isinstance(msg, p.Ioctl):
+            ctx.files = dict(zip(msg.fd_numbers, files, strict=True))
+        try:
+            with task.files.call(ctx), self.clock.lock:
+                if isinstance(msg, p.Ioctl):
+                    ret = files[0].ioctl(task, msg.cmd, msg.argp)
+                else:
+                    assert isinstance(msg, p.Read)
+                    data = files[0].read(task, msg.size, nonblock=msg.nonblock)
+        except BaseException as exc:
+            if isinstance(exc, RestartSyscall):
+                with self.clock.lock:
+                    task.deliver_signal()
+            self._put([f for f, _ in ctx.installed])
+            self._fail(rid, exc)
+            return
+        finally:
+            self._put(files)
+        if isinstance(msg, p.Read):
+            self.send(p.Data(data), rid)
+            return
+        ends = [self.server.export_file(f) for f, _ in ctx.installed]
+        placeholders = tuple(PLACEHOLDER_BASE + i for i in range(len(ends)))
+        try:
+            self.send(p.Result(ret=ret, placeholders=placeholders), rid, ends)
+        finally:
+            close_all(ends)
+
+    # -- quick requests ------------------------------------------------------------
+    def _add_arena(self, rid: int, msg: p.AddArena, fds: list[int]) -> None:
+        fd = fds[0]
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            if not seals & fcntl.F_SEAL_SHRINK:
+                raise OSError(errno.EINVAL, "arena memfd must be sealed with F_SEAL_SHRINK")
+            if os.fstat(fd).st_size < msg.size:
+                raise OSError(errno.EINVAL, f"arena memfd is smaller than {msg.size:#x} bytes")
+            if msg.addr % PAGE_SIZE:
+                raise OSError(errno.EINVAL, f"arena address {msg.addr:#x} is not page-aligned")
+        except OSError:
+            os.close(fd)
+            raise
+        mem = SharedMemory(msg.size, f"arena-{self.pid}", fd=fd)
+        try:
+            with self.clock.lock:
+                assert self.task is not None
+                self.task.mm.map(mem.view(), addr=msg.addr, name="arena")
+        except BaseException:
+            mem.close()
+            raise
+        self._arenas[msg.addr] = mem
+        self.send(p.Result(), rid)
+
+    def _mmap(self, rid: int, msg: p.Mmap, fds: list[int]) -> None:
+        assert self.task is not None
+        (file,) = self._resolve(fds)
+        try:
+            with self.clock.lock:
+                mapping = file.mmap(self.task, msg.offset, msg.length, msg.writable)
+                found = backing_memory(file, mapping.view)
+                if found is None:
+                    mapping.unmap()
+                    raise OSError(
+                        errno.ENODEV, f"{file.kind} mapping is not backed by shareable memory"
+                    )
+                mem, offset = found
+                # A client must not be able to shrink memory the server touches.
+                with contextlib.suppress(OSError):
+                    mem.seal()
+                mid = self._next_mapping
+                self._next_mapping += 1
+                self._mappings[mid] = mapping
+                memfd = os.dup(mem.fd)
+        finally:
+            self._put([file])
+        try:
+            self.send(p.Mapped(mid, offset, mapping.length), rid, [memfd])
+        finally:
+            os.close(memfd)
+
+    def _munmap(self, rid: int, msg: p.Munmap, fds: list[int]) -> None:
+        mapping = self._mappings.pop(msg.mapping_id, None)
+        if mapping is None:
+            raise OSError(errno.EINVAL, f"no mapping {msg.mapping_id}")
+        with self.clock.lock:
+            mapping.unmap()
+        self.send(p.Result(), rid)
+
+    def _poll(self, rid: int, msg: p.Poll, fds: list[int]) -> None:
+        (file,) = self._resolve(fds)
+        try:
+            with self.clock.lock:
+                mask = file.poll()
+        finally:
+            self._put([file])
+        self.send(p.Result(ret=mask), rid)
+
+    # -- the end -------------------------------------------------------------------
+    def interrupt(self) -> None:
+        """Interrupt every wait of the task, for good (it is exiting)."""
+        if self.task is None:
+            return
+        with self.clock.lock:
+            self.task.restart_syscalls = False
+            self.task.post_signal()
+            self.clock.notify()
+
+    def teardown(self) -> None:
+        """Process exit: interrupt calls, drop mappings and arenas, exit the task."""
+        self.closing = True
+        self.server.remove_session(self)
+        task = self.task
+        if task is not None:
+            done = threading.Event()
+            for _ in range(int(TEARDOWN_TIMEOUT / 0.05)):
+                if not self._inflight:
+                    done.set()
+                    break
+                self.interrupt()
+                done.wait(0.05)
+            if not done.is_set():
+                log.warning(
+                    "pid %d: %d calls did not return after exit", self.pid, len(self._inflight)
+                )
+        if self._workers is not None:
+            self._workers.shutdown(wait=False)
+        if task is not None:
+            with self.clock.lock:
+                for mapping in self._mappings.values():
+                    mapping.unmap()
+                self._mappings.clear()
+                for addr, mem in self._arenas.items():
+                    with contextlib.suppress(AccelError):
+                        task.mm.unmap(addr)
+                    mem.close()
+                self._arenas.clear()
+                sub = self.server.machine.subsystem
+                if sub.tasks.get(task.pid) is task:
+                    sub.exit_task(task)
+                else:
+                    task.exit()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def _adopt_memfd(fd: int) -> MemfdFile | None:
+    """A :class:`MemfdFile` over the pages of a received memfd, or ``None``."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        size = os.fstat(fd).st_size
+    except OSError:
+        return None
+    if size <= 0:
+        return None
+    try:
+        return MemfdFile(SharedMemory(size, "memfd", fd=os.dup(fd)))
+    except (AccelError, OSError):
+        return None

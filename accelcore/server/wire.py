@@ -1,0 +1,94 @@
+"""Records with descriptors on ``AF_UNIX``/``SOCK_SEQPACKET`` sockets.
+
+The only I/O helpers the server and the client share. Descriptors are sent with
+``SCM_RIGHTS`` and received with ``MSG_CMSG_CLOEXEC`` (``socket.recv_fds`` would
+leave them inheritable). A record longer than :data:`~.protocol.MAX_MESSAGE`, or
+with more descriptors than :data:`~.protocol.MAX_FDS`, is refused, and whatever
+descriptors did arrive are closed.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import socket
+import struct
+from collections.abc import Sequence
+
+from .protocol import MAX_FDS, MAX_MESSAGE, ProtocolError
+
+__all__ = ["peer_credentials", "recv_fds", "recv_record", "send_fds", "send_record"]
+
+_CREDS = struct.Struct("3i")
+
+
+def send_record(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
+    """Send one record, with ``fds`` as ``SCM_RIGHTS``."""
+    if fds:
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        sock.sendmsg([data])
+
+
+def _fds_of(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(payload[: len(payload) - len(payload) % arr.itemsize])
+            fds.extend(arr)
+    return fds
+
+
+def close_all(fds: Sequence[int]) -> None:
+    """Close every descriptor, ignoring ones already closed."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def recv_record(
+    sock: socket.socket, max_size: int = MAX_MESSAGE, max_fds: int = MAX_FDS
+) -> tuple[bytes, list[int]]:
+    """Receive one record and its descriptors (close-on-exec).
+
+    Returns:
+        ``(data, fds)``; ``(b"", [])`` at end of file.
+
+    Raises:
+        ProtocolError: the record was longer than ``max_size`` or carried more
+            than ``max_fds`` descriptors (those received are closed).
+        OSError: the socket failed.
+    """
+    data, anc, flags, _ = sock.recvmsg(
+        max_size + 1, socket.CMSG_SPACE(max_fds * 4), socket.MSG_CMSG_CLOEXEC
+    )
+    fds = _fds_of(anc)
+    if flags & socket.MSG_CTRUNC:
+        close_all(fds)
+        raise ProtocolError(f"record carried more than {max_fds} descriptors")
+    if flags & socket.MSG_TRUNC or len(data) > max_size:
+        close_all(fds)
+        raise ProtocolError(f"record exceeds {max_size} bytes")
+    return data, fds
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the peer at ``connect()`` time (``SO_PEERCRED``)."""
+    pid, uid, gid = _CREDS.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+    )
+    return pid, uid, gid
+
+
+def send_fds(sock: socket.socket, fds: Sequence[int], data: bytes = b"fd") -> None:
+    """Pass descriptors to another process over a Unix socket (``SCM_RIGHTS``)."""
+    send_record(sock, data, fds)
+
+
+def recv_fds(
+    sock: socket.socket, max_fds: int = MAX_FDS, max_size: int = 4096
+) -> tuple[bytes, list[int]]:
+    """Receive descriptors passed with :func:`send_fds`, close-on-exec."""
+    return recv_record(sock, max_size, max_fds)
