@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import InvalidArgument
+from .errors import Interrupted, InvalidArgument, RestartSyscall
 from .memory import SharedMemory
 from .subsystem import Subsystem
 from .task import Task, UserBuffer
@@ -185,8 +185,16 @@ class Process:
 
     # -- events ----------------------------------------------------------------------
     def read(self, fd: int, size: int, *, nonblock: bool = False) -> bytes:
-        """``read(2)``: events from an accel file."""
-        return self.task.files.get(fd).read(self.task, size, nonblock=nonblock)
+        """``read(2)``: events from an accel file; a signal gives ``EINTR`` (or a
+        restart, with ``SA_RESTART``), as for :meth:`ioctl`."""
+        file = self.task.files.get(fd)
+        while True:
+            try:
+                return file.read(self.task, size, nonblock=nonblock)
+            except RestartSyscall:
+                self.task.deliver_signal()
+                if not self.task.restart_syscalls:
+                    raise Interrupted(f"read of fd {fd} interrupted by a signal") from None
 
     def poll(self, fd: int) -> int:
         """The ready mask of ``fd`` now (``POLLIN``, ``POLLOUT``)."""

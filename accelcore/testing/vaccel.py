@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from ..clock import Timer
 from ..device import AccelDevice, DeviceStatus
 from ..dispatch import IoctlCall
 from ..driver import AccelDriver, EngineInfo, IoctlFlags, MemoryRegionInfo, info_query, ioctl
@@ -44,9 +45,11 @@ class VAccelState:
 
 @dataclass
 class VAccelContext:
-    """Per-file compute context: the jobs in flight, by sequence number."""
+    """Per-file compute context: the jobs by sequence number, and the engine timer
+    and buffer of each job still in flight (revoked at once when the context goes)."""
 
     jobs: dict[int, Fence] = field(default_factory=dict)
+    inflight: dict[int, tuple[Timer, BufferObject]] = field(default_factory=dict)
 
 
 class VAccelDriver(AccelDriver):
@@ -81,6 +84,10 @@ class VAccelDriver(AccelDriver):
             if dev.status == DeviceStatus.IN_RESET
             else -errno.ECANCELED
         )
+        for timer, bo in context.inflight.values():
+            timer.cancel()
+            bo.put()
+        context.inflight.clear()
         for fence in context.jobs.values():
             if not fence.signalled:
                 fence.set_error(err)
@@ -120,16 +127,16 @@ class VAccelDriver(AccelDriver):
         delay = int(a.delay_ns)
 
         def complete() -> None:
-            if not fence.signalled:
-                bo.view()[:] = bytes([a_fill]) * bo.size
-                st.completed += 1
-                st.busy_ns += delay
-                call_file.engine_time_ns += delay
-                fence.signal()
+            ctx.inflight.pop(fence.seqno, None)
+            bo.view()[:] = bytes([a_fill]) * bo.size
+            st.completed += 1
+            st.busy_ns += delay
+            call_file.engine_time_ns += delay
+            fence.signal()
             bo.put()
 
         a_fill, call_file = int(a.fill), call.file
-        call.clock.call_later(delay, complete)
+        ctx.inflight[fence.seqno] = (call.clock.call_later(delay, complete), bo)
         a.seqno = fence.seqno
 
     @ioctl("DRM_IOCTL_VACCEL_WAIT", IoctlFlags.OWNER, waits=True)

@@ -261,3 +261,23 @@ def test_reset_aborts_work_and_counts(rig: Rig) -> None:
     status = CORE.from_bytes("struct accel_info_status", bytes(st.view[:32]))
     assert (status.status, status.reset_count) == (0, 1)
     rig.create_bo(p, fd)  # the owner gets a fresh context
+
+
+def test_blocking_read_interrupted_is_eintr(rig: Rig) -> None:
+    p = rig.process()
+    fd = p.open("/dev/accel/accel0")
+    rig.clock.call_later(1000, lambda: None)  # something scheduled, so the wait can end
+    p.task.inject_interrupts(0)
+    with pytest.raises(OSError) as e:
+        p.read(fd, 4096)
+    assert e.value.errno == errno.EINTR
+
+
+def test_owner_exit_revokes_job_and_frees_buffer_at_once(rig: Rig) -> None:
+    p = rig.process()
+    fd = p.open("/dev/accel/accel0")
+    h, _ = rig.create_bo(p, fd)
+    s = V.new("struct vaccel_submit", handle=h, fill=1, delay_ns=10**12)
+    p.ioctl(fd, V.DRM_IOCTL_VACCEL_SUBMIT, s)
+    p.exit()
+    assert rig.sub.accounting()["buffers"] == 0 and rig.clock.pending() == 0
