@@ -77,6 +77,7 @@ class Clock:
     """
 
     def __init__(self) -> None:
+        #: The engine's lock; hold it for every call but :meth:`now`.
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self._timers: list[Timer] = []

@@ -69,8 +69,8 @@ class IoctlFlags(enum.Flag):
     NONE = 0
     #: Needs ``CAP_SYS_ADMIN`` (``DRM_ROOT_ONLY``); ``EACCES`` otherwise.
     ROOT_ONLY = enum.auto()
-    #: Needs the compute context: under a single-owner policy the caller must be
-    #: (or, lazily, become) the owner; ``EBUSY`` when someone else is.
+    #: The caller needs the compute context; under a single-owner policy it must
+    #: be (or, lazily, become) the owner, and gets ``EBUSY`` when someone else is.
     OWNER = enum.auto()
     #: Allowed on a control node (INFO-only files); ``EACCES`` there otherwise.
     CONTROL_ALLOW = enum.auto()
@@ -227,7 +227,7 @@ def info_query(
 class AccelDriver:
     """Base class of accel drivers. Override class attributes and callbacks.
 
-    Class attributes:
+    Attributes:
         name: Driver name (``drm_driver.name``), also the dma-buf exporter name.
         desc: One-line description.
         version: ``(major, minor, patchlevel)`` reported by ``DRM_IOCTL_VERSION``.

@@ -106,7 +106,7 @@ class OpenFile:
 
     @property
     def refcount(self) -> int:
-        """References held: fds in every task, mappings, kernel users."""
+        """References held (fds in every task, mappings, kernel users)."""
         return self._refs
 
     def get(self) -> OpenFile:

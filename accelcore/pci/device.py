@@ -42,7 +42,10 @@ __all__ = ["SimDevice"]
 class SimDevice:
     """A simulated PCI device (one function).
 
-    Attributes (declare on the subclass):
+    Subclasses declare the identity and resources below; ``hung`` and
+    ``dma_slowdown`` are runtime state set by fault injection.
+
+    Attributes:
         model: Name used in machine descriptions and logs.
         vendor_id: Vendor id.
         device_id: Device id.
@@ -60,10 +63,10 @@ class SimDevice:
         pcie: PCI Express (4 KiB config space, PCIe capability) or plain PCI.
         flr: Whether it advertises function-level reset.
         aer: Whether it has the AER extended capability (PCIe only).
-
-    Runtime state fault injection sets, which models must honour:
-        hung: The engines are stuck; :meth:`schedule` drops completions.
-        dma_slowdown: Factor to apply to DMA durations (:meth:`dma_delay`).
+        hung: Set by fault injection; models must honour it: the engines are
+            stuck and :meth:`schedule` drops completions.
+        dma_slowdown: Set by fault injection; models must honour it: the factor
+            applied to DMA durations (:meth:`dma_delay`).
     """
 
     model: str = "sim"

@@ -118,6 +118,7 @@ class DmaSpace:
         self._now = now
         self._maps: list[DmaMapping] = []  # sorted by iova
         self.mask_bits = 32  # the Linux default until the driver sets one
+        #: Faulted accesses, oldest first.
         self.faults: list[DmaFault] = []
 
     @property

@@ -77,6 +77,7 @@ class PciFunction:
         self._present = True
         self._irq_number = irq_number
         self.config = ConfigSpace(extended=device.pcie)
+        #: Refused MMIO accesses, oldest first.
         self.mmio_faults: list[MmioFault] = []
         self.driver: PciDriver | None = None
         self.driver_override: str | None = None
