@@ -1,0 +1,164 @@
+"""Restart and partial failure (seed 004): interrupted or failed calls converge.
+
+For each ioctl with ``waits=True`` and an example: the uninterrupted run on a
+fresh machine counts its wait points; then, for each wait point, a fresh machine
+runs it with an interrupt injected there — once without ``SA_RESTART`` (the call
+gets ``EINTR`` and is re-issued with the same struct, as libdrm's ``drmIoctl``
+does) and once with it (the core restarts). The copied-out argument bytes and a
+driver-neutral state snapshot must equal the uninterrupted run's.
+
+For ``multi_device=True`` ioctls, a driver may offer the optional hook
+``inject_failure(dev, position)``: the next multi-device call made on ``dev``
+fails with an errno when it reaches the device at ``position`` (0-based, in the
+order the call visits devices). Each position is tried; retrying the same
+struct must converge to the uninterrupted state.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from accelcore.driver import IoctlDesc
+from accelcore.testing.conformance import check
+from accelcore.testing.conformance.rig import Rig
+from accelcore.testing.conformance.session import Conformance
+
+#: Retries of a call that keeps failing with EINTR (or an injected failure).
+MAX_RETRIES = 16
+#: Devices on machines for multi-device ioctls.
+MULTI_DEVICES = 2
+
+
+@dataclass
+class Outcome:
+    """What one run left behind."""
+
+    args: bytes
+    state: dict[str, Any]
+    wait_points: int
+    errors: list[int]
+
+
+def _table(conf: Conformance, pick: Callable[[IoctlDesc], bool], what: str) -> list[IoctlDesc]:
+    rows = [d for d in conf.driver().ioctl_table().values() if pick(d)]
+    if not rows:
+        pytest.skip(f"driver {conf.name} declares no ioctl with {what}")
+    have = [d for d in rows if d.name in conf.driver.examples]
+    if not have:
+        pytest.skip(
+            f"driver {conf.name} declares no example for its ioctls with {what} "
+            f"({', '.join(sorted(d.name for d in rows))})"
+        )
+    return sorted(have, key=lambda d: d.name)
+
+
+def _state(rig: Rig, proc: Any, fd: int) -> dict[str, Any]:
+    snap = rig.snapshot(proc, fd)
+    # LIVE shared memory counts every machine in this interpreter, not just this one.
+    snap["accounting"] = {k: v for k, v in snap["accounting"].items() if k != "shared_memory"}
+    return snap
+
+
+def _run(
+    conf: Conformance,
+    desc: IoctlDesc,
+    *,
+    count: int = 1,
+    interrupt: int | None = None,
+    restart: bool = False,
+    arm: Callable[[Rig], None] | None = None,
+) -> Outcome:
+    rig = conf.rig(count=count)
+    proc = rig.process(restart=restart)
+    fd = rig.open(proc)
+    payload = bytearray(rig.example_payload(desc.name))
+    if arm is not None:
+        arm(rig)
+    proc.task.inject_interrupts(*(() if interrupt is None else (interrupt,)))
+    errors: list[int] = []
+    seen = 0
+    for _ in range(MAX_RETRIES):
+        try:
+            proc.ioctl(fd, desc.cmd, payload if payload else 0)
+        except OSError as exc:
+            errors.append(exc.errno or 0)
+            seen = max(seen, proc.task.wait_points_seen)
+            continue
+        break
+    seen = max(seen, proc.task.wait_points_seen)
+    return Outcome(bytes(payload), _state(rig, proc, fd), seen, errors)
+
+
+def _diff(name: str, how: str, ref: Outcome, got: Outcome) -> list[str]:
+    out = []
+    if got.args != ref.args:
+        out.append(
+            f"{name} {how}: copied-out args {got.args.hex()} differ from the uninterrupted "
+            f"run's {ref.args.hex()}"
+        )
+    for key in ref.state:
+        if got.state[key] != ref.state[key]:
+            out.append(f"{name} {how}: {key} {got.state[key]} != uninterrupted {ref.state[key]}")
+    return out
+
+
+@check("restart", "an ioctl interrupted at each wait point (EINTR+reissue, SA_RESTART) converges")
+def test_restart_at_every_wait_point(accel_conformance: Conformance) -> None:
+    conf = accel_conformance
+    problems: list[str] = []
+    total = 0
+    rows = _table(conf, lambda d: d.waits, "waits=True")
+    for desc in rows:
+        count = MULTI_DEVICES if desc.multi_device else 1
+        ref = _run(conf, desc, count=count)
+        if ref.errors:
+            problems.append(f"{desc.name}: its example fails uninterrupted: errno {ref.errors}")
+            continue
+        total += ref.wait_points
+        for k in range(ref.wait_points):
+            for restart in (False, True):
+                how = f"interrupted at wait point {k} ({'SA_RESTART' if restart else 'EINTR'})"
+                got = _run(conf, desc, count=count, interrupt=k, restart=restart)
+                allowed = {errno.EINTR} if not restart else set()
+                bad = [e for e in got.errors if e not in allowed]
+                if bad or len(got.errors) >= MAX_RETRIES:
+                    problems.append(f"{desc.name} {how}: errnos {got.errors}, expected {allowed}")
+                    continue
+                problems += _diff(desc.name, how, ref, got)
+    conf.report(
+        f"restart checker: {total} wait point(s) exercised over {len(rows)} ioctl(s) "
+        f"({', '.join(d.name for d in rows)})"
+    )
+    assert not problems, f"driver {conf.name}:\n  " + "\n  ".join(problems)
+
+
+@check("restart", "a multi-device ioctl failing at each device position, retried, converges")
+def test_multi_device_partial_failure(accel_conformance: Conformance) -> None:
+    conf = accel_conformance
+    rows = _table(conf, lambda d: d.multi_device, "multi_device=True")
+    if not callable(getattr(conf.driver, "inject_failure", None)):
+        pytest.skip(f"driver {conf.name} has no inject_failure(dev, position) hook")
+    problems: list[str] = []
+    for desc in rows:
+        ref = _run(conf, desc, count=MULTI_DEVICES)
+        if ref.errors:
+            problems.append(f"{desc.name}: its example fails: errno {ref.errors}")
+            continue
+        for pos in range(MULTI_DEVICES):
+
+            def arm(rig: Rig, pos: int = pos) -> None:
+                rig.driver.inject_failure(rig.devices[0], pos)  # type: ignore[attr-defined]
+
+            got = _run(conf, desc, count=MULTI_DEVICES, arm=arm)
+            how = f"failing at device position {pos}"
+            if len(got.errors) >= MAX_RETRIES:
+                problems.append(f"{desc.name} {how}: errnos {got.errors}; retry never converged")
+                continue
+            problems += _diff(desc.name, how, ref, got)
+    conf.report(f"partial-failure checker: {len(rows)} multi-device ioctl(s)")
+    assert not problems, f"driver {conf.name}:\n  " + "\n  ".join(problems)

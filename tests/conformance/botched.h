@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * botched: vaccel's uAPI with an implicit hole in vaccel_create_bo.
+ *
+ * Buffer objects in system memory, a no-op ioctl, and one engine that fills a
+ * buffer with a byte after a delay in device time, completing a fence.
+ */
+#ifndef _BOTCHED_H
+#define _BOTCHED_H
+
+#include "accel.h"
+
+/* cffi:begin */
+struct vaccel_create_bo {
+	__u32 handle;		/* out: BOTCHED, a hole of 4 bytes follows */
+	__u64 size;		/* in: bytes, rounded up to pages */
+	__u32 flags;		/* must be 0 */
+	__u64 mmap_offset;	/* out: where to mmap it on this file */
+};
+
+struct vaccel_nop {
+	__u64 value;		/* in */
+	__u64 result;		/* out: value + 1 */
+};
+
+struct vaccel_submit {
+	__u32 handle;		/* in: buffer to fill */
+	__u32 fill;		/* in: the byte (0..255) */
+	__u64 delay_ns;		/* in: how long the engine takes */
+	__u64 seqno;		/* out: the job's sequence number */
+};
+
+struct vaccel_wait {
+	__u64 seqno;		/* in */
+	__s64 timeout_ns;	/* in: relative; < 0 waits forever */
+	__u32 status;		/* out: VACCEL_WAIT_* */
+	__u32 pad;		/* must be 0 */
+};
+
+struct vaccel_info_counters {
+	__u64 submitted;
+	__u64 completed;
+};
+/* cffi:end */
+
+#define VACCEL_WAIT_COMPLETED		0
+#define VACCEL_WAIT_ABORTED		1
+
+#define VACCEL_INFO_COUNTERS		0x100
+
+#define DRM_VACCEL_CREATE_BO		0x00
+#define DRM_VACCEL_NOP			0x01
+#define DRM_VACCEL_SUBMIT		0x02
+#define DRM_VACCEL_WAIT			0x03
+
+#define DRM_IOCTL_VACCEL_CREATE_BO	DRM_IOWR(DRM_COMMAND_BASE + DRM_VACCEL_CREATE_BO, struct vaccel_create_bo)
+#define DRM_IOCTL_VACCEL_NOP		DRM_IOWR(DRM_COMMAND_BASE + DRM_VACCEL_NOP, struct vaccel_nop)
+#define DRM_IOCTL_VACCEL_SUBMIT		DRM_IOWR(DRM_COMMAND_BASE + DRM_VACCEL_SUBMIT, struct vaccel_submit)
+#define DRM_IOCTL_VACCEL_WAIT		DRM_IOWR(DRM_COMMAND_BASE + DRM_VACCEL_WAIT, struct vaccel_wait)
+
+#endif

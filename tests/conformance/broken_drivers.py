@@ -1,0 +1,190 @@
+"""Deliberately broken drivers: vaccel with one wrong behaviour each.
+
+Each class is the smallest change to :class:`VAccelDriver` that a conforming
+driver must not have, and ``BROKEN`` says which check must catch it and what
+its failure message must say. ``test_suite_catches.py`` runs the shipped suite
+on each with pytester (``--accel-driver broken_drivers:Class``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from accelcore import AccelDevice, AccelFile, IoctlCall
+from accelcore.driver import IoctlFlags, ioctl
+from accelcore.errors import NoDevice, NoMemory
+from accelcore.gem import BufferObject
+from accelcore.sysfs import Attribute, AttributeGroup
+from accelcore.testing.vaccel import VAccelDriver
+from accelcore.uapi import CORE, load_uapi
+
+HERE = Path(__file__).parent
+
+
+class FlagsIgnored(VAccelDriver):
+    """CREATE_BO accepts any ``flags`` (unknown bits must be EINVAL)."""
+
+    name = "broken_flags"
+
+    @ioctl("DRM_IOCTL_VACCEL_CREATE_BO", IoctlFlags.OWNER)
+    def create_bo(self, call: IoctlCall) -> None:
+        call.args.flags = 0
+        super().create_bo(call)
+
+
+class PadIgnored(VAccelDriver):
+    """Its NOP struct has ``flags`` and ``pad`` that the handler never checks."""
+
+    name = "broken_pad"
+    uapi = load_uapi(HERE / "broken_pad.h", include=[CORE])
+
+
+class LeaksAtClose(VAccelDriver):
+    """Every open allocates a buffer object that postclose forgets to free."""
+
+    name = "broken_leak"
+
+    def open(self, file: AccelFile) -> None:
+        file.driver_priv = BufferObject(file.device, 4096, name="per-file scratch")
+
+    def postclose(self, file: AccelFile) -> None:
+        pass  # forgets file.driver_priv.put()
+
+
+class OopsOnZeroSize(VAccelDriver):
+    """CREATE_BO divides by the size before checking it: size 0 is an oops."""
+
+    name = "broken_oops"
+
+    @ioctl("DRM_IOCTL_VACCEL_CREATE_BO", IoctlFlags.OWNER)
+    def create_bo(self, call: IoctlCall) -> None:
+        pages = (call.args.size + 4095) // call.args.size  # ZeroDivisionError on 0
+        del pages
+        super().create_bo(call)
+
+
+class DoubleApplyOnRestart(VAccelDriver):
+    """NOP accumulates into ``result`` before an interruptible wait: a restart
+    re-runs it on the copied-out args and applies it twice."""
+
+    name = "broken_restart"
+    examples = {**VAccelDriver.examples}
+
+    @ioctl("DRM_IOCTL_VACCEL_NOP", IoctlFlags.CONTROL_ALLOW, waits=True)
+    def nop(self, call: IoctlCall) -> None:
+        call.args.result = call.args.result + call.args.value + 1
+        call.wait(lambda: False, 1000)  # a 1 µs interruptible sleep
+
+
+class BotchedHeader(VAccelDriver):
+    """vaccel_create_bo has an implicit 4-byte hole (no explicit pad)."""
+
+    name = "broken_header"
+    uapi = load_uapi(HERE / "botched.h", include=[CORE])
+
+
+class RaisingAttribute(VAccelDriver):
+    """A sysfs attribute whose show raises instead of returning text."""
+
+    name = "broken_sysfs"
+
+    def attribute_groups(self, dev: AccelDevice) -> Sequence[AttributeGroup]:
+        def temperature() -> str:
+            raise ZeroDivisionError("sensor read divided by zero")
+
+        extra = AttributeGroup((Attribute.ro("temperature", temperature),))
+        return [*super().attribute_groups(dev), extra]
+
+
+class RemoveOopses(VAccelDriver):
+    """remove() dereferences state it already freed (an oops at hot-unplug)."""
+
+    name = "broken_remove"
+
+    def remove(self, dev: AccelDevice) -> None:
+        state: Any = None
+        state.stop()
+
+
+class ResetFails(VAccelDriver):
+    """reset() always fails: the device stays malfunctioning."""
+
+    name = "broken_reset"
+
+    def reset(self, dev: AccelDevice, reason: str) -> None:
+        raise NoDevice(f"{dev.name}: firmware did not come back after reset ({reason})")
+
+
+class MultiDevice(VAccelDriver):
+    """A *conforming* multi-device NOP (one step per device of the driver) that
+    records its progress in ``result`` (KFD's ``n_success``), with the optional
+    ``inject_failure(dev, position)`` hook the partial-failure checker uses."""
+
+    name = "multi_device"
+    fail_at: int | None = None
+
+    def inject_failure(self, dev: AccelDevice, position: int) -> None:
+        self.fail_at = position
+
+    def _devices(self, call: IoctlCall) -> list[AccelDevice]:
+        return [d for d in call.device.subsystem.registered_devices() if d.driver is self]
+
+    def _step(self, i: int) -> None:
+        if self.fail_at == i:
+            self.fail_at = None
+            raise NoMemory(f"injected failure at device position {i}")
+
+    @ioctl("DRM_IOCTL_VACCEL_NOP", IoctlFlags.CONTROL_ALLOW, multi_device=True)
+    def nop(self, call: IoctlCall) -> None:
+        done = int(call.args.result)
+        for i in range(done, len(self._devices(call))):
+            self._step(i)
+            call.args.result = i + 1
+
+
+class RetryRedoesDevices(MultiDevice):
+    """The multi-device NOP counts every device again when it is retried."""
+
+    name = "broken_multi"
+
+    @ioctl("DRM_IOCTL_VACCEL_NOP", IoctlFlags.CONTROL_ALLOW, multi_device=True)
+    def nop(self, call: IoctlCall) -> None:
+        for i in range(len(self._devices(call))):
+            self._step(i)
+            call.args.result += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """What must catch a broken driver: the failing check and words of its message."""
+
+    cls: type[VAccelDriver]
+    check: str
+    message: tuple[str, ...]
+
+
+BROKEN: tuple[Broken, ...] = (
+    Broken(FlagsIgnored, "test_all_ones_flags_einval", ("flags=~0", "got success", "EINVAL")),
+    Broken(PadIgnored, "test_nonzero_pad_einval", ("pad=1", "got success", "EINVAL")),
+    Broken(LeaksAtClose, "test_open_close_cycles", ("buffers",)),
+    Broken(OopsOnZeroSize, "test_fuzz_payloads", ("oops", "ZeroDivisionError")),
+    Broken(DoubleApplyOnRestart, "test_restart_at_every_wait_point", ("DRM_IOCTL_VACCEL_NOP",)),
+    Broken(
+        RetryRedoesDevices,
+        "test_multi_device_partial_failure",
+        ("failing at device position 1", "differ from the uninterrupted run"),
+    ),
+    Broken(BotchedHeader, "test_register_driver_succeeds", ("vaccel_create_bo.size", "refused")),
+    Broken(RaisingAttribute, "test_read_all_attributes", ("temperature", "ZeroDivisionError")),
+    Broken(RemoveOopses, "test_unplug_with_open_file", ("oops", "remove", "AttributeError")),
+    Broken(
+        ResetFails,
+        "test_reset_recovery",
+        ("reset() failed", "firmware did not come back", "MALFUNCTION"),
+    ),
+)
+
+__all__ = ["BROKEN", "Broken", "MultiDevice"]
