@@ -12,8 +12,6 @@ while something still uses it, and nothing outlives its last user.
 from __future__ import annotations
 
 import enum
-import logging
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,8 +28,6 @@ if TYPE_CHECKING:
     from .subsystem import Subsystem
 
 __all__ = ["AccelDevice", "BusDevice", "DeviceState", "DeviceStatus", "Oops"]
-
-log = logging.getLogger("accelcore")
 
 ACCEL_MAJOR = 261
 
@@ -221,11 +217,8 @@ class AccelDevice:
     # -- health ---------------------------------------------------------------------
     def record_oops(self, where: str, exc: BaseException) -> Oops:
         """Log a driver bug with its traceback and taint the device."""
-        tb = "".join(traceback.format_exception(exc))
-        oops = Oops(self.name, where, f"{type(exc).__name__}: {exc}", tb)
+        oops = self.subsystem.record_oops(where, exc, device=self.name)
         self.oopses.append(oops)
-        self.subsystem.oopses.append(oops)
-        log.error("oops on %s in %s: %s\n%s", self.name, where, oops.exception, tb)
         return oops
 
     def set_status(self, status: DeviceStatus) -> None:

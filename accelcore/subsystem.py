@@ -10,8 +10,10 @@ release, every live dma-buf, and the oopses caught. It is sans-I/O: transports
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import stat
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +34,8 @@ from .udmabuf import UdmabufFile
 from .vfs import OpenFile
 
 __all__ = ["DevNode", "Subsystem"]
+
+log = logging.getLogger("accelcore")
 
 Opener = Callable[[Task, int], OpenFile]
 
@@ -192,6 +196,7 @@ class Subsystem:
         )
         for group in drv.attribute_groups(dev):
             node.add_group(group)
+        node.oops_handler = dev.record_oops
         dev.sysfs = node
         self.sysfs.add(node)
         self.add_node(
@@ -346,6 +351,14 @@ class Subsystem:
             if exclusive:
                 dev.ownership.acquire(file)
             return file
+
+    def record_oops(self, where: str, exc: BaseException, *, device: str = "-") -> Oops:
+        """Log a driver bug with its traceback (``device`` names where, if any)."""
+        tb = "".join(traceback.format_exception(exc))
+        oops = Oops(device, where, f"{type(exc).__name__}: {exc}", tb)
+        self.oopses.append(oops)
+        log.error("oops on %s in %s: %s\n%s", device, where, oops.exception, tb)
+        return oops
 
     # -- tasks ---------------------------------------------------------------------
     def new_task(

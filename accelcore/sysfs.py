@@ -16,7 +16,7 @@ import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from .errors import InvalidArgument, NoEntry, PermissionDenied
+from .errors import AccelError, DeviceIOError, InvalidArgument, NoEntry, PermissionDenied
 
 __all__ = [
     "Attribute",
@@ -139,6 +139,8 @@ class SysfsNode:
         self.subdir = subdir
         self.env: dict[str, str] = dict(env or {})
         self.driver: str | None = None
+        #: Told about oopses in show/store (the subsystem records them).
+        self.oops_handler: Callable[[str, Exception], object] | None = None
         self._attrs: dict[str, Attribute] = {}
         self.links: dict[str, SysfsNode] = {}
         if devnum is not None:
@@ -191,7 +193,12 @@ class SysfsNode:
             raise NoEntry(f"no attribute {name!r} on {self.devpath}")
         if not attr.readable or attr.show is None:
             raise PermissionDenied(f"attribute {name!r} on {self.devpath} is not readable")
-        return attr.show() + "\n"
+        try:
+            return attr.show() + "\n"
+        except AccelError:
+            raise
+        except Exception as exc:
+            raise self._oops(f"show of {name}", exc) from exc
 
     def write(self, name: str, value: str, *, privileged: bool = True) -> None:
         """Store ``value`` into attribute ``name``.
@@ -214,7 +221,18 @@ class SysfsNode:
             raise PermissionDenied(f"attribute {name!r} on {self.devpath} is read-only")
         if not privileged and not attr.mode & stat.S_IWOTH:
             raise PermissionDenied(f"attribute {name!r} on {self.devpath} is writable by root only")
-        attr.store(value.rstrip("\n"))
+        try:
+            attr.store(value.rstrip("\n"))
+        except AccelError:
+            raise
+        except Exception as exc:
+            raise self._oops(f"store of {name}", exc) from exc
+
+    def _oops(self, where: str, exc: Exception) -> AccelError:
+        """A driver's show or store raised a non-errno exception: an oops, ``EIO``."""
+        if self.oops_handler is not None:
+            self.oops_handler(f"{where} on {self.devpath}", exc)
+        return DeviceIOError(f"oops in {where} on {self.devpath}: {type(exc).__name__}: {exc}")
 
     def uevent_env(self) -> dict[str, str]:
         """The properties a uevent for this node carries (``DEVPATH``, ``MAJOR``…)."""

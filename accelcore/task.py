@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .errors import BadAddress, BadFd, InvalidArgument, TooManyFiles
 from .memory import PAGE_SIZE, SharedMemory, page_align
-from .vfs import OpenFile
+from .vfs import Mapping, OpenFile
 
 __all__ = ["AddressSpace", "Credentials", "FdTable", "Task", "UserBuffer", "Vma"]
 
@@ -292,6 +292,8 @@ class Task:
     mm: AddressSpace = field(default_factory=AddressSpace)
     files: FdTable = field(default_factory=FdTable)
     signal_pending: bool = False
+    #: CPU mappings the task made with mmap; process exit unmaps them.
+    mappings: list[Mapping] = field(default_factory=list)
     _interrupt_at: set[int] = field(default_factory=set)
     _wait_points: int = 0
     exited: bool = False
@@ -338,6 +340,9 @@ class Task:
         """Process exit: close every descriptor. Idempotent."""
         if not self.exited:
             self.exited = True
+            for m in list(self.mappings):
+                m.unmap()
+            self.mappings.clear()
             self.files.close_all()
             self.mm.clear()
 

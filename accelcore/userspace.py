@@ -164,7 +164,14 @@ class Process:
         if length <= 0:
             raise InvalidArgument(f"mmap length {length} must be positive")
         with self.subsystem.clock.lock:
-            return self.task.files.get(fd).mmap(self.task, offset, length, write)
+            mapping = self.task.files.get(fd).mmap(self.task, offset, length, write)
+            self.task.mappings.append(mapping)
+            mapping.on_unmap(self._forget_mapping)
+            return mapping
+
+    def _forget_mapping(self, mapping: Mapping) -> None:
+        if mapping in self.task.mappings:
+            self.task.mappings.remove(mapping)
 
     def munmap(self, mapping: Mapping) -> None:
         """``munmap(2)``."""

@@ -281,3 +281,30 @@ def test_owner_exit_revokes_job_and_frees_buffer_at_once(rig: Rig) -> None:
     p.ioctl(fd, V.DRM_IOCTL_VACCEL_SUBMIT, s)
     p.exit()
     assert rig.sub.accounting()["buffers"] == 0 and rig.clock.pending() == 0
+
+
+def test_process_exit_unmaps_its_mappings(rig: Rig) -> None:
+    p = rig.process()
+    fd = p.open("/dev/accel/accel0")
+    _h, off = rig.create_bo(p, fd)
+    m = p.mmap(fd, 4096, off)
+    p.exit()
+    assert not m.mapped and rig.sub.accounting()["files"] == 0
+
+
+def test_raising_sysfs_show_is_an_oops_with_eio() -> None:
+    from accelcore import Attribute, AttributeGroup
+
+    class Hot(VAccelDriver):
+        name = "hot"
+
+        def attribute_groups(self, dev: object) -> list[AttributeGroup]:
+            return [AttributeGroup((Attribute.ro("temperature", lambda: str(1 // 0)),))]
+
+    sub = Subsystem(VirtualClock())
+    drv = Hot()
+    sub.register_driver(drv)
+    dev = sub.create_device(drv)
+    with pytest.raises(OSError) as e:
+        sub.sysfs.read("/sys/class/accel/accel0/temperature")
+    assert e.value.errno == errno.EIO and "ZeroDivisionError" in dev.oopses[0].exception
