@@ -106,6 +106,12 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
     pci_ids = (PciDeviceId(0x1DA3, 0x1000),)
     ownership = OwnershipPolicy.LAZY_SINGLE
     features = DriverFeature.CONTROL_NODE
+    # What the conformance suite needs: the device model, and valid arguments.
+    device_model = "habana_like"
+    examples = {
+        "DRM_IOCTL_HLK_CB": {"input.op": 0, "input.cb_size": 4096},
+        "DRM_IOCTL_HLK_MEMORY": {"input.op": 0, "input.args.alloc.mem_size": 1 << 21},
+    }
 
     # -- device lifetime ----------------------------------------------------------
     def probe(self, dev: AccelDevice) -> None:

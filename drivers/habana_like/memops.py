@@ -105,6 +105,8 @@ class MemoryMixin:
             raise InvalidArgument(f"ALLOC flags {flags:#x} must be 0")
         if size == 0:
             raise InvalidArgument("ALLOC of 0 bytes")
+        if u.alloc.reserved:
+            raise InvalidArgument(f"ALLOC reserved is {int(u.alloc.reserved):#x}, must be 0")
         if page not in (0, st.allocator.page):
             raise InvalidArgument(
                 f"page size {page:#x} is not supported (only {st.allocator.page:#x})"

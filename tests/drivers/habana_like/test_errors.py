@@ -151,6 +151,11 @@ def test_alloc_zero_bytes_is_einval(owner):
     assert _errno(owner.mem_alloc, 0) == errno.EINVAL
 
 
+def test_alloc_nonzero_reserved_is_einval(owner):
+    # Found by the conformance suite: the reserved field was not checked.
+    assert _errno(owner.memory, HLK.HLK_MEM_OP_ALLOC, mem_size=4096, reserved=1) == errno.EINVAL
+
+
 def test_over_allocation_is_enomem_and_harmless(machine, owner, client):
     handle = owner.mem_alloc(1 << 20)
     assert _errno(owner.mem_alloc, 64 << 20) == errno.ENOMEM
