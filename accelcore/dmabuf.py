@@ -90,6 +90,10 @@ class Attachment:
     peer2peer: bool = True
     mappings: list[DmaMapping] = field(default_factory=list)
     priv: Any = None
+    #: Pins held through :meth:`DmaBuf.pin` (dynamic importers only).
+    pins: int = 0
+    #: The core pinned the buffer for this static importer of a dynamic exporter.
+    core_pinned: bool = False
 
     @property
     def dynamic(self) -> bool:
@@ -107,6 +111,9 @@ class DmaBufOps:
     name: str = "accelcore"
     #: Whether :meth:`revoke` is supported (the buffer can be taken away).
     revocable: bool = False
+    #: A dynamic exporter can move the buffer; it implements :meth:`pin`/:meth:`unpin`,
+    #: and static importers keep it pinned while attached.
+    dynamic: bool = False
 
     def attach(self, dmabuf: DmaBuf, attachment: Attachment) -> None:
         """Check that the importer can reach the buffer; raise to refuse."""
@@ -123,6 +130,12 @@ class DmaBufOps:
 
     def release(self, dmabuf: DmaBuf) -> None:
         """The last reference went: free the exporter's side."""
+
+    def pin(self, dmabuf: DmaBuf, attachment: Attachment) -> None:
+        """The buffer must not move any more (dynamic exporters)."""
+
+    def unpin(self, dmabuf: DmaBuf, attachment: Attachment) -> None:
+        """Undo :meth:`pin`."""
 
     def mmap(self, dmabuf: DmaBuf, offset: int, length: int) -> memoryview:
         """CPU view of ``[offset, offset+length)`` of the buffer."""
@@ -281,6 +294,15 @@ class DmaBuf(OpenFile):
             self, importer, ops, peer2peer=ops.allow_peer2peer if ops is not None else False
         )
         self.ops.attach(self, att)
+        if self.ops.dynamic and ops is None:
+            # A static importer cannot follow a move: keep the buffer pinned while
+            # attached, as dma_buf_dynamic_attach does for mismatched pairs.
+            try:
+                self.ops.pin(self, att)
+            except BaseException:
+                self.ops.detach(self, att)
+                raise
+            att.core_pinned = True
         self.attachments.append(att)
         self.get()
         return att
@@ -291,6 +313,11 @@ class DmaBuf(OpenFile):
             raise InvalidArgument(f"{att.importer} is not attached to dma-buf {self.inode}")
         for m in list(att.mappings):
             self.unmap_attachment(m)
+        while att.pins:
+            self.unpin(att)
+        if att.core_pinned:
+            att.core_pinned = False
+            self.ops.unpin(self, att)
         self.ops.detach(self, att)
         self.attachments.remove(att)
         self.put()
@@ -311,6 +338,33 @@ class DmaBuf(OpenFile):
             att.mappings.remove(mapping)
             self.ops.unmap(self, mapping)
             mapping.valid = False
+
+    def pin(self, att: Attachment) -> None:
+        """Pin the buffer for a dynamic importer (``dma_buf_pin``).
+
+        Raises:
+            InvalidArgument: ``att`` is a static attachment (the core already pins
+                for those) or not attached to this buffer.
+        """
+        if att not in self.attachments or att.ops is None:
+            raise InvalidArgument(
+                f"{att.importer}: only dynamic attachments pin dma-buf {self.inode}"
+            )
+        self._check_usable()
+        self.ops.pin(self, att)
+        att.pins += 1
+
+    def unpin(self, att: Attachment) -> None:
+        """Drop a pin taken with :meth:`pin`."""
+        if att not in self.attachments or att.pins == 0:
+            raise InvalidArgument(f"{att.importer} holds no pin on dma-buf {self.inode}")
+        att.pins -= 1
+        self.ops.unpin(self, att)
+
+    @property
+    def pinned(self) -> bool:
+        """Whether an importer (or the core, for a static one) keeps it from moving."""
+        return any(a.pins or a.core_pinned for a in self.attachments)
 
     def move_notify(self) -> None:
         """Tell every dynamic importer that the buffer moved."""
