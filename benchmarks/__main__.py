@@ -6,10 +6,17 @@ import argparse
 import json
 import sys
 
-from . import inprocess
+from . import crossprocess, gemm, inprocess, load
 from .harness import Figure
 
-SUITES = [inprocess.ioctl_inprocess, inprocess.dmabuf_read_bw, inprocess.memory]
+SUITES = [
+    inprocess.ioctl_inprocess,
+    *crossprocess.SUITES,
+    inprocess.dmabuf_read_bw,
+    *load.SUITES,
+    *gemm.SUITES,
+    inprocess.memory,
+]
 
 
 def main(argv: list[str] | None = None) -> int:

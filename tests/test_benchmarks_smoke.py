@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import math
+
+from benchmarks.gemm import cs_nop_rate
 from benchmarks.harness import Figure, ratio_figure
 
 KEYS = {"name", "value", "baseline", "unit", "ratio", "target", "met"}
@@ -16,3 +19,13 @@ def test_ratio_figure_keys_and_direction() -> None:
     assert set(low.as_dict()) >= KEYS
     assert (low.ratio, low.met, high.met) == (2.0, True, False)
     assert isinstance(low, Figure)
+
+
+def test_quick_mode_figure_function_produces_a_valid_figure(monkeypatch) -> None:
+    """One cheap figure function, with tiny loops, end to end (values not checked)."""
+    monkeypatch.setattr("benchmarks.gemm.STEADY_STATE", 2)
+    (fig,) = cs_nop_rate(quick=True, loops=20)
+    assert isinstance(fig, Figure)
+    assert set(fig.as_dict()) >= KEYS
+    assert fig.name == "cs_nop_rate" and isinstance(fig.met, bool)
+    assert all(math.isfinite(v) and v > 0 for v in (fig.value, fig.baseline, fig.ratio))

@@ -1,0 +1,117 @@
+"""The user-program side of the cross-process figures (run in child processes).
+
+``main(kind, params)`` runs one role and prints one JSON line of medians (ns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+from accelcore.server import connect, recv_fds, send_fds
+from accelcore.testing.vaccel import VACCEL_UAPI as V
+from accelcore.uapi import CORE
+
+from .harness import compare
+
+
+def _info(params: dict[str, Any]) -> dict[str, float]:
+    proc = connect(params["rt"])
+    fd = proc.open("/dev/accel/accel0")
+    out = proc.alloc(64)
+    args = proc.alloc(64)
+    info = CORE.new(
+        "struct accel_info", op=CORE.ACCEL_INFO_STATUS, return_pointer=out.addr, return_size=32
+    )
+    args.view[: CORE.sizeof("struct accel_info")] = CORE.to_bytes(info)
+    cmd = CORE.ACCEL_IOCTL_INFO
+
+    def measured() -> None:
+        proc.ioctl(fd, cmd, args.addr)
+
+    request = b"\0" * params["size"]
+    plain = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    plain.connect(params["plain"])
+    scm = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    scm.connect(params["scm"])
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, "little"))]
+
+    def raw() -> None:
+        plain.send(request)
+        plain.recv(65536)
+
+    def raw_scm() -> None:
+        scm.sendmsg([request], rights)
+        scm.recv(65536)
+
+    loops = params["loops"]
+    for fn in (measured, raw, raw_scm):  # warm up
+        for _ in range(200):
+            fn()
+    info_ns, plain_ns = compare(measured, raw, loops)
+    _, scm_ns = compare(measured, raw_scm, loops // 2, rounds=3)
+    plain.close()
+    scm.close()
+    proc.exit()
+    return {"info": info_ns, "plain": plain_ns, "scm": scm_ns}
+
+
+def _exporter(params: dict[str, Any]) -> dict[str, float]:
+    sock = socket.socket(fileno=params["sock"])
+    proc = connect(params["rt"])
+    fd = proc.open("/dev/accel/accel0")
+    handles = {}
+    for size in params["sizes"]:
+        bo = V.new("struct vaccel_create_bo", size=size)
+        proc.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
+        handles[size] = bo.handle
+
+    def share(size: int) -> None:
+        ph = CORE.new("struct drm_prime_handle", handle=handles[size], flags=CORE.DRM_CLOEXEC)
+        proc.ioctl(fd, CORE.DRM_IOCTL_PRIME_HANDLE_TO_FD, ph)
+        send_fds(sock, [ph.fd], size.to_bytes(8, "little"))
+        proc.close(ph.fd)
+        if sock.recv(16) != b"k":
+            raise RuntimeError("importer failed")
+
+    big, small = params["sizes"]
+    for _ in range(3):
+        share(big)
+        share(small)
+    big_ns, small_ns = compare(lambda: share(big), lambda: share(small), params["loops"])
+    sock.close()
+    proc.exit()
+    return {str(big): big_ns, str(small): small_ns}
+
+
+def _importer(params: dict[str, Any]) -> dict[str, float]:
+    sock = socket.socket(fileno=params["sock"])
+    proc = connect(params["rt"])
+    fd = proc.open("/dev/accel/accel1")
+    n = 0
+    while True:
+        data, fds = recv_fds(sock)
+        if not data:
+            break
+        size = int.from_bytes(data, "little")
+        (buf,) = fds
+        ph = CORE.new("struct drm_prime_handle", fd=buf)
+        proc.ioctl(fd, CORE.DRM_IOCTL_PRIME_FD_TO_HANDLE, ph)
+        m = proc.mmap(buf, size)
+        m.unmap()
+        proc.ioctl(fd, CORE.DRM_IOCTL_GEM_CLOSE, CORE.new("struct drm_gem_close", handle=ph.handle))
+        proc.close(buf)
+        sock.send(b"k")
+        n += 1
+    proc.exit()
+    return {"imports": float(n)}
+
+
+def main(kind: str, params: dict[str, Any]) -> None:
+    """Run role ``kind`` and print its result as one JSON line."""
+    if params.get("cpu"):
+        os.sched_setaffinity(0, set(params["cpu"]))
+    role = {"info": _info, "exporter": _exporter, "importer": _importer}[kind]
+    print(json.dumps(role(params)), flush=True)

@@ -1,0 +1,213 @@
+"""Cross-process figures: an INFO round trip through the devfs server, and sharing a
+1 GiB dma-buf between processes.
+
+The server runs in this process (a vaccel machine on a real-time clock) and the
+user programs run in child Python processes, so every call really crosses a
+process boundary. Both this process's threads and the children are pinned to
+one CPU (``os.sched_setaffinity``) for the measured code and its baseline alike:
+on a 2-vCPU VM a cross-CPU wakeup costs ~45 µs of scheduler noise either way
+(see the project's IPC notes), while a same-CPU ping-pong is ~9 µs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from accelcore.server import Server
+from accelcore.server.daemon import load_machine
+
+from .harness import Figure, ratio_figure
+
+__all__ = ["dmabuf_share_1g", "ioctl_crossprocess"]
+
+_ROOT = Path(__file__).resolve().parent.parent
+_MACHINE = {
+    "machine": {"clock": "real", "drivers": ["vaccel"]},
+    "virtual": [{"driver": "vaccel", "count": 2}],
+}
+#: Record sizes of an INFO round trip on the wire: IOCTL (header 24 + cmd/count/argp
+#: 16 + one descriptor number 4) and RESULT (header 24 + ret/errno/counts 16).
+IOCTL_RECORD, RESULT_RECORD = 44, 40
+_CPU = 0
+
+
+@contextlib.contextmanager
+def _pinned() -> Iterator[None]:
+    """Pin the calling thread (and the threads it starts) to one CPU."""
+    before = os.sched_getaffinity(0)
+    cpu = _CPU if _CPU in before else min(before)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@contextlib.contextmanager
+def _served() -> Iterator[Server]:
+    rt = Path(tempfile.mkdtemp(prefix="accel-bench-"))
+    machine = load_machine(_MACHINE)
+    srv = Server(machine, rt, description=_MACHINE)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        machine.shutdown()
+        shutil.rmtree(rt, ignore_errors=True)
+
+
+def _echo_server(path: Path, reply: int) -> tuple[socket.socket, threading.Thread]:
+    """A raw SOCK_SEQPACKET responder: each request (and any descriptors it
+    carries, closed at once) is answered by ``reply`` bytes."""
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    lsock.bind(str(path))
+    lsock.listen(4)
+    answer = b"\0" * reply
+    space = socket.CMSG_SPACE(16 * 4)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = lsock.accept()
+            with conn:
+                while True:
+                    data, anc, _, _ = conn.recvmsg(65536, space, socket.MSG_CMSG_CLOEXEC)
+                    if not data:
+                        return
+                    for _level, _kind, payload in anc:
+                        for i in range(0, len(payload) - 3, 4):
+                            os.close(int.from_bytes(payload[i : i + 4], "little"))
+                    conn.send(answer)
+
+    t = threading.Thread(target=serve, name="bench-echo", daemon=True)
+    t.start()
+    return lsock, t
+
+
+def _run_child(
+    kind: str, params: dict[str, Any], pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH", "")]))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, json; from benchmarks import _children as c; "
+            "c.main(sys.argv[1], json.loads(sys.argv[2]))",
+            kind,
+            json.dumps(params),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=_ROOT,
+        env=env,
+        pass_fds=pass_fds,
+    )
+
+
+def _result(child: subprocess.Popen[str], timeout: float = 180) -> dict[str, Any]:
+    out, _ = child.communicate(timeout=timeout)
+    if child.returncode:
+        raise RuntimeError(f"benchmark child exited with {child.returncode}")
+    data: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return data
+
+
+def ioctl_crossprocess(quick: bool) -> list[Figure]:
+    """INFO from a child process through the devfs server vs a raw request/response
+    of the same sizes between the same two processes over ``SOCK_SEQPACKET``.
+
+    Two baselines: plain bytes, and the same bytes carrying one descriptor as
+    ``SCM_RIGHTS`` (the protocol sends the target file with every IOCTL).
+    """
+    loops = 2_000 if quick else 10_000
+    with _pinned(), _served() as srv:
+        plain_path = srv.runtime_dir / "bench-echo"
+        scm_path = srv.runtime_dir / "bench-echo-scm"
+        socks = [_echo_server(plain_path, RESULT_RECORD), _echo_server(scm_path, RESULT_RECORD)]
+        try:
+            child = _run_child(
+                "info",
+                {
+                    "rt": str(srv.runtime_dir),
+                    "plain": str(plain_path),
+                    "scm": str(scm_path),
+                    "size": IOCTL_RECORD,
+                    "loops": loops,
+                    "cpu": sorted(os.sched_getaffinity(0)),
+                },
+            )
+            res = _result(child)
+        finally:
+            for lsock, t in socks:
+                lsock.close()
+                t.join(5)
+    note = "pinned: server process + client child on one CPU; SOCK_SEQPACKET"
+    return [
+        ratio_figure(
+            "ioctl_crossprocess",
+            res["info"] / 1e3,
+            res["plain"] / 1e3,
+            "us/call",
+            1.3,
+            note=f"baseline: raw {IOCTL_RECORD}/{RESULT_RECORD}-byte round trip; {note}",
+        ),
+        ratio_figure(
+            "ioctl_crossprocess_vs_scm",
+            res["info"] / 1e3,
+            res["scm"] / 1e3,
+            "us/call",
+            1.3,
+            note=f"baseline: same round trip carrying 1 SCM_RIGHTS fd; {note}",
+        ),
+    ]
+
+
+def dmabuf_share_1g(quick: bool) -> list[Figure]:
+    """Export + pass to another process + import + mmap of a 1 GiB vaccel buffer vs
+    the same for 4 KiB, between two child processes through the server.
+
+    The exporter owns accel0 and the importer accel1 (vaccel's compute context is
+    exclusive per device, so a second owner on accel0 would get ``EBUSY``).
+    """
+    loops = 100 if quick else 300
+    with _pinned(), _served() as srv:
+        a_sock, b_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        params = {"rt": str(srv.runtime_dir), "cpu": sorted(os.sched_getaffinity(0))}
+        with a_sock, b_sock:
+            importer = _run_child(
+                "importer", {**params, "sock": b_sock.fileno()}, (b_sock.fileno(),)
+            )
+            exporter = _run_child(
+                "exporter",
+                {**params, "sock": a_sock.fileno(), "loops": loops, "sizes": [1 << 30, 4096]},
+                (a_sock.fileno(),),
+            )
+        res = _result(exporter)
+        _result(importer)
+    return [
+        ratio_figure(
+            "dmabuf_share_1g",
+            res["1073741824"] / 1e3,
+            res["4096"] / 1e3,
+            "us/share",
+            2.0,
+            note="baseline: same for 4 KiB; exporter and importer are two child processes "
+            "(pinned to one CPU with the server); includes the importer's munmap+GEM_CLOSE",
+        )
+    ]
+
+
+SUITES: list[Callable[[bool], list[Figure]]] = [ioctl_crossprocess, dmabuf_share_1g]
