@@ -63,10 +63,14 @@ class Timer:
     seq: int
     callback: Callable[[], None] = field(compare=False)
     cancelled: bool = field(default=False, compare=False)
+    clock: Clock | None = field(default=None, compare=False, repr=False)
 
     def cancel(self) -> None:
         """Stop the callback from running; harmless if it already ran."""
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            if self.clock is not None:
+                self.clock._cancelled()
 
 
 class Clock:
@@ -81,6 +85,7 @@ class Clock:
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self._timers: list[Timer] = []
+        self._n_cancelled = 0
         self._seq = itertools.count()
 
     # -- time ---------------------------------------------------------------
@@ -91,7 +96,7 @@ class Clock:
     # -- scheduling ----------------------------------------------------------
     def call_at(self, when: int, callback: Callable[[], None]) -> Timer:
         """Run ``callback`` (with the lock held) at device time ``when``."""
-        timer = Timer(when, next(self._seq), callback)
+        timer = Timer(when, next(self._seq), callback, clock=self)
         heapq.heappush(self._timers, timer)
         self._scheduled()
         return timer
@@ -104,6 +109,16 @@ class Clock:
         """How many callbacks are scheduled and not cancelled."""
         return sum(1 for t in self._timers if not t.cancelled)
 
+    def _cancelled(self) -> None:
+        # Cancelled timers stay in the heap until they reach its top; when they
+        # are most of it, rebuild it from the live ones (as asyncio does), so a
+        # driver that arms and cancels a timeout per job does not grow it forever.
+        self._n_cancelled += 1
+        if self._n_cancelled > 100 and self._n_cancelled * 2 > len(self._timers):
+            self._timers = [t for t in self._timers if not t.cancelled]
+            heapq.heapify(self._timers)
+            self._n_cancelled = 0
+
     def notify(self) -> None:
         """Tell waiters that state changed (a fence signalled, a signal posted)."""
         with self.lock:
@@ -112,16 +127,21 @@ class Clock:
     def _scheduled(self) -> None:
         """Hook: a timer was added."""
 
-    def _pop_due(self, until: int) -> Timer | None:
+    def _drop_cancelled_top(self) -> None:
         while self._timers and self._timers[0].cancelled:
             heapq.heappop(self._timers)
+            self._n_cancelled = max(0, self._n_cancelled - 1)
+
+    def _pop_due(self, until: int) -> Timer | None:
+        self._drop_cancelled_top()
         if self._timers and self._timers[0].when <= until:
-            return heapq.heappop(self._timers)
+            timer = heapq.heappop(self._timers)
+            timer.clock = None  # it ran: a late cancel() must not count
+            return timer
         return None
 
     def _next_when(self) -> int | None:
-        while self._timers and self._timers[0].cancelled:
-            heapq.heappop(self._timers)
+        self._drop_cancelled_top()
         return self._timers[0].when if self._timers else None
 
     # -- waiting ------------------------------------------------------------

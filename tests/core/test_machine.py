@@ -78,3 +78,13 @@ def test_description_builds_bus_and_drivers() -> None:
         {"machine": {"drivers": ["vaccel"]}, "pci": [{"model": "edu", "count": 2}]}
     )
     assert len(m.bus.functions()) == 2 and "vaccel" in m.subsystem.drivers
+
+
+def test_cancelled_timers_do_not_accumulate() -> None:
+    from accelcore import VirtualClock
+
+    clock = VirtualClock()
+    with clock.lock:
+        for i in range(10_000):
+            clock.call_later(10**9 + i, lambda: None).cancel()
+    assert len(clock._timers) < 300 and clock.pending() == 0
