@@ -16,7 +16,8 @@ from ..errors import AccelError
 from .cmd_activity import dmabuf_cmd, monitor_cmd, ps_cmd, top_cmd
 from .cmd_admin import demo_cmd, reset_cmd, version_cmd
 from .cmd_devices import attrs_cmd, info_cmd, list_cmd, topology_cmd
-from .options import CliState
+from .cmd_sim import sim_group
+from .options import CliState, source_mode
 from .selectors import NoDeviceError
 from .sources import SourceError
 
@@ -44,18 +45,36 @@ class AccelGroup(click.Group):
     default=None,
     help="A TOML machine description for the simulator (default: the built-in machine).",
 )
+@click.option(
+    "--runtime-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="ACCEL_RUNTIME_DIR",
+    default=None,
+    help="The devfs server's runtime directory [env: ACCEL_RUNTIME_DIR; default: the "
+    "server's, $XDG_RUNTIME_DIR/accelcore].",
+)
+@click.option("--embedded", is_flag=True, help="Use an in-process machine even if a server runs.")
+@click.option("--host", is_flag=True, help="Read the real host (pyudev), read-only.")
 @click.version_option(__version__, "-V", "--version", prog_name="accelctl")
 @click.pass_context
-def main(ctx: click.Context, config: Path | None) -> None:
+def main(
+    ctx: click.Context, config: Path | None, runtime_dir: Path | None, embedded: bool, host: bool
+) -> None:
     """accelctl: list, inspect, monitor and reset accel devices.
 
-    Devices are those of an embedded simulated machine (or the real host with
-    `list --host`). Every command takes --json; its schema is in
-    accelcore.cli.schema.
+    Devices are those of the devfs server running in the runtime directory
+    (`accelctl sim start`) when there is one, else of an embedded simulated
+    machine (--embedded forces it, and so does --config); --host reads the real
+    host. Every command takes --json; its schema is in accelcore.cli.schema.
     """
     state = ctx.ensure_object(CliState)
     if config is not None:
         state.config = config
+    if runtime_dir is not None:
+        state.runtime_dir = runtime_dir
+    mode = source_mode(embedded, host)
+    if mode != "auto":
+        state.mode = mode
     ctx.call_on_close(state.close)
 
 
@@ -77,6 +96,7 @@ for _cmd in (
     reset_cmd,
     version_cmd,
     demo_cmd,
+    sim_group,
 ):
     _dev = next((p for p in _cmd.params if p.name == "device"), None)
     if _dev is not None:

@@ -1,22 +1,25 @@
-"""``accelctl demo``: the subsystem's story in seven checked steps, as data.
+"""The demo framework, and ``accelctl demo --quick``: the story on vaccel devices.
 
-:data:`STEPS` is a list of :class:`Step`; each runs against a shared
-:class:`DemoRun` and returns a :class:`StepResult` with lines to show and the
-checks it made. :func:`run_demo` runs them in order and stops at the first
-step that raises; the renderer (in :mod:`accelcore.cli.cmd_admin`) only prints.
+A demo is data: a list of :class:`Step`, each a name, a title and a function
+that acts on a shared *world* and returns a :class:`StepResult` (lines to show
+and the checks it made). :func:`run_steps` runs them in order, stops at the first
+that raises, and tells a :class:`Progress` what happens; renderers (in
+:mod:`accelcore.cli.cmd_admin`) only print. Steps may call ``world.note(text)``
+for live progress during long steps.
 
-The workload runs on the in-tree vaccel driver (two virtual devices, virtual
-time, so the demo is fast and deterministic). The reference drivers' version
-will replace the steps' workload, not this structure.
+The full demo (devfs server, real processes, the reference drivers) is
+:mod:`accelcore.cli.demo_story`. :data:`STEPS` here is the quick one: seven
+steps on two in-tree vaccel devices in virtual time, in one process (fast and
+deterministic; it needs no server and no reference driver).
 """
 
 from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..clock import VirtualClock
 from ..device import DeviceStatus
@@ -27,9 +30,20 @@ from ..uapi import CORE
 from ..userspace import Process
 from ..vfs import Mapping
 from .model import info_query
-from .sources import EmbeddedSource, EventStream, vaccel_machine
+from .sources import EmbeddedSource, EventStream, SourceError, vaccel_machine
 
-__all__ = ["STEPS", "Check", "DemoReport", "DemoRun", "Step", "StepResult", "run_demo"]
+__all__ = [
+    "STEPS",
+    "Check",
+    "DemoReport",
+    "DemoRun",
+    "Progress",
+    "Step",
+    "StepResult",
+    "World",
+    "run_demo",
+    "run_steps",
+]
 
 BO_SIZE = 64 * 1024
 SHARED_SIZE = 16 * 1024
@@ -55,13 +69,39 @@ class StepResult:
     checks: list[Check] = field(default_factory=list)
 
 
+def _ignore(text: str) -> None:
+    return None
+
+
+class World:
+    """Base of what a demo's steps share: :meth:`note` for live progress, and
+    :meth:`finish`, which ends everything (after the last step, or a failed one)."""
+
+    def __init__(self) -> None:
+        self._sink: Callable[[str], None] = _ignore
+
+    def listen(self, sink: Callable[[str], None]) -> None:
+        """Send notes to ``sink``."""
+        self._sink = sink
+
+    def note(self, text: str) -> None:
+        """Show ``text`` now (a long step's progress)."""
+        self._sink(text)
+
+    def finish(self) -> None:
+        """End everything; subclasses extend it."""
+
+
+W = TypeVar("W", bound=World)
+
+
 @dataclass(frozen=True, slots=True)
-class Step:
+class Step(Generic[W]):
     """One step: a name, a title and the function that does it."""
 
     name: str
     title: str
-    run: Callable[[DemoRun], StepResult]
+    run: Callable[[W], StepResult]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +126,67 @@ class DemoReport:
     steps: list[StepReport]
 
 
-class DemoRun:
-    """The demo's world: the machine and the programs acting on it."""
+class Progress(Protocol):
+    """Told what a demo run does, as it happens."""
+
+    def begin(self, index: int, count: int, title: str) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+    def end(self, index: int, count: int, report: StepReport) -> None: ...
+
+
+#: What a step may raise and still leave a report (anything else is a bug: it propagates).
+STEP_ERRORS = (AccelError, OSError, AssertionError, KeyError, IndexError, ValueError, SourceError)
+
+
+def run_steps(steps: Sequence[Step[W]], world: W, progress: Progress | None = None) -> DemoReport:
+    """Run ``steps`` on ``world`` in order, stopping at the first that raises;
+    ``world.finish()`` runs at the end whatever happens.
+
+    Returns:
+        The report; ``ok`` only if every step ran and every check passed.
+    """
+    if progress is not None:
+        world.listen(progress.note)
+    reports: list[StepReport] = []
+    start = time.perf_counter()
+    try:
+        for i, step in enumerate(steps):
+            if progress is not None:
+                progress.begin(i, len(steps), step.title)
+            t0 = time.perf_counter()
+            error = None
+            try:
+                result = step.run(world)
+            except STEP_ERRORS as exc:
+                result, error = StepResult(), f"{type(exc).__name__}: {exc}"
+            ok = error is None and all(c.ok for c in result.checks)
+            report = StepReport(
+                step.name,
+                step.title,
+                ok,
+                (time.perf_counter() - t0) * 1e3,
+                result.lines,
+                result.checks,
+                error,
+            )
+            reports.append(report)
+            if progress is not None:
+                progress.end(i, len(steps), report)
+            if error is not None:
+                break
+    finally:
+        world.finish()
+    ok = len(reports) == len(steps) and all(r.ok for r in reports)
+    return DemoReport(ok, (time.perf_counter() - start) * 1e3, reports)
+
+
+class DemoRun(World):
+    """The quick demo's world: the machine and the programs acting on it."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.machine: Machine | None = None
         self.baseline: dict[str, int] = {}
         self.procs: dict[str, Process] = {}
@@ -119,6 +216,12 @@ class DemoRun:
         if self.events is not None:
             self.events.close()
             self.events = None
+
+    def finish(self) -> None:
+        """End the programs, then the machine."""
+        self.close()
+        if self.machine is not None:
+            self.machine.shutdown()
 
 
 # -- small vaccel helpers -----------------------------------------------------------------
@@ -366,7 +469,7 @@ def step_cleanup(run: DemoRun) -> StepResult:
 
 
 #: The demo, in order.
-STEPS: list[Step] = [
+STEPS: list[Step[DemoRun]] = [
     Step("machine", "build the machine and list its devices", step_machine),
     Step("workload", "a workload becomes compute owner of accel0 and submits a job", step_workload),
     Step(
@@ -380,47 +483,7 @@ STEPS: list[Step] = [
 
 
 def run_demo(
-    steps: list[Step] | None = None, progress: Callable[[int, int, StepReport], None] | None = None
+    steps: list[Step[DemoRun]] | None = None, progress: Progress | None = None
 ) -> DemoReport:
-    """Run ``steps`` (default :data:`STEPS`) in order, stopping at the first that raises.
-
-    Args:
-        steps: The steps.
-        progress: Called after each step with its index, the count and its report.
-
-    Returns:
-        The report; ``ok`` only if every step ran and every check passed.
-    """
-    steps = STEPS if steps is None else steps
-    run = DemoRun()
-    reports: list[StepReport] = []
-    start = time.perf_counter()
-    try:
-        for i, step in enumerate(steps):
-            t0 = time.perf_counter()
-            error = None
-            try:
-                result = step.run(run)
-            except (AccelError, OSError, AssertionError, KeyError, IndexError) as exc:
-                result, error = StepResult(), f"{type(exc).__name__}: {exc}"
-            ok = error is None and all(c.ok for c in result.checks)
-            report = StepReport(
-                step.name,
-                step.title,
-                ok,
-                (time.perf_counter() - t0) * 1e3,
-                result.lines,
-                result.checks,
-                error,
-            )
-            reports.append(report)
-            if progress is not None:
-                progress(i, len(steps), report)
-            if error is not None:
-                break
-    finally:
-        run.close()
-        if run.machine is not None:
-            run.machine.shutdown()
-    ok = len(reports) == len(steps) and all(r.ok for r in reports)
-    return DemoReport(ok, (time.perf_counter() - start) * 1e3, reports)
+    """Run the quick demo's ``steps`` (default :data:`STEPS`) on a fresh :class:`DemoRun`."""
+    return run_steps(STEPS if steps is None else steps, DemoRun(), progress)

@@ -309,7 +309,7 @@ def read_device_info(
         proc: The program that asks (root, to see every client).
         name: The device name (``accel0``).
         paths: Nodes to try, in order.
-        source: ``"sim"`` or ``"host"``: where the answer came from.
+        source: ``"sim"``, ``"server"`` or ``"host"``: where the answer came from.
         full: Also ask clients, memory and engines.
 
     Raises:

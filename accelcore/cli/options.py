@@ -3,6 +3,9 @@
 * :class:`CliState` — the click context object; builds the source lazily, so
   ``version``, ``--help`` and completion stay cheap, and so tests can inject a
   prepared source (``CliRunner().invoke(main, args, obj=CliState(source=...))``).
+  Which source: ``--host`` the real host; ``--embedded`` or ``--config`` the
+  in-process machine; otherwise the devfs server of the runtime directory when
+  one answers there, else the in-process machine.
 * :func:`json_option` and :func:`device_argument` — the shared decorators.
 * :func:`resolve` — a selector to devices, with accelctl's exit-code rules:
   a malformed selector is a usage error (exit 2), an unmatched one a runtime
@@ -22,6 +25,7 @@ from click.shell_completion import CompletionItem
 
 from .model import DeviceSummary
 from .selectors import ENV_VAR, NoDeviceError, SelectorSyntaxError, select
+from .server_source import ServerSource, running_server
 from .sources import EmbeddedSource, HostSource, Source
 
 __all__ = [
@@ -34,6 +38,7 @@ __all__ = [
     "json_option",
     "resolve",
     "resolve_one",
+    "source_mode",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,18 +50,34 @@ class CliState:
     Args:
         config: A TOML machine description for the embedded source (``--config``).
         source: A ready source (tests); otherwise one is built on first use.
+        runtime_dir: Where to look for a devfs server (``None``: the server's default,
+            which honours ``$ACCEL_RUNTIME_DIR``).
+        mode: ``"auto"`` (a running server, else embedded), ``"embedded"`` or ``"host"``.
     """
 
-    def __init__(self, config: Path | None = None, source: Source | None = None) -> None:
+    def __init__(
+        self,
+        config: Path | None = None,
+        source: Source | None = None,
+        runtime_dir: Path | None = None,
+        mode: str = "auto",
+    ) -> None:
         self.config = config
+        self.runtime_dir = runtime_dir
+        self.mode = mode
         self._source = source
         self._host: Source | None = None
         self._owned: list[Source] = []
 
     def source(self) -> Source:
-        """The embedded source (the default machine, or ``--config``'s)."""
+        """The source the global options pick (see the module docstring)."""
         if self._source is None:
-            self._source = EmbeddedSource.from_config(self.config)
+            if self.mode == "host":
+                return self.host_source()
+            if self.mode == "auto" and self.config is None and running_server(self.runtime_dir):
+                self._source = ServerSource(self.runtime_dir)
+            else:
+                self._source = EmbeddedSource.from_config(self.config)
             self._owned.append(self._source)
         return self._source
 
@@ -78,8 +99,23 @@ def get_state(ctx: click.Context) -> CliState:
     during shell completion, where group callbacks do not run)."""
     root = ctx.find_root()
     if not isinstance(root.obj, CliState):
-        root.obj = CliState(config=root.params.get("config"))
+        root.obj = CliState(
+            config=root.params.get("config"),
+            runtime_dir=root.params.get("runtime_dir"),
+            mode=source_mode(bool(root.params.get("embedded")), bool(root.params.get("host"))),
+        )
     return root.obj
+
+
+def source_mode(embedded: bool, host: bool) -> str:
+    """The :class:`CliState` mode of the ``--embedded``/``--host`` flags.
+
+    Raises:
+        click.UsageError: both were given.
+    """
+    if embedded and host:
+        raise click.UsageError("--embedded and --host exclude each other")
+    return "host" if host else "embedded" if embedded else "auto"
 
 
 def json_option(f: F) -> F:

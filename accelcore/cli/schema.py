@@ -40,7 +40,7 @@ STR_MAP: Schema = {"type": "object", "additionalProperties": STR}
 STATUS: Schema = {
     "enum": ["operational", "in_reset", "malfunction", "needs_reset", "unplugged", "unknown"]
 }
-SOURCE: Schema = {"enum": ["sim", "host"]}
+SOURCE: Schema = {"enum": ["sim", "server", "host"]}
 HOLDER: Schema = _obj({"pid": INT, "fd": INT})
 
 DEVICE_SUMMARY = _obj(
@@ -208,6 +208,26 @@ DEMO_STEP = _obj(
     }
 )
 
+SIM_DEVICE = _obj(
+    {"name": STR, "driver": STR, "bus_id": STR, "node": STR, "status": STATUS, "socket": STR}
+)
+SIM_STATUS = _obj(
+    {
+        "running": BOOL,
+        "runtime_dir": STR,
+        "pid": INT,
+        "version": STR,
+        "protocol": INT,
+        "clock": STR,
+        "sessions": INT,
+        "open_files": INT,
+        "machine": {"type": ["object", "null"]},
+        "accounting": {"type": "object", "additionalProperties": INT},
+        "devices": _arr(SIM_DEVICE),
+    },
+    required=["running", "runtime_dir"],
+)
+
 #: Schemas by command (streaming commands: one line).
 SCHEMAS: dict[str, Schema] = {
     "list": _obj({"devices": _arr(DEVICE_SUMMARY)}),
@@ -245,6 +265,9 @@ SCHEMAS: dict[str, Schema] = {
             "installed_drivers": STR_MAP,
         }
     ),
+    "sim-start": _obj({"pid": INT, "runtime_dir": STR, "devices": _arr(SIM_DEVICE)}),
+    "sim-stop": _obj({"pid": INT, "runtime_dir": STR, "stopped": BOOL}),
+    "sim-status": SIM_STATUS,
     "demo": _obj({"ok": BOOL, "elapsed_ms": {"type": "number"}, "steps": _arr(DEMO_STEP)}),
 }
 

@@ -2,17 +2,17 @@
 
 A :class:`Source` yields the data model (:mod:`accelcore.cli.model`,
 :mod:`accelcore.cli.records`); commands never touch a machine directly. Two
-sources exist now:
+sources live here:
 
 * :class:`EmbeddedSource` — an in-process :class:`~accelcore.machine.Machine`
   (the default machine, or one from a TOML description). Device data comes
   through the common INFO ioctl, asked by a root :class:`~accelcore.Process`.
 * :class:`HostSource` — the real host, read-only, through pyudev: ``accel`` and
-  ``drm`` nodes and PCI processing accelerators (class ``0x12``).
+  ``drm`` nodes and PCI processing accelerators (class ``0x12``). It only needs
+  libudev, so it also reads a umockdev testbed (``umockdev-run --device FILE``).
 
-A ``ServerSource`` (the devfs server's client) fits the same :class:`Source`
-protocol: it can reuse :func:`accelcore.cli.model.read_device_info` with the
-server client as the :class:`~accelcore.cli.model.UserProgram`.
+The third, :class:`~accelcore.cli.server_source.ServerSource`, reads a running
+devfs server through its client and control endpoint.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class EventStream(Protocol):
 
 
 class Source(Protocol):
-    """What accelctl's commands read and change. ``kind`` is ``"sim"`` or ``"host"``."""
+    """What accelctl's commands read and change. ``kind`` is ``"sim"``, ``"server"``
+    or ``"host"``."""
 
     kind: str
 
@@ -437,6 +438,8 @@ class HostSource:
             for dev in ctx.list_devices(subsystem=subsystem):
                 if dev.device_node is None:
                     continue  # drm connectors and the like
+                if getattr(dev, "device_type", None) == "accel_control":
+                    continue  # another node of its compute device, not a device of its own
                 pci = dev.find_parent("pci")
                 if pci is not None:
                     covered.add(str(pci.sys_name))

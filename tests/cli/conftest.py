@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # edu_accel_driver, for PCI-pare
 
 from cli_helpers import Invoke
 from edu_accel_driver import EduAccelDriver
+from server_fixtures import holder, rt, served  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from cli_helpers import Invoke, check_json
 
-from accelcore.cli import demo
-from accelcore.cli.demo import Check, Step, StepResult, run_demo
+from accelcore.cli import demo, demo_story
+from accelcore.cli.demo import Check, Step, StepResult, run_demo, run_steps
 from accelcore.cli.sources import EmbeddedSource
+from accelcore.server.daemon import server_status
 
 
 def test_reset_with_yes_resets_the_device(invoke: Invoke, sim: EmbeddedSource) -> None:
@@ -63,15 +64,15 @@ def test_version_option(invoke: Invoke) -> None:
     assert invoke("--version").stdout == "accelctl, version 0.1.0\n"
 
 
-def test_demo_passes(invoke: Invoke) -> None:
-    res = invoke("demo")
+def test_quick_demo_passes(invoke: Invoke) -> None:
+    res = invoke("demo", "--quick")
     assert res.exit_code == 0, res.stdout
     assert "[7/7]" in res.stdout
     assert "demo: PASSED" in res.stdout
 
 
-def test_demo_json_reports_every_check(invoke: Invoke) -> None:
-    res = invoke("demo", "--json")
+def test_quick_demo_json_reports_every_check(invoke: Invoke) -> None:
+    res = invoke("demo", "--quick", "--json")
     assert res.exit_code == 0
     data = check_json("demo", res.stdout)
     assert data["ok"] is True
@@ -82,9 +83,38 @@ def test_demo_json_reports_every_check(invoke: Invoke) -> None:
 def test_demo_fails_when_a_check_fails(invoke: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = Step("bad", "a failing check", lambda run: StepResult([], [Check("x", False)]))
     monkeypatch.setattr(demo, "STEPS", [*demo.STEPS[:1], bad])
-    res = invoke("demo")
+    res = invoke("demo", "--quick")
     assert res.exit_code == 1
     assert "demo: FAILED" in res.stdout
+
+
+def test_story_json_reports_every_step_and_check(invoke: Invoke) -> None:
+    res = invoke("demo", "--json")
+    assert res.exit_code == 0, res.stdout
+    data = check_json("demo", res.stdout)
+    assert [s["name"] for s in data["steps"]] == [s.name for s in demo_story.STORY]
+    assert all(c["ok"] for s in data["steps"] for c in s["checks"])
+    assert data["elapsed_ms"] < 30_000
+
+
+def test_story_shows_progress_notes(invoke: Invoke) -> None:
+    res = invoke("demo")
+    assert res.exit_code == 0, res.stdout
+    assert "[8/8]" in res.stdout
+    assert "... kernel: accel0: hard reset (cs timeout)" in res.stdout
+
+
+def test_failed_story_step_still_stops_the_server() -> None:
+    def boom(run: demo_story.StoryRun) -> StepResult:
+        raise AssertionError("workload said nothing")
+
+    world = demo_story.StoryRun()
+    report = run_steps([demo_story.STORY[0], Step("boom", "raises", boom)], world)
+    assert [(s.name, s.error) for s in report.steps] == [
+        ("server", None),
+        ("boom", "AssertionError: workload said nothing"),
+    ]
+    assert server_status(world.rt) is None and not world.rt.exists()
 
 
 def test_run_demo_stops_at_a_raising_step() -> None:

@@ -56,6 +56,9 @@ def test_every_command_has_a_schema() -> None:
         "topology",
         "version",
         "demo",
+        "sim-start",
+        "sim-stop",
+        "sim-status",
     }
 
 

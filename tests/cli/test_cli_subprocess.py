@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from cli_helpers import HERE, check_json, check_json_lines
 
 pytestmark = pytest.mark.subprocess
+
+NO_SERVER = Path(tempfile.gettempdir()) / f"accelctl-tests-no-server-{os.getpid()}"
 
 
 def accelctl(
@@ -20,6 +24,8 @@ def accelctl(
     full_env["PYTHONPATH"] = os.pathsep.join(
         [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
+    # No devfs server answers here: the default source is the embedded machine.
+    full_env["ACCEL_RUNTIME_DIR"] = str(NO_SERVER)
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "accelcore.cli", *args],
@@ -84,10 +90,20 @@ def test_default_machine_lists_sim_devices() -> None:
     assert devices[0]["name"] == "accel0"
 
 
-def test_demo_passes_as_a_process() -> None:
+def test_demo_passes_as_a_process_within_30_s() -> None:
     res = accelctl("demo")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "demo: PASSED" in res.stdout
+    summary = re.search(r"demo: PASSED — 8/8 steps, (\d+)/(\d+) checks in ([\d.]+) s", res.stdout)
+    assert summary is not None, res.stdout
+    assert summary[1] == summary[2]
+    assert float(summary[3]) < 30.0
+    assert "waiter sees ABORTED" in res.stdout and "C matches numpy" in res.stdout
+
+
+def test_quick_demo_passes_as_a_process() -> None:
+    res = accelctl("demo", "--quick")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "demo: PASSED — 7/7 steps" in res.stdout
 
 
 def test_unknown_device_exit_1_one_line_no_traceback() -> None:

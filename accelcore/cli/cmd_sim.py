@@ -1,0 +1,159 @@
+"""``accelctl sim start|stop|status``: a simulated machine served in the background.
+
+``sim start`` runs the devfs server (``python -m accelcore.server``) detached and
+returns once it serves; while it runs, the other commands read it by default.
+The runtime directory is ``--runtime-dir``, else ``$ACCEL_RUNTIME_DIR``, else the
+server's default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import AccelError
+from ..server.daemon import control_request, server_status, spawn_server, stop_server
+from ..server.server import default_runtime_dir
+from .options import emit, get_state, json_option
+
+__all__ = ["sim_group"]
+
+#: Seconds ``sim start`` waits for the server to serve (imports and machine build).
+START_TIMEOUT = 30.0
+
+
+def _runtime_dir(ctx: click.Context, given: Path | None) -> Path:
+    if given is not None:
+        return given
+    state_dir = get_state(ctx).runtime_dir
+    return state_dir if state_dir is not None else default_runtime_dir()
+
+
+def _devices(rt: Path) -> list[dict[str, Any]]:
+    devices: list[dict[str, Any]] = control_request("devices", rt)
+    return [
+        {
+            "name": d["name"],
+            "driver": d["driver"],
+            "bus_id": d["bus_id"],
+            "node": d["node"],
+            "status": d["status"],
+            "socket": d["socket"],
+        }
+        for d in devices
+    ]
+
+
+def _render_devices(devices: list[dict[str, Any]]) -> None:
+    for d in devices:
+        click.echo(f"  {d['name']:<8} {d['driver']:<12} {d['bus_id']:<13} {d['node']}")
+
+
+runtime_dir_option = click.option(
+    "--runtime-dir",
+    "runtime_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the server's sockets go [default: accelctl's --runtime-dir, "
+    "$ACCEL_RUNTIME_DIR, else the server's default].",
+)
+
+
+@click.group("sim")
+def sim_group() -> None:
+    """Run a simulated machine in the background (the devfs server)."""
+
+
+@sim_group.command("start")
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Machine description (TOML/JSON) [default: accelctl's --config, else the "
+    "built-in machine].",
+)
+@runtime_dir_option
+@json_option
+@click.pass_context
+def sim_start_cmd(
+    ctx: click.Context, config: Path | None, runtime_dir: Path | None, as_json: bool
+) -> None:
+    """Start the server and wait until it serves; print its directory and devices."""
+    rt = _runtime_dir(ctx, runtime_dir)
+    cfg = config if config is not None else get_state(ctx).config
+    running = server_status(rt)
+    if running is not None:
+        raise click.ClickException(
+            f"a devfs server already runs at {rt} (pid {running['pid']}); "
+            "stop it with 'accelctl sim stop'"
+        )
+    try:
+        pid = spawn_server(cfg, rt, timeout=START_TIMEOUT)
+    except AccelError as exc:
+        # The message may carry the log's tail; the error stays one line.
+        first = (exc.strerror or str(exc)).splitlines()[0]
+        raise click.ClickException(f"{first} (log: {rt / 'server.log'})") from None
+    devices = _devices(rt)
+    data = {"pid": pid, "runtime_dir": str(rt), "devices": devices}
+
+    def human() -> None:
+        click.echo(f"devfs server pid {pid} serving {len(devices)} device(s) in {rt}")
+        _render_devices(devices)
+        click.echo(f"(other shells: export ACCEL_RUNTIME_DIR={rt})")
+
+    emit(data, as_json, human)
+
+
+@sim_group.command("stop")
+@runtime_dir_option
+@json_option
+@click.pass_context
+def sim_stop_cmd(ctx: click.Context, runtime_dir: Path | None, as_json: bool) -> None:
+    """Stop the server (its clients' files are released); exit 1 if none runs."""
+    rt = _runtime_dir(ctx, runtime_dir)
+    status = server_status(rt)
+    if status is None or not stop_server(rt):
+        raise click.ClickException(f"no devfs server at {rt}")
+    data = {"pid": int(status["pid"]), "runtime_dir": str(rt), "stopped": True}
+    emit(data, as_json, lambda: click.echo(f"stopped devfs server pid {data['pid']} at {rt}"))
+
+
+@sim_group.command("status")
+@runtime_dir_option
+@json_option
+@click.pass_context
+def sim_status_cmd(ctx: click.Context, runtime_dir: Path | None, as_json: bool) -> None:
+    """Whether a server runs, with its machine and devices; exit 1 if none runs."""
+    rt = _runtime_dir(ctx, runtime_dir)
+    status = server_status(rt)
+    data: dict[str, Any] = {"running": status is not None, "runtime_dir": str(rt)}
+    if status is not None:
+        data.update(
+            {
+                "pid": status["pid"],
+                "version": status["version"],
+                "protocol": status["protocol"],
+                "clock": status["clock"],
+                "sessions": status["sessions"],
+                "open_files": status["open_files"],
+                "machine": status["machine"],
+                "accounting": status["accounting"],
+                "devices": _devices(rt),
+            }
+        )
+
+    def human() -> None:
+        if status is None:
+            click.echo(f"no devfs server at {rt}")
+            return
+        click.echo(
+            f"devfs server pid {data['pid']} at {rt}: accelcore {data['version']}, "
+            f"{data['clock']}, {data['sessions']} session(s), {data['open_files']} open file(s)"
+        )
+        _render_devices(data["devices"])
+
+    emit(data, as_json, human)
+    if status is None:
+        ctx.exit(1)

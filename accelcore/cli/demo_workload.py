@@ -1,0 +1,161 @@
+"""The workload programs of ``accelctl demo``, run as real processes.
+
+``python -m accelcore.cli.demo_workload MODE --runtime-dir DIR [--device NODE]``
+connects to the devfs server at ``DIR`` (:func:`accelcore.server.connect`) and
+drives a habana_like device with :class:`~drivers.habana_like.userlib.HlkClient`.
+It reports to the demo in lines ``WORD {json}`` on stdout:
+
+* ``gemm`` — become the compute owner, copy A and B host→DRAM (LIN_DMA), say
+  ``OWNER``; with ``--pause`` wait for a line on stdin (the demo looks at the
+  device meanwhile); then KERNEL GEMM, copy C DRAM→host, compare with numpy and
+  say ``RESULT``.
+* ``hang`` — submit a CS whose FENCE waits for a sync object nobody signals and
+  a second CS queued behind it on the same engine, say ``SUBMITTED``, and wait
+  for both: the driver's CS timeout hard-resets the device, so the second one's
+  waiter sees ``ABORTED`` (``EIO``) and the first ``TIMEDOUT``; say ``WAITED``.
+
+Exit status 0 when the program ran to its end (the demo checks the results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..server import connect
+from ..server.client import ClientProcess
+
+__all__ = ["main", "run_gemm", "run_hang"]
+
+HOST_BYTES = 1 << 18
+B_OFF, C_OFF = 0x10000, 0x20000
+
+
+def say(word: str, data: dict[str, Any]) -> None:
+    """One report line for the demo."""
+    print(word, json.dumps(data), flush=True)
+
+
+def _client(proc: ClientProcess, device: str) -> Any:
+    from drivers.habana_like.userlib import HlkClient
+
+    # ClientProcess has accelcore.Process's API (HlkClient is typed for the latter).
+    proc_any: Any = proc
+    return HlkClient(proc_any, proc.open(device))
+
+
+def run_gemm(proc: ClientProcess, device: str, size: int, pause: bool) -> None:
+    """GEMM C = A @ B on the device, checked against numpy (see the module doc)."""
+    from drivers.habana_like import HLK
+    from drivers.habana_like.packets import encode_kernel, encode_lin_dma
+
+    m = n = k = size
+    hl = _client(proc, device)
+    rng = np.random.default_rng(2024)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    host = proc.alloc(HOST_BYTES)
+    host.view[: a.nbytes] = a.tobytes()
+    host.view[B_OFF : B_OFF + b.nbytes] = b.tobytes()
+    hva = hl.map_host(host.addr, HOST_BYTES)
+    dva = hl.map_device(hl.mem_alloc(HOST_BYTES))  # the first compute ioctl: owner
+    copy_in = hl.cb_with(
+        encode_lin_dma(hva, dva, a.nbytes, HLK.HLK_DMA_HOST_TO_DRAM)
+        + encode_lin_dma(hva + B_OFF, dva + B_OFF, b.nbytes, HLK.HLK_DMA_HOST_TO_DRAM)
+    )
+    s1 = hl.submit([(copy_in, HLK.HLK_QUEUE_ID_DMA_0)])
+    st1 = hl.wait(s1)
+    usage = hl.info(HLK.HLK_INFO_DRAM_USAGE, "struct hlk_info_dram_usage")
+    say(
+        "OWNER",
+        {"pid": proc.pid, "copy_in": st1, "ctx_dram": int(usage.ctx_dram_mem), "m": m},
+    )
+    if pause:
+        sys.stdin.readline()
+    gemm = hl.cb_with(
+        encode_kernel(HLK.HLK_KERNEL_GEMM_F32, m=m, n=n, k=k, a=dva, b=dva + B_OFF, c=dva + C_OFF)
+    )
+    s2 = hl.submit([(gemm, HLK.HLK_QUEUE_ID_COMPUTE_0)])
+    st2 = hl.wait(s2)
+    copy_out = hl.cb_with(
+        encode_lin_dma(dva + C_OFF, hva + C_OFF, m * n * 4, HLK.HLK_DMA_DRAM_TO_HOST)
+    )
+    s3 = hl.submit([(copy_out, HLK.HLK_QUEUE_ID_DMA_1)])
+    st3 = hl.wait(s3)
+    c = np.frombuffer(bytes(host.view[C_OFF : C_OFF + m * n * 4]), np.float32).reshape(m, n)
+    err = float(np.max(np.abs(c - a @ b)))
+    say(
+        "RESULT",
+        {
+            "seqs": [s1, s2, s3],
+            "statuses": [st1, st2, st3],
+            "max_abs_err": err,
+            "ok": bool(np.allclose(c, a @ b, rtol=1e-4, atol=1e-4)),
+        },
+    )
+
+
+def _wait_outcome(hl: Any, seq: int) -> dict[str, Any]:
+    from drivers.habana_like import HLK
+
+    a = HLK.new("union hlk_wait_cs_args")
+    a.input.seq, a.input.timeout_us = seq, 20_000_000
+    try:
+        hl.proc.ioctl(hl.fd, HLK.DRM_IOCTL_HLK_WAIT_CS, a)
+        code = "OK"
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    names = {
+        HLK.HLK_WAIT_CS_STATUS_COMPLETED: "COMPLETED",
+        HLK.HLK_WAIT_CS_STATUS_BUSY: "BUSY",
+        HLK.HLK_WAIT_CS_STATUS_TIMEDOUT: "TIMEDOUT",
+        HLK.HLK_WAIT_CS_STATUS_ABORTED: "ABORTED",
+    }
+    return {"seq": seq, "errno": code, "status": names.get(int(a.output.status), "?")}
+
+
+def run_hang(proc: ClientProcess, device: str) -> None:
+    """A CS that can never finish, and one queued behind it (see the module doc)."""
+    from drivers.habana_like import HLK
+    from drivers.habana_like.packets import encode_fence, encode_lin_dma
+
+    hl = _client(proc, device)
+    dva = hl.map_device(hl.mem_alloc(4096))
+    stuck = hl.cb_with(encode_fence(sob=0, target=1))  # SOB 0 is never incremented
+    behind = hl.cb_with(encode_lin_dma(0x77, dva, 4096, HLK.HLK_DMA_DRAM_TO_DRAM, memset=True))
+    s1 = hl.submit([(stuck, HLK.HLK_QUEUE_ID_DMA_0)])
+    s2 = hl.submit([(behind, HLK.HLK_QUEUE_ID_DMA_0)])
+    say("SUBMITTED", {"pid": proc.pid, "hung": s1, "queued": s2})
+    queued = _wait_outcome(hl, s2)
+    hung = _wait_outcome(hl, s1)
+    say("WAITED", {"queued": queued, "hung": hung})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one workload; 0 when it ran to the end."""
+    ap = argparse.ArgumentParser(prog="python -m accelcore.cli.demo_workload")
+    ap.add_argument("mode", choices=["gemm", "hang"])
+    ap.add_argument("--runtime-dir", required=True)
+    ap.add_argument("--device", default="/dev/accel/accel0")
+    ap.add_argument("--size", type=int, default=64, help="GEMM dimension (m = n = k)")
+    ap.add_argument("--pause", action="store_true", help="gemm: wait for stdin after OWNER")
+    opts = ap.parse_args(argv)
+    proc = connect(opts.runtime_dir)
+    try:
+        if opts.mode == "gemm":
+            run_gemm(proc, opts.device, opts.size, opts.pause)
+        else:
+            run_hang(proc, opts.device)
+    finally:
+        proc.exit()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""A :class:`~accelcore.cli.sources.Source` over a running devfs server.
+
+INFO goes through the server's client exactly as a workload would see it:
+:func:`~accelcore.cli.model.read_device_info` with a
+:class:`~accelcore.server.client.ClientProcess` as the
+:class:`~accelcore.cli.model.UserProgram`. Everything else is built from the
+control endpoint's queries (``status``, ``devices``, ``bufinfo``,
+``subscribe``). What the control protocol cannot answer is a one-line
+:class:`~accelcore.cli.sources.SourceError` naming ``--embedded``:
+
+* the sysfs attribute walk and attribute stores (no sysfs op),
+* ``reset`` and ``monitor --trigger`` (no action ops),
+* per-file ``holders`` and ``fdinfo`` (``ps`` is built from INFO clients; the
+  holder lists of ``ps`` and ``dmabuf`` are empty).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import AccelError
+from ..server import protocol as p
+from ..server.client import ClientProcess, connect
+from ..server.daemon import control_request, server_status
+from ..server.server import CONTROL_NAME, default_runtime_dir
+from ..server.wire import close_all, recv_record, send_record
+from .model import DeviceInfo, DeviceSummary, read_device_info, summary_from_info
+from .records import (
+    AttrLevel,
+    BufferRecord,
+    FenceRecord,
+    FileRecord,
+    PciFunctionRecord,
+    Topology,
+    TopologyRoot,
+    UeventRecord,
+)
+from .sources import EventStream, SourceError
+
+__all__ = ["ServerSource", "running_server"]
+
+
+def running_server(runtime_dir: Path | str | None) -> dict[str, Any] | None:
+    """The status of the devfs server at ``runtime_dir`` (default: the server's
+    default directory), or ``None`` when none answers."""
+    return server_status(runtime_dir)
+
+
+class _ServerStream:
+    """An :class:`EventStream` on a ``subscribe`` control connection."""
+
+    def __init__(self, runtime_dir: Path) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            self._sock.connect(str(runtime_dir / CONTROL_NAME))
+            send_record(self._sock, p.encode(p.Control({"op": "subscribe"}), 1))
+            self._sock.settimeout(10.0)
+            reply = self._next()
+        except OSError as exc:
+            self._sock.close()
+            raise SourceError(f"devfs server at {runtime_dir}: {exc.strerror or exc}") from exc
+        if not isinstance(reply, p.ControlReply) or not reply.reply.get("ok"):
+            self._sock.close()
+            raise SourceError(f"devfs server at {runtime_dir} refused the uevent subscription")
+        self._poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
+        self._poller.register(self._sock, select.POLLIN)
+        self._closed = False
+
+    def _next(self) -> p.Message | None:
+        data, fds = recv_record(self._sock)
+        close_all(fds)
+        return p.decode(data).message if data else None
+
+    def get(self, timeout: float | None) -> UeventRecord | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._closed:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._poller.poll(None if left is None else int(left * 1000)):
+                return None
+            msg = self._next()
+            if msg is None:  # the server went away: the stream ends
+                self.close()
+                return None
+            if isinstance(msg, p.Uevent):
+                ev = msg.event
+                return UeventRecord(
+                    str(ev["action"]),
+                    str(ev["devpath"]),
+                    str(ev["subsystem"]),
+                    int(ev["seqnum"]),
+                    {str(k): str(v) for k, v in dict(ev["env"]).items()},
+                )
+        return None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sock.close()
+
+
+def _pci_root(bus_id: str) -> str:
+    """``0000:00:10.0`` → ``pci0000:00`` (the host bridge of the function's bus)."""
+    return "pci" + bus_id.rsplit(":", 1)[0]
+
+
+class ServerSource:
+    """The devices of the devfs server at ``runtime_dir``.
+
+    Args:
+        runtime_dir: The server's runtime directory (default: the server's default).
+    """
+
+    kind = "server"
+
+    def __init__(self, runtime_dir: Path | str | None = None) -> None:
+        self.runtime_dir = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
+        self._proc: ClientProcess | None = None
+
+    # -- plumbing ------------------------------------------------------------------
+    def control(self, op: str) -> Any:
+        """One control request; a missing server is a :class:`SourceError`."""
+        try:
+            return control_request(op, self.runtime_dir)
+        except (AccelError, OSError, p.ProtocolError) as exc:
+            msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if "devfs server" not in msg:
+                msg = f"devfs server at {self.runtime_dir}: {msg}"
+            raise SourceError(msg) from exc
+
+    @property
+    def proc(self) -> ClientProcess:
+        """This process as a task of the server (connected on first use)."""
+        if self._proc is None:
+            try:
+                self._proc = connect(self.runtime_dir)
+            except (AccelError, OSError) as exc:
+                raise SourceError(str(exc)) from exc
+        return self._proc
+
+    def _raw_devices(self) -> list[dict[str, Any]]:
+        devices: list[dict[str, Any]] = self.control("devices")
+        return devices
+
+    def _raw(self, name: str) -> dict[str, Any]:
+        for d in self._raw_devices():
+            if d["name"] == name:
+                return d
+        raise SourceError(f"no accel device {name!r}")
+
+    def _info(self, raw: dict[str, Any], *, full: bool) -> DeviceInfo:
+        paths = [str(x) for x in (raw.get("control_node"), raw["node"]) if x]
+        return read_device_info(self.proc, str(raw["name"]), paths, source=self.kind, full=full)
+
+    def _unsupported(self, what: str, op: str) -> SourceError:
+        return SourceError(
+            f"{what} is not available from the devfs server (its control protocol has no "
+            f"{op!r} op); use --embedded"
+        )
+
+    # -- INFO-based views ----------------------------------------------------------
+    def devices(self) -> list[DeviceSummary]:
+        return [summary_from_info(self._info(d, full=False)) for d in self._raw_devices()]
+
+    def info(self, name: str) -> DeviceInfo:
+        return self._info(self._raw(name), full=True)
+
+    def files(self) -> list[FileRecord]:
+        """Open files, from INFO's client list (no holders or fdinfo: see the module doc)."""
+        out = []
+        for raw in self._raw_devices():
+            for c in self._info(raw, full=True).clients:
+                out.append(
+                    FileRecord(
+                        str(raw["name"]),
+                        c.pid,
+                        c.comm,
+                        c.uid,
+                        c.client_id,
+                        c.owner,
+                        c.control,
+                        [],
+                        {
+                            "drm-driver": str(raw["driver"]),
+                            "drm-client-id": str(c.client_id),
+                            "drm-total-memory": f"{c.memory_bytes // 1024} KiB",
+                            "drm-engine-time": f"{c.engine_time_ns} ns",
+                        },
+                    )
+                )
+        return out
+
+    def topology(self) -> Topology:
+        roots: dict[str, list[PciFunctionRecord]] = {}
+        virtual: list[str] = []
+        for raw in self._raw_devices():
+            bus_id = str(raw["bus_id"])
+            if bus_id == "virtual":
+                virtual.append(str(raw["name"]))
+                continue
+            ident = self._info(raw, full=False).identity
+            roots.setdefault(_pci_root(bus_id), []).append(
+                PciFunctionRecord(
+                    bus_id,
+                    f"0x{ident.vendor:04x}",
+                    f"0x{ident.device:04x}",
+                    f"0x{ident.class_code:06x}",
+                    str(raw["driver"]),
+                    [str(raw["name"])],
+                )
+            )
+        return Topology([TopologyRoot(k, v) for k, v in roots.items()], virtual)
+
+    def dmabufs(self) -> list[BufferRecord]:
+        return [
+            BufferRecord(
+                ino=int(rec["ino"]),
+                size=int(rec["size"]),
+                flags=int(rec["flags"]),
+                count=int(rec["count"]),
+                exp_name=str(rec["exp_name"]),
+                exporter=str(rec["exporter"]),
+                name=str(rec["name"]),
+                revoked=bool(rec["revoked"]),
+                pins=sorted(str(x) for x in rec["pins"]),
+                attachments=[str(x) for x in rec["attachments"]],
+                fences=[FenceRecord(**f) for f in rec["fences"]],
+                holders=[],
+            )
+            for rec in self.control("bufinfo")
+        ]
+
+    def drivers(self) -> list[dict[str, str]]:
+        seen: dict[str, dict[str, str]] = {}
+        for raw in self._raw_devices():
+            name = str(raw["driver"])
+            if name not in seen:
+                ident = self._info(raw, full=False).identity
+                seen[name] = {
+                    "name": name,
+                    "version": ident.version,
+                    "desc": "",
+                    "control_node": str("control_node" in ident.features).lower(),
+                }
+        return list(seen.values())
+
+    def events(self) -> EventStream:
+        return _ServerStream(self.runtime_dir)
+
+    # -- what the control protocol cannot do ----------------------------------------
+    def attrs(self, name: str) -> list[AttrLevel]:
+        self._raw(name)  # an unknown device is still "no accel device"
+        raise self._unsupported("the sysfs attribute walk", "sysfs")
+
+    def store_attr(self, name: str, attribute: str, value: str) -> str:
+        self._raw(name)
+        raise self._unsupported("writing attributes", "store_attr")
+
+    def reset(self, name: str, reason: str) -> None:
+        self._raw(name)
+        raise self._unsupported("reset", "reset")
+
+    def trigger(self) -> int:
+        raise self._unsupported("trigger", "trigger")
+
+    # -- time -------------------------------------------------------------------------
+    def now_ns(self) -> int:
+        return time.monotonic_ns()  # the server runs on a real-time clock
+
+    def tick(self, ns: int) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.pid == os.getpid():
+            self._proc.exit()
+        self._proc = None
