@@ -4,7 +4,7 @@ The engine's :class:`~accelcore.sysfs.SysfsTree` is pure data; this module is it
 I/O edge. :func:`materialize` writes it as a directory tree (``devices/…`` with
 one file per readable attribute, ``class/<name>/<dev>`` and
 ``bus/<bus>/devices/<dev>`` symlinks, ``uevent`` files) for tools that read a
-sysfs-like root (``ACCEL_SYSFS_ROOT``). :func:`umockdev_description` renders it in
+sysfs-like root. :func:`umockdev_description` renders it in
 umockdev's text format, so that under ``umockdev-run --device FILE`` real libudev
 consumers — pyudev, and ``accelctl list --host`` — see the simulated devices.
 """

@@ -22,6 +22,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+# Local extensions: tables generated from the code (docs/_ext/accel_tables.py).
+sys.path.insert(0, str(HERE / "_ext"))
 
 import accelcore  # noqa: E402
 
@@ -40,10 +42,11 @@ extensions = [
     "sphinx.ext.doctest",
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
+    "accel_tables",
 ]
 
 root_doc = "index"
-exclude_patterns = ["_build", "_intersphinx", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_ext", "_intersphinx", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
 html_static_path: list[str] = []
 html_theme = "furo"
@@ -80,6 +83,7 @@ from accelcore.uapi import *
 from accelcore.uapi.ioc import *
 from accelcore.pci import *
 from accelcore.testing import *
+from accelcore.testing.conformance import checks_table
 """
 doctest_test_doctest_blocks = "default"
 
@@ -90,6 +94,7 @@ nitpicky = True
 nitpick_ignore = [
     # The TypeVar of the ioctl/info_query decorators: an implementation detail.
     ("py:class", "accelcore.driver.F"),
+    ("py:class", "accelcore.testing.conformance.registry.F"),
 ]
 nitpick_ignore_regex: list[tuple[str, str]] = []
 

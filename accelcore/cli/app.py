@@ -63,7 +63,7 @@ def main(
     """accelctl: list, inspect, monitor and reset accel devices.
 
     Devices are those of the devfs server running in the runtime directory
-    (`accelctl sim start`) when there is one, else of an embedded simulated
+    (accelctl sim start) when there is one, else of an embedded simulated
     machine (--embedded forces it, and so does --config); --host reads the real
     host. Every command takes --json; its schema is in accelcore.cli.schema.
     """

@@ -228,7 +228,7 @@ SIM_STATUS = _obj(
     required=["running", "runtime_dir"],
 )
 
-#: Schemas by command (streaming commands: one line).
+#: Schemas by command; a streaming command's schema describes one line.
 SCHEMAS: dict[str, Schema] = {
     "list": _obj({"devices": _arr(DEVICE_SUMMARY)}),
     "info": _obj({"devices": _arr(DEVICE_INFO)}),
