@@ -142,6 +142,9 @@ class _Channel:
                 if frame.message.fd_count() != len(fds):
                     close_all(fds)
                     raise p.ProtocolError("reply carries the wrong number of descriptors")
+                if frame.rid == 0 and isinstance(frame.message, p.Result):
+                    # The server refused the session itself (e.g. EMFILE: too many).
+                    _raise_for(frame.message)
             finally:
                 with self._cond:
                     self._reading = False
@@ -290,7 +293,11 @@ class ClientProcess:
             sock.close()
             raise NoDevice(f"no devfs server at {self.runtime_dir}: {exc.strerror}") from exc
         chan = _Channel(sock)
-        msg, _ = chan.call(p.Hello(self._restart, ""))
+        try:
+            msg, _ = chan.call(p.Hello(self._restart, ""))
+        except BaseException:
+            chan.close()
+            raise
         if not isinstance(msg, p.Welcome):
             chan.close()
             raise NoDevice(f"devfs server answered HELLO with {msg.TYPE.name}")

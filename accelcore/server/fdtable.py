@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -52,11 +52,17 @@ class CallFds:
 
 
 class ServerFdTable(FdTable):
-    """``task.files`` of a remote task: valid only inside :meth:`call`."""
+    """``task.files`` of a remote task: valid only inside :meth:`call`.
 
-    def __init__(self) -> None:
+    Args:
+        room: How many more files the client may be given (the server's
+            per-client cap); ``install`` past it is ``EMFILE``. ``None``: no cap.
+    """
+
+    def __init__(self, room: Callable[[], int] | None = None) -> None:
         super().__init__()
         self._local = threading.local()
+        self._room = room
 
     @contextmanager
     def call(self, ctx: CallFds) -> Iterator[CallFds]:
@@ -78,6 +84,8 @@ class ServerFdTable(FdTable):
         ctx = self._ctx()
         if len(ctx.installed) >= MAX_FDS:
             raise TooManyFiles(f"one call may return at most {MAX_FDS} descriptors")
+        if self._room is not None and len(ctx.installed) >= self._room():
+            raise TooManyFiles("the client holds as many open files as the server allows it")
         ctx.installed.append((file, cloexec))
         return PLACEHOLDER_BASE + len(ctx.installed) - 1
 
@@ -104,10 +112,15 @@ class ServerFdTable(FdTable):
         file.put()
 
     def dup(self, fd: int) -> int:
-        return self.install(self.get(fd).get(), cloexec=False)
+        file = self.get(fd).get()
+        try:
+            return self.install(file, cloexec=False)
+        except BaseException:
+            file.put()  # install refused it (EMFILE): the reference must not leak
+            raise
 
     def copy(self) -> FdTable:
-        return ServerFdTable()
+        return ServerFdTable(self._room)
 
     def close_all(self) -> None:
         """Nothing to do: the descriptors live in the client and die with it."""

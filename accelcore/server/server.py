@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import AccelError, AlreadyExists, NotPermitted
+from ..errors import AccelError, AlreadyExists, NotPermitted, TooManyFiles
 from ..machine import Machine
 from ..vfs import OpenFile
 from . import protocol as p
@@ -48,6 +48,13 @@ log = logging.getLogger("accelcore.server")
 CONTROL_NAME = "control"
 #: How long a new node connection may take to send its OPEN.
 OPEN_TIMEOUT = 5.0
+#: How long a refused connection is given to read its refusal and close.
+REFUSAL_LINGER = 1.0
+#: Default cap on the control connections (sessions) one client process may hold.
+MAX_SESSIONS_PER_CLIENT = 64
+#: Default cap on the open files (node connections and files the engine handed out)
+#: one client process may hold; like ``RLIMIT_NOFILE``, ``EMFILE`` past it.
+MAX_FILES_PER_CLIENT = 1024
 
 
 def default_runtime_dir() -> Path:
@@ -70,6 +77,7 @@ class _FileEnd:
     file: OpenFile
     key: tuple[int, int]
     what: str
+    pid: int = 0
     closed: bool = False
 
 
@@ -85,6 +93,11 @@ class Server:
         machine: The machine (use a real-time clock: waits sleep for real).
         runtime_dir: Where the sockets go (:func:`default_runtime_dir` if ``None``).
         description: The machine description, reported by ``status``.
+        max_sessions_per_client: Control connections one process (peer pid) may
+            hold; more are refused with ``EMFILE``, so no client starves the others
+            of the server's threads and descriptors.
+        max_files_per_client: Open files one process may hold (opened nodes and
+            files the engine installed for it); ``EMFILE`` past it.
     """
 
     def __init__(
@@ -93,8 +106,14 @@ class Server:
         runtime_dir: Path | str | None = None,
         *,
         description: Mapping[str, Any] | None = None,
+        max_sessions_per_client: int = MAX_SESSIONS_PER_CLIENT,
+        max_files_per_client: int = MAX_FILES_PER_CLIENT,
     ) -> None:
         self.machine = machine
+        self.max_sessions_per_client = max_sessions_per_client
+        self.max_files_per_client = max_files_per_client
+        self._conns: dict[tuple[str, int], int] = {}
+        self._peer: dict[socket.socket, int] = {}
         self.runtime_dir = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
         self.description = dict(description) if description is not None else None
         self.clock = machine.clock
@@ -260,7 +279,7 @@ class Server:
         elif isinstance(what, str):
             conn = self._accept(sock)
             if conn is not None:
-                self._spawn(self._open_connection, conn, what, name="accel-open")
+                self._spawn(self._opening, conn, what, name="accel-open")
 
     def _accept(self, lsock: socket.socket) -> socket.socket | None:
         try:
@@ -312,6 +331,16 @@ class Server:
             pass
 
     # -- open files --------------------------------------------------------------------
+    def _opening(self, conn: socket.socket, path: str) -> None:
+        # Node connections that have not sent OPEN yet are capped per client too,
+        # so one process cannot tie up the server's threads with silent connects.
+        if not self._admit(conn, "opening"):
+            return
+        try:
+            self._open_connection(conn, path)
+        finally:
+            self._leave(conn, "opening")
+
     def _open_connection(self, conn: socket.socket, path: str) -> None:
         """Serve a node connection's OPEN; on success it becomes the open file."""
         try:
@@ -335,8 +364,13 @@ class Server:
                         f"OPEN of {path} by pid {pid} names no session of that process"
                     )
                 with self.clock.lock:
+                    if self.files_of(pid) >= self.max_files_per_client:
+                        raise TooManyFiles(
+                            f"pid {pid} holds {self.max_files_per_client} open files "
+                            "(the per-client limit)"
+                        )
                     file = self.machine.subsystem.open(session.task, path, msg.flags)
-                    end = _FileEnd(conn, file, key, f"{path} (pid {pid})")
+                    end = _FileEnd(conn, file, key, f"{path} (pid {pid})", pid)
                     self._by_key[key] = end
             except OSError as exc:
                 code = exc.errno if exc.errno and 0 < exc.errno < 4096 else errno.EIO
@@ -380,11 +414,17 @@ class Server:
         with self.clock.lock:
             end.file.put()
 
-    def export_file(self, file: OpenFile) -> int:
+    def files_of(self, pid: int) -> int:
+        """How many open files client process ``pid`` holds (charged to it)."""
+        with self.clock.lock:
+            return sum(1 for e in self._by_key.values() if e.pid == pid)
+
+    def export_file(self, file: OpenFile, pid: int = 0) -> int:
         """Make a socket pair for ``file`` (taking over one reference) and return the
-        client end's descriptor, to be sent and then closed by the caller."""
+        client end's descriptor, to be sent and then closed by the caller; the file
+        is charged to client process ``pid``."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        end = _FileEnd(mine, file, _key(theirs.fileno()), f"{file.kind} file")
+        end = _FileEnd(mine, file, _key(theirs.fileno()), f"{file.kind} file", pid)
         mine.setblocking(False)
         with self.clock.lock:
             self._by_key[end.key] = end
@@ -406,12 +446,58 @@ class Server:
 
     # -- sessions ------------------------------------------------------------------------
     def _run_session(self, conn: socket.socket) -> None:
+        if not self._admit(conn, "session"):
+            return
         try:
             session = Session(self, conn)
         except OSError:
             conn.close()
+            self._leave(conn, "session")
             return
-        session.run()
+        try:
+            session.run()
+        finally:
+            self._leave(conn, "session")
+
+    def _admit(self, conn: socket.socket, kind: str) -> bool:
+        """Count a new ``kind`` connection against its peer's cap; refuse it with
+        ``EMFILE`` (and close it) past the cap."""
+        try:
+            pid = peer_credentials(conn)[0]
+        except OSError:
+            conn.close()
+            return False
+        with self._post_lock:
+            held = self._conns.get((kind, pid), 0)
+            if held < self.max_sessions_per_client:
+                self._conns[(kind, pid)] = held + 1
+                self._peer[conn] = pid
+                return True
+        # Refused before reading anything: the reply has request id 0, which the
+        # client takes as the answer to whatever it sent first.
+        log.warning("refused %s connection %d of pid %d (the per-client limit)", kind, held, pid)
+        with contextlib.suppress(OSError):
+            refusal = p.Result(
+                errno=errno.EMFILE, message=f"pid {pid} holds {held} {kind} connections"
+            )
+            send_record(conn, p.encode(refusal))
+            # Closing with the client's first record unread would reset the
+            # connection and lose the refusal: read until it closes (briefly).
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(REFUSAL_LINGER)
+            while conn.recv(p.MAX_MESSAGE):
+                pass
+        conn.close()
+        return False
+
+    def _leave(self, conn: socket.socket, kind: str) -> None:
+        with self._post_lock:
+            pid = self._peer.pop(conn)
+            left = self._conns[(kind, pid)] - 1
+            if left:
+                self._conns[(kind, pid)] = left
+            else:
+                del self._conns[(kind, pid)]
 
     def add_session(self, session: Session) -> None:
         self._sessions[session.token] = session

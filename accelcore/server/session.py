@@ -191,12 +191,16 @@ class Session:
                 pid=self.pid,
                 restart_syscalls=msg.restart,
             )
-            task.files = ServerFdTable()
+            task.files = ServerFdTable(self._room)
             self.task = task
         self.server.add_session(self)
         from .. import __version__
 
         self.send(p.Welcome(self.token, os.getpid(), self.pid, __version__), rid)
+
+    def _room(self) -> int:
+        """Files this client may still be given (the server's per-client cap)."""
+        return self.server.max_files_per_client - self.server.files_of(self.pid)
 
     def _control(self, rid: int, msg: p.Control) -> bool:
         op = msg.request["op"]
@@ -308,7 +312,7 @@ class Session:
         if isinstance(msg, p.Read):
             self.send(p.Data(data), rid)
             return
-        ends = [self.server.export_file(f) for f, _ in ctx.installed]
+        ends = [self.server.export_file(f, self.pid) for f, _ in ctx.installed]
         placeholders = tuple(PLACEHOLDER_BASE + i for i in range(len(ends)))
         try:
             self.send(p.Result(ret=ret, placeholders=placeholders), rid, ends)
