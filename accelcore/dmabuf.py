@@ -247,7 +247,7 @@ class DmaBuf(OpenFile):
             )
         super().__init__(flags=flags)
         self.ops = ops
-        self.memory = memory
+        self.memory = memory.get()  # the pages outlive an exporter that goes away
         self.offset = offset
         self.size = size
         self.exporter = exporter
@@ -272,6 +272,7 @@ class DmaBuf(OpenFile):
         for att in list(self.attachments):
             self.detach(att)
         self.ops.release(self)
+        self.memory.close()
         self._registry.remove(self)
         callbacks, self._on_release = self._on_release, []
         for cb in callbacks:

@@ -67,7 +67,7 @@ class SharedMemory:
         NoMemory: the memfd or the mapping could not be created.
     """
 
-    __slots__ = ("_closed", "_map", "_view", "fd", "name", "size")
+    __slots__ = ("_closed", "_map", "_refs", "_view", "fd", "name", "size")
 
     def __init__(self, size: int, name: str = "accel", *, fd: int | None = None) -> None:
         if size <= 0:
@@ -86,6 +86,7 @@ class SharedMemory:
             raise NoMemory(f"cannot create {size}-byte shared memory {name!r}: {exc}") from exc
         self._view = memoryview(self._map)
         self._closed = False
+        self._refs = 1
         LIVE.add(size, +1)
 
     @property
@@ -135,14 +136,29 @@ class SharedMemory:
 
         fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
 
+    def get(self) -> SharedMemory:
+        """Take a reference: the memory stays until every holder has closed it.
+
+        A dma-buf over device memory holds one, so the pages outlive a device
+        that is removed while the buffer is still shared.
+        """
+        if self._closed:
+            raise BadAddress(f"shared memory {self.name!r} is closed")
+        self._refs += 1
+        return self
+
     def close(self) -> None:
-        """Unmap and close the memfd. Idempotent.
+        """Drop a reference; the last one unmaps and closes the memfd. Idempotent
+        once closed.
 
         Views handed out earlier keep the pages alive until they are released
         (the mapping is closed when the last view goes), as munmap leaves other
         mappings of a file intact.
         """
         if self._closed:
+            return
+        self._refs -= 1
+        if self._refs > 0:
             return
         self._closed = True
         LIVE.add(self.size, -1)

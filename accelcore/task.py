@@ -250,8 +250,12 @@ class FdTable:
 
     def dup(self, fd: int) -> int:
         """A new descriptor for the same open file description."""
-        file = self.get(fd)
-        return self.install(file.get(), cloexec=False)
+        file = self.get(fd).get()
+        try:
+            return self.install(file, cloexec=False)
+        except BaseException:
+            file.put()
+            raise
 
     def copy(self) -> FdTable:
         """The table a forked child gets: every descriptor shares its file."""

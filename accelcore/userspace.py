@@ -96,7 +96,12 @@ class Process:
     def send_fd(self, fd: int, to: Process) -> int:
         """Pass a descriptor to another process (``SCM_RIGHTS``); returns its number there."""
         with self.subsystem.clock.lock:
-            return to.task.files.install(self.task.files.get(fd).get(), cloexec=True)
+            file = self.task.files.get(fd).get()
+            try:
+                return to.task.files.install(file, cloexec=True)
+            except BaseException:
+                file.put()
+                raise
 
     def fork(self) -> Process:
         """``fork(2)``: a child sharing every open file description."""

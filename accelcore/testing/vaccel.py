@@ -19,7 +19,7 @@ from ..clock import Timer
 from ..device import AccelDevice, DeviceStatus
 from ..dispatch import IoctlCall
 from ..driver import AccelDriver, EngineInfo, IoctlFlags, MemoryRegionInfo, info_query, ioctl
-from ..errors import InvalidArgument, NoEntry, TimedOut
+from ..errors import AccelError, InvalidArgument, NoEntry, TimedOut
 from ..fence import Fence, FenceContext
 from ..gem import BufferObject
 from ..sysfs import Attribute, AttributeGroup
@@ -110,7 +110,7 @@ class VAccelDriver(AccelDriver):
 
     @ioctl("DRM_IOCTL_VACCEL_NOP", IoctlFlags.CONTROL_ALLOW)
     def nop(self, call: IoctlCall) -> None:
-        call.args.result = call.args.value + 1
+        call.args.result = (call.args.value + 1) & 0xFFFF_FFFF_FFFF_FFFF  # a __u64 wraps
 
     @ioctl("DRM_IOCTL_VACCEL_SUBMIT", IoctlFlags.OWNER)
     def submit(self, call: IoctlCall) -> None:
@@ -128,10 +128,14 @@ class VAccelDriver(AccelDriver):
 
         def complete() -> None:
             ctx.inflight.pop(fence.seqno, None)
-            bo.view()[:] = bytes([a_fill]) * bo.size
-            st.completed += 1
-            st.busy_ns += delay
-            call_file.engine_time_ns += delay
+            try:
+                bo.view()[:] = bytes([a_fill]) * bo.size
+            except AccelError as exc:  # the memory is gone: the job fails, it does not crash
+                fence.set_error(-(exc.errno or errno.EIO))
+            else:
+                st.completed += 1
+                st.busy_ns += delay
+                call_file.engine_time_ns += delay
             fence.signal()
             bo.put()
 
