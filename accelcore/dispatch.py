@@ -132,6 +132,7 @@ class IoctlCall:
         Raises:
             RestartSyscall: a signal arrived; let it propagate.
         """
+        self._check_declared_wait()
         if deadline is None and timeout_ns is not None:
             deadline = self.clock.now() + timeout_ns
         self.task.enter_wait()
@@ -142,8 +143,15 @@ class IoctlCall:
 
     def wait_fences(self, fences: Iterable[Fence], timeout_ns: int | None = None) -> bool:
         """Wait for fences at an interruptible wait point; ``False`` on timeout."""
+        self._check_declared_wait()
         deadline = None if timeout_ns is None else self.clock.now() + timeout_ns
         return wait_fences(fences, self.clock, deadline, self.task)
+
+    def _check_declared_wait(self) -> None:
+        # Transports run undeclared ioctls without a way to interrupt them, and the
+        # restart checker only interrupts declared ones: sleeping in one is a bug.
+        if not self.desc.waits:
+            raise RuntimeError(f"{self.desc.name} sleeps but is not declared with waits=True")
 
     # -- files ---------------------------------------------------------------------
     def install_fd(self, file: OpenFile, *, cloexec: bool = True) -> int:

@@ -28,7 +28,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..dispatch import lookup
 from ..errors import AccelError, RestartSyscall
+from ..file import AccelFile
 from ..memory import PAGE_SIZE, SharedMemory
 from ..sysfs import Uevent as SysUevent
 from ..task import Task
@@ -274,22 +276,28 @@ class Session:
 
     # -- calls that may sleep ---------------------------------------------------------
     def _submit(self, rid: int, msg: p.Message, fds: list[int]) -> None:
-        if self._workers is None:
-            self._workers = ThreadPoolExecutor(
-                WORKERS_PER_SESSION, thread_name_prefix=f"accel-pid{self.pid}"
-            )
-        fut = self._workers.submit(self._call, rid, msg, fds)
-        self._inflight.add(fut)
-        fut.add_done_callback(self._inflight.discard)
-
-    def _call(self, rid: int, msg: p.Message, fds: list[int]) -> None:
-        task = self.task
-        assert task is not None and isinstance(task.files, ServerFdTable)
         try:
             files = self._resolve(fds)
         except Exception as exc:
             self._fail(rid, exc)
             return
+        if _cannot_sleep(msg, files):
+            # Most ioctls (INFO, submissions, every core ioctl) never sleep: run them
+            # here, saving the hand-off to a worker thread and back, which cost more
+            # than the call itself. Only declared waits need an interruptible worker.
+            self._call(rid, msg, files)
+            return
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(
+                WORKERS_PER_SESSION, thread_name_prefix=f"accel-pid{self.pid}"
+            )
+        fut = self._workers.submit(self._call, rid, msg, files)
+        self._inflight.add(fut)
+        fut.add_done_callback(self._inflight.discard)
+
+    def _call(self, rid: int, msg: p.Message, files: list[OpenFile]) -> None:
+        task = self.task
+        assert task is not None and isinstance(task.files, ServerFdTable)
         ctx = CallFds()
         if isinstance(msg, p.Ioctl):
             ctx.files = dict(zip(msg.fd_numbers, files, strict=True))
@@ -449,3 +457,11 @@ def _adopt_memfd(fd: int) -> MemfdFile | None:
         return MemfdFile(SharedMemory(size, "memfd", fd=os.dup(fd)))
     except (AccelError, OSError):
         return None
+
+
+def _cannot_sleep(msg: p.Message, files: list[OpenFile]) -> bool:
+    """Whether the call is an ioctl on an accel file whose table row declares no wait."""
+    if not isinstance(msg, p.Ioctl) or not files or not isinstance(files[0], AccelFile):
+        return False
+    desc = lookup(files[0].device, msg.cmd)
+    return desc is not None and not desc.waits

@@ -296,3 +296,26 @@ def test_control_node_allows_info_and_refuses_compute() -> None:
     with pytest.raises(OSError) as e:
         p.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, V.new("struct vaccel_create_bo", size=4096))
     assert _errno(e) == errno.EACCES
+
+
+def test_sleeping_in_an_undeclared_ioctl_is_an_oops() -> None:
+    """Transports and the restart checker rely on ``waits=True``: a handler that
+    sleeps without it is a driver bug, reported as an oops."""
+    sub = Subsystem(VirtualClock())
+    drv = make_driver(
+        "sleepy",
+        header="""
+        /* cffi:begin */
+        struct s_args { __u64 v; };
+        /* cffi:end */
+        #define DRM_IOCTL_S_NAP DRM_IOWR(DRM_COMMAND_BASE, struct s_args)
+    """,
+        ioctls={"DRM_IOCTL_S_NAP": lambda call: call.wait(lambda: True)},
+    )
+    sub.register_driver(drv)
+    sub.create_device(drv)
+    p = Process(sub)
+    assert drv.uapi is not None
+    with pytest.raises(OSError) as e:
+        p.ioctl(p.open("/dev/accel/accel0"), drv.uapi.DRM_IOCTL_S_NAP, bytearray(8))
+    assert _errno(e) == errno.EIO and "not declared with waits=True" in str(e.value)
