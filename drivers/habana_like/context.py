@@ -116,6 +116,9 @@ class Context:
     cbs: dict[int, CommandBuffer] = field(default_factory=dict)
     allocs: dict[int, DramBlock] = field(default_factory=dict)
     submissions: OrderedDict[int, CommandSubmission] = field(default_factory=OrderedDict)
+    #: Sequence numbers of CSs whose fence has not signalled (kept by a fence callback,
+    #: so the in-flight limit costs O(1) per submission, not a scan of the history).
+    inflight: set[int] = field(default_factory=set)
     handles: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -125,7 +128,7 @@ class Context:
 
     @property
     def pending(self) -> int:
-        return sum(1 for cs in self.submissions.values() if not cs.fence.signalled)
+        return len(self.inflight)
 
     def cb_at(self, offset: int) -> CommandBuffer | None:
         """The CB whose mmap offset is ``offset``."""

@@ -305,6 +305,8 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
                 limit_ms * NSEC_PER_MSEC, lambda: self._cs_timeout(st, cs, limit_ms, skip)
             )
         ctx.submissions[seq] = cs
+        ctx.inflight.add(seq)
+        cs.fence.add_callback(lambda _fence: ctx.inflight.discard(seq))
         ctx.forget_finished()
         return seq
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from accelcore import CORE, Mapping, Process
+from accelcore import CORE, Mapping, Process, UserBuffer
 
 from .uapi import HLK
 
@@ -41,18 +41,25 @@ class HlkClient:
         self.proc = proc
         self.fd = fd
         self._maps: list[Mapping] = []
+        self._scratch: UserBuffer | None = None
+
+    def _scratch_of(self, size: int) -> UserBuffer:
+        """User memory for chunk arrays and INFO answers, reused across calls (a
+        memfd, mapping and address-space entry per call cost more than the ioctl)."""
+        if self._scratch is None or len(self._scratch) < size:
+            if self._scratch is not None:
+                self.proc.free(self._scratch)
+            self._scratch = self.proc.alloc(max(size, 4096))
+        return self._scratch
 
     # -- INFO ---------------------------------------------------------------------
     def info(self, op: int, ctype: str | None = None, size: int = 0) -> Any:
         """Ask INFO query ``op``; a ``ctype`` answer is decoded, else raw bytes."""
         size = HLK.sizeof(ctype) if ctype is not None else size
-        buf = self.proc.alloc(max(size, 8))
-        try:
-            args = CORE.new("struct accel_info", op=op, return_pointer=buf.addr, return_size=size)
-            self.proc.ioctl(self.fd, CORE.ACCEL_IOCTL_INFO, args)
-            data = bytes(buf.view[:size])
-        finally:
-            self.proc.free(buf)
+        buf = self._scratch_of(size)
+        args = CORE.new("struct accel_info", op=op, return_pointer=buf.addr, return_size=size)
+        self.proc.ioctl(self.fd, CORE.ACCEL_IOCTL_INFO, args)
+        data = bytes(buf.view[:size])
         return HLK.from_bytes(ctype, data) if ctype is not None else data
 
     # -- CB -----------------------------------------------------------------------
@@ -92,16 +99,13 @@ class HlkClient:
             )
             for (cb, size), queue in chunks
         )
-        arr = self.proc.alloc(max(len(raw), 8))
-        try:
-            arr.view[: len(raw)] = raw
-            a = HLK.new("union hlk_cs_args")
-            a.input.chunks_execute, a.input.num_chunks_execute = arr.addr, len(chunks)
-            a.input.cs_flags, a.input.timeout_ms = flags, timeout_ms
-            self.proc.ioctl(self.fd, HLK.DRM_IOCTL_HLK_CS, a)
-            return int(a.output.seq)
-        finally:
-            self.proc.free(arr)
+        arr = self._scratch_of(len(raw))
+        arr.view[: len(raw)] = raw
+        a = HLK.new("union hlk_cs_args")
+        a.input.chunks_execute, a.input.num_chunks_execute = arr.addr, len(chunks)
+        a.input.cs_flags, a.input.timeout_ms = flags, timeout_ms
+        self.proc.ioctl(self.fd, HLK.DRM_IOCTL_HLK_CS, a)
+        return int(a.output.seq)
 
     def wait(self, seq: int, timeout_us: int = 10_000_000) -> int:
         """WAIT_CS; returns the status (raises on ABORTED/TIMEDOUT)."""
