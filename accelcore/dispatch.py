@@ -24,7 +24,7 @@ has ``SA_RESTART`` semantics) or fails with ``EINTR``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .clock import Deadlock, WaitResult
 from .device import DeviceStatus
@@ -53,40 +53,36 @@ if TYPE_CHECKING:
     from .task import Task
     from .vfs import OpenFile
 
-__all__ = ["CORE_IOCTLS", "IoctlCall", "dispatch"]
+__all__ = ["CORE_IOCTLS", "IoctlCall", "IoctlCallBase", "dispatch", "lookup", "run_ioctl"]
 
 
-class IoctlCall:
-    """Everything a handler needs: the file, the calling task and the arguments.
+class IoctlCallBase:
+    """What every ioctl handler gets, on any kind of file: the calling task, the
+    arguments, user memory, interruptible waits and descriptors.
+
+    Accel files get :class:`IoctlCall`; a driver-wide node such as KFD's
+    ``/dev/kfd`` subclasses this and runs its table through :func:`run_ioctl`.
 
     Attributes:
-        file: The open file the ioctl was made on.
-        device: ``file.device``.
         task: The calling task (may differ from the opener after fd passing).
         cmd: The ioctl number as the caller passed it.
         desc: The table row.
         args: The argument struct (a cffi pointer into the kernel copy); write
             results into it. ``None`` for ioctls without an argument.
+        clock: The device clock (waits run on it).
     """
 
-    __slots__ = ("args", "buf", "cmd", "desc", "device", "file", "task")
+    __slots__ = ("args", "buf", "clock", "cmd", "desc", "task")
 
-    def __init__(
-        self, file: AccelFile, task: Task, cmd: int, desc: IoctlDesc, buf: bytearray
-    ) -> None:
-        self.file = file
-        self.device = file.device
+    def __init__(self, task: Task, cmd: int, desc: IoctlDesc, buf: bytearray, clock: Clock) -> None:
         self.task = task
         self.cmd = cmd
         self.desc = desc
         self.buf = buf
+        self.clock = clock
         self.args: Any = None
         if desc.ptype is not None:
             self.args = desc.uapi.ffi.from_buffer(desc.ptype, buf)  # type: ignore[union-attr]
-
-    @property
-    def clock(self) -> Clock:
-        return self.device.subsystem.clock
 
     # -- user memory -------------------------------------------------------------
     def copy_from_user(self, addr: int, length: int) -> bytes:
@@ -102,13 +98,13 @@ class IoctlCall:
         return self.task.mm.user_view(addr, length, write=write)
 
     def read_struct(self, ctype: str, addr: int) -> Any:
-        """Copy a struct of the driver's header in from user memory."""
-        uapi = self.device.driver.uapi or CORE
+        """Copy a struct of the ioctl's header in from user memory."""
+        uapi = self.desc.uapi or CORE
         return uapi.from_bytes(ctype, self.copy_from_user(addr, uapi.sizeof(ctype)))
 
     def write_struct(self, addr: int, value: Any) -> None:
         """Copy a struct out to user memory."""
-        uapi = self.device.driver.uapi or CORE
+        uapi = self.desc.uapi or CORE
         self.copy_to_user(addr, uapi.to_bytes(value))
 
     # -- sleeping ----------------------------------------------------------------
@@ -163,6 +159,24 @@ class IoctlCall:
         return self.task.files.get(fd)
 
 
+class IoctlCall(IoctlCallBase):
+    """An ioctl on an accel file: :class:`IoctlCallBase` plus the file and device.
+
+    Attributes:
+        file: The open file the ioctl was made on.
+        device: ``file.device``.
+    """
+
+    __slots__ = ("device", "file")
+
+    def __init__(
+        self, file: AccelFile, task: Task, cmd: int, desc: IoctlDesc, buf: bytearray
+    ) -> None:
+        super().__init__(task, cmd, desc, buf, file.device.subsystem.clock)
+        self.file = file
+        self.device = file.device
+
+
 _ROOT_ONLY = IoctlFlags.ROOT_ONLY.value
 _OWNER = IoctlFlags.OWNER.value
 _CONTROL_ALLOW = IoctlFlags.CONTROL_ALLOW.value
@@ -170,7 +184,8 @@ _RESET_OK = IoctlFlags.RESET_OK.value
 _UNPLUGGED_OK = IoctlFlags.UNPLUGGED_OK.value
 
 
-def _permit(file: AccelFile, task: Task, desc: IoctlDesc) -> None:
+def permit(file: AccelFile, task: Task, desc: IoctlDesc) -> None:
+    """The core's permission checks for an accel file (see the module docstring)."""
     bits = desc.bits
     dev = file.device
     if bits & _ROOT_ONLY and not task.creds.is_admin:
@@ -216,43 +231,80 @@ def dispatch(file: AccelFile, task: Task, cmd: int, argp: int) -> int:
                 f"{dev.name} ({dev.driver.name}) has no ioctl number "
                 f"{cmd & 0xFF:#04x} (cmd {cmd:#010x})"
             )
-        user_size = (cmd >> 16) & IOC_SIZEMASK
-        in_size = user_size if cmd & desc.cmd & IOC_IN else 0
-        out_size = user_size if cmd & desc.cmd & IOC_OUT else 0
-        ksize = max(in_size, out_size, (desc.cmd >> 16) & IOC_SIZEMASK)
-        while True:
-            buf = bytearray(ksize)
-            if in_size:
-                buf[:in_size] = task.mm.user_view(argp, in_size)
-            _permit(file, task, desc)
-            call = IoctlCall(file, task, cmd, desc, buf)
-            try:
-                ret = desc.func(call)
-            except RestartSyscall:
-                _copy_out(task, argp, buf, out_size)
-                task.deliver_signal()
-                if task.restart_syscalls:
-                    continue
-                raise Interrupted(f"{desc.name} interrupted by a signal") from None
-            except AccelError:
-                _copy_out(task, argp, buf, out_size)
-                task.deliver_signal()
-                raise
-            except OSError as exc:
-                _copy_out(task, argp, buf, out_size)
-                task.deliver_signal()
-                if exc.errno:
-                    raise error_for_errno(exc.errno, f"{desc.name}: {exc.strerror}") from exc
-                raise _oops(dev, desc, exc) from exc
-            except Deadlock:
-                raise  # a virtual-time test waited forever: the harness's error, not an oops
-            except Exception as exc:
-                raise _oops(dev, desc, exc) from exc
+        return run_ioctl(file, task, cmd, argp, desc)
+
+
+class IoctlNode(Protocol):
+    """A file whose ioctls run through :func:`run_ioctl`: it builds the call object,
+    checks permission, and records oopses (accel files, KFD's ``/dev/kfd``)."""
+
+    def ioctl_call(self, task: Task, cmd: int, desc: IoctlDesc, buf: bytearray) -> IoctlCallBase:
+        """The handler's call object over the kernel copy ``buf``."""
+        ...
+
+    def ioctl_permit(self, task: Task, desc: IoctlDesc) -> None:
+        """Raise if ``task`` may not make this call now."""
+        ...
+
+    def ioctl_oops(self, where: str, exc: BaseException) -> str:
+        """Record a driver bug; returns the line that describes it."""
+        ...
+
+
+def run_ioctl(node: IoctlNode, task: Task, cmd: int, argp: int, desc: IoctlDesc) -> int:
+    """The half of every ioctl path after the table lookup (call with the lock held).
+
+    Copies the argument in (zero-extended to the table's size), checks
+    permission, runs the handler, copies out also when it failed, restarts or
+    fails with ``EINTR`` after a signal, delivers a signal pending at return, and
+    turns any exception that is not an errno error into an oops (``EIO``).
+    Accel files use it through :func:`dispatch`; driver-wide nodes (``/dev/kfd``)
+    call it after their own lookup.
+
+    Args:
+        node: The file the ioctl was made on.
+        task: The caller.
+        cmd: The ioctl number as the caller passed it.
+        argp: The user address of the argument.
+        desc: The table row found for ``cmd``.
+    """
+    user_size = (cmd >> 16) & IOC_SIZEMASK
+    in_size = user_size if cmd & desc.cmd & IOC_IN else 0
+    out_size = user_size if cmd & desc.cmd & IOC_OUT else 0
+    ksize = max(in_size, out_size, (desc.cmd >> 16) & IOC_SIZEMASK)
+    while True:
+        buf = bytearray(ksize)
+        if in_size:
+            buf[:in_size] = task.mm.user_view(argp, in_size)
+        node.ioctl_permit(task, desc)
+        call = node.ioctl_call(task, cmd, desc, buf)
+        try:
+            ret = desc.func(call)
+        except RestartSyscall:
             _copy_out(task, argp, buf, out_size)
-            # A signal that arrived as the call completed is delivered on the way
-            # back to user space; it must not interrupt the next call.
             task.deliver_signal()
-            return ret or 0
+            if task.restart_syscalls:
+                continue
+            raise Interrupted(f"{desc.name} interrupted by a signal") from None
+        except AccelError:
+            _copy_out(task, argp, buf, out_size)
+            task.deliver_signal()
+            raise
+        except OSError as exc:
+            _copy_out(task, argp, buf, out_size)
+            task.deliver_signal()
+            if exc.errno:
+                raise error_for_errno(exc.errno, f"{desc.name}: {exc.strerror}") from exc
+            raise _oops(node, desc, exc) from exc
+        except Deadlock:
+            raise  # a virtual-time test waited forever: the harness's error, not an oops
+        except Exception as exc:
+            raise _oops(node, desc, exc) from exc
+        _copy_out(task, argp, buf, out_size)
+        # A signal that arrived as the call completed is delivered on the way
+        # back to user space; it must not interrupt the next call.
+        task.deliver_signal()
+        return ret or 0
 
 
 def _copy_out(task: Task, argp: int, buf: bytearray, out_size: int) -> None:
@@ -260,9 +312,8 @@ def _copy_out(task: Task, argp: int, buf: bytearray, out_size: int) -> None:
         task.mm.copy_to_user(argp, memoryview(buf)[:out_size])
 
 
-def _oops(dev: AccelDevice, desc: IoctlDesc, exc: Exception) -> DeviceIOError:
-    oops = dev.record_oops(desc.name, exc)
-    return DeviceIOError(f"oops in {desc.name} on {dev.name}: {oops.exception}")
+def _oops(node: IoctlNode, desc: IoctlDesc, exc: Exception) -> DeviceIOError:
+    return DeviceIOError(f"oops in {desc.name} on {node.ioctl_oops(desc.name, exc)}")
 
 
 # -- the core ioctls -------------------------------------------------------------

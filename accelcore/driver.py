@@ -111,7 +111,9 @@ class IoctlDesc:
     cmd: int
     name: str
     flags: IoctlFlags
-    func: Callable[[IoctlCall], int | None]
+    #: The handler; it receives the call object of the node it runs on (an
+    #: :class:`~accelcore.dispatch.IoctlCall` on accel files).
+    func: Callable[[Any], int | None]
     arg_type: str | None
     #: Ioctls with blocking waits; the restart checker interrupts each wait point.
     waits: bool = False

@@ -15,7 +15,7 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .dispatch import dispatch
+from .dispatch import IoctlCall, dispatch, permit
 from .errors import BadFd, InvalidArgument, NoMemory, RestartSyscall, TryAgain
 from .gem import HandleTable
 from .vfs import POLLIN, POLLOUT, Mapping, OpenFile
@@ -23,6 +23,7 @@ from .vfs import POLLIN, POLLOUT, Mapping, OpenFile
 if TYPE_CHECKING:
     from .device import AccelDevice
     from .dmabuf import DmaBuf
+    from .driver import IoctlDesc
     from .task import Task
 
 __all__ = ["AccelFile"]
@@ -83,6 +84,16 @@ class AccelFile(OpenFile):
     # -- file operations ---------------------------------------------------------
     def ioctl(self, task: Task, cmd: int, argp: int) -> int:
         return dispatch(self, task, cmd, argp)
+
+    # -- the IoctlNode protocol (what run_ioctl needs of the file) ------------------
+    def ioctl_call(self, task: Task, cmd: int, desc: IoctlDesc, buf: bytearray) -> IoctlCall:
+        return IoctlCall(self, task, cmd, desc, buf)
+
+    def ioctl_permit(self, task: Task, desc: IoctlDesc) -> None:
+        permit(self, task, desc)
+
+    def ioctl_oops(self, where: str, exc: BaseException) -> str:
+        return f"{self.device.name}: {self.device.record_oops(where, exc).exception}"
 
     def mmap(self, task: Task, offset: int, length: int, writable: bool) -> Mapping:
         with self.device.subsystem.clock.lock, self.device.enter():

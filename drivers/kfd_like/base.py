@@ -13,7 +13,8 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from accelcore import AccelDriver, InvalidArgument, IoctlCall, NotTTY
+from accelcore import AccelDriver, InvalidArgument, NotTTY
+from accelcore.dispatch import IoctlCallBase
 
 from .chardev import KfdCall
 from .process import GpuNode, KfdProcess, Pdd
@@ -26,11 +27,11 @@ __all__ = ["KfdBase", "kfd_only"]
 D = TypeVar("D", bound="KfdBase")
 
 
-def kfd_only(fn: Callable[[D, KfdCall], None]) -> Callable[[D, IoctlCall], None]:
+def kfd_only(fn: Callable[[D, KfdCall], None]) -> Callable[[D, IoctlCallBase], None]:
     """Make a handler answer only on ``/dev/kfd`` (``ENOTTY`` on accel nodes)."""
 
     @functools.wraps(fn)
-    def handler(self: D, call: IoctlCall) -> None:
+    def handler(self: D, call: IoctlCallBase) -> None:
         if not isinstance(call, KfdCall):
             raise NotTTY(
                 f"{call.desc.name} is a /dev/kfd ioctl; accel nodes of "
