@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .clock import Clock, Deadlock, RealClock, VirtualClock, WaitResult
 from .device import AccelDevice, DeviceState, DeviceStatus, Oops
-from .dispatch import IoctlCall
+from .dispatch import IoctlCall, IoctlCallBase, IoctlNode, run_ioctl
 from .dmabuf import Attachment, DmaBuf, DmaBufOps, DmaMapping, ImporterOps, SgEntry
 from .driver import (
     AccelDriver,
@@ -98,6 +98,8 @@ __all__ = [
     "Interrupted",
     "InvalidArgument",
     "IoctlCall",
+    "IoctlCallBase",
+    "IoctlNode",
     "IoctlFlags",
     "Mapping",
     "MemoryRegionInfo",
@@ -137,4 +139,5 @@ __all__ = [
     "info_query",
     "ioctl",
     "load_uapi",
+    "run_ioctl",
 ]

@@ -258,8 +258,8 @@ def run_ioctl(node: IoctlNode, task: Task, cmd: int, argp: int, desc: IoctlDesc)
     permission, runs the handler, copies out also when it failed, restarts or
     fails with ``EINTR`` after a signal, delivers a signal pending at return, and
     turns any exception that is not an errno error into an oops (``EIO``).
-    Accel files use it through :func:`dispatch`; driver-wide nodes (``/dev/kfd``)
-    call it after their own lookup.
+    Accel files use it through :func:`accelcore.dispatch.dispatch`; driver-wide
+    nodes (``/dev/kfd``) call it after their own lookup.
 
     Args:
         node: The file the ioctl was made on.

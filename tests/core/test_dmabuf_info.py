@@ -367,6 +367,8 @@ EXPECTED_API = {
     "Interrupted",
     "InvalidArgument",
     "IoctlCall",
+    "IoctlCallBase",
+    "IoctlNode",
     "IoctlFlags",
     "Mapping",
     "MemoryRegionInfo",
@@ -406,6 +408,7 @@ EXPECTED_API = {
     "info_query",
     "ioctl",
     "load_uapi",
+    "run_ioctl",
 }
 
 
