@@ -10,6 +10,7 @@ the server passes the fd, the client maps the same pages. A memfd is sparse, so 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import mmap
 import os
@@ -177,3 +178,73 @@ class SharedMemory:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self.fd}"
         return f"SharedMemory({self.name!r}, size={self.size:#x}, {state})"
+
+
+class RangeAllocator:
+    """First-fit allocation of page-granular ranges of ``[0, size)``: the device
+    memory manager drivers share (DRAM, VRAM), with coalescing frees.
+
+    Args:
+        size: Bytes managed.
+        page: Granularity (a power of two); sizes are rounded up to it.
+        name: What the memory is called in error messages (``DRAM``, ``VRAM``).
+
+    >>> dram = RangeAllocator(4 * PAGE_SIZE)
+    >>> a, b = dram.alloc(PAGE_SIZE), dram.alloc(100)
+    >>> (a, b, dram.used == 2 * PAGE_SIZE)
+    (0, 4096, True)
+    >>> dram.free(a, PAGE_SIZE); dram.alloc(2 * PAGE_SIZE) == 2 * PAGE_SIZE
+    True
+    """
+
+    def __init__(self, size: int, page: int = PAGE_SIZE, name: str = "device memory") -> None:
+        if page <= 0 or page & (page - 1):
+            raise InvalidArgument(f"allocation granularity {page} is not a power of two")
+        self.size = size
+        self.page = page
+        self.name = name
+        self.used = 0
+        self._free: list[tuple[int, int]] = [(0, size)]  # (offset, length), sorted
+
+    @property
+    def free_bytes(self) -> int:
+        return self.size - self.used
+
+    def round(self, size: int) -> int:
+        """``size`` rounded up to whole pages."""
+        return (size + self.page - 1) // self.page * self.page
+
+    def alloc(self, size: int) -> int:
+        """Reserve ``size`` bytes (rounded up to pages); returns the offset.
+
+        Raises:
+            NoMemory: no free range is large enough (the caller's ``ENOMEM``;
+                others keep what they have).
+        """
+        need = self.round(size)
+        for i, (off, length) in enumerate(self._free):
+            if length >= need:
+                if length == need:
+                    del self._free[i]
+                else:
+                    self._free[i] = (off + need, length - need)
+                self.used += need
+                return off
+        raise NoMemory(
+            f"no {need:#x}-byte range of {self.name} free "
+            f"({self.free_bytes:#x} of {self.size:#x} bytes free, fragmented)"
+        )
+
+    def free(self, offset: int, size: int) -> None:
+        """Return a range from :meth:`alloc`, merging it with free neighbours."""
+        size = self.round(size)
+        i = bisect.bisect_left(self._free, (offset, 0))
+        self._free.insert(i, (offset, size))
+        self.used -= size
+        merged: list[tuple[int, int]] = []
+        for off, length in self._free:
+            if merged and merged[-1][0] + merged[-1][1] == off:
+                merged[-1] = (merged[-1][0], merged[-1][1] + length)
+            else:
+                merged.append((off, length))
+        self._free = merged

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from accelcore import AccelDevice, Fence, FenceContext, SharedMemory
+from accelcore.memory import RangeAllocator
 
-from .memory import DramAllocator, DramBlock, VaMapping, VaSpace
+from .memory import DramBlock, VaMapping, VaSpace
 
 if TYPE_CHECKING:
     from accelcore.clock import Timer
@@ -39,7 +40,7 @@ class DeviceState:
     dev: AccelDevice
     fn: PciFunction
     model: HabanaLikeDevice
-    allocator: DramAllocator
+    allocator: RangeAllocator
     fences: FenceContext
     jobs: dict[int, tuple[CommandSubmission, int]] = field(default_factory=dict)
     tags: itertools.count[int] = field(default_factory=lambda: itertools.count(1))

@@ -61,7 +61,7 @@ from accelcore import (
     ioctl,
 )
 from accelcore.clock import NSEC_PER_MSEC, NSEC_PER_USEC
-from accelcore.memory import PAGE_SIZE, page_align
+from accelcore.memory import PAGE_SIZE, RangeAllocator, page_align
 from accelcore.pci import IrqType, PciDeviceId, PciFunction
 
 from .context import (
@@ -75,7 +75,7 @@ from .context import (
 from .device import CQ_ADDR_BASE, HabanaLikeDevice
 from .info import InfoMixin
 from .memops import MemoryMixin
-from .memory import DramAllocator, VaSpace
+from .memory import VaSpace
 from .packets import encode_msg_prot
 from .parser import ParsedJob, parse_cb
 from .uapi import HLK
@@ -130,7 +130,7 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
             dev,
             fn,
             model,
-            DramAllocator(model.dram_size, PAGE_SIZE),
+            RangeAllocator(model.dram_size, PAGE_SIZE, "DRAM"),
             FenceContext(dev.subsystem.clock, self.name, f"{dev.name}-cs"),
         )
         for vector in range(HLK.HLK_QUEUE_ID_SIZE):

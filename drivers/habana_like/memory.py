@@ -1,6 +1,6 @@
 """Device memory and device virtual addresses: the DRAM allocator and VA spaces.
 
-:class:`DramAllocator` hands out page-granular ranges of the device's DRAM,
+:class:`accelcore.memory.RangeAllocator` hands out page-granular ranges of the DRAM,
 first fit. A :class:`DramBlock` is one allocation with a reference count: the
 owning context's handle, each device mapping of it and each exported dma-buf hold
 one, so exported memory outlives the context (pinned for life, as habanalabs'
@@ -20,70 +20,13 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from accelcore import BadAddress, Busy, InvalidArgument, NoMemory, NoSpace
+from accelcore import BadAddress, Busy, InvalidArgument, NoSpace
 
 from .uapi import HLK
 
-__all__ = ["DramAllocator", "DramBlock", "MapKind", "VaMapping", "VaSpace"]
+__all__ = ["DramBlock", "MapKind", "VaMapping", "VaSpace"]
 
 U64_MAX = (1 << 64) - 1
-
-
-class DramAllocator:
-    """First-fit allocator over ``[0, size)`` in units of ``page``.
-
-    Args:
-        size: Bytes of DRAM.
-        page: Allocation granularity (a power of two).
-    """
-
-    def __init__(self, size: int, page: int) -> None:
-        self.size = size
-        self.page = page
-        self._free: list[tuple[int, int]] = [(0, size)]  # (offset, length), sorted
-        self.used = 0
-
-    @property
-    def free_bytes(self) -> int:
-        return self.size - self.used
-
-    def round(self, size: int) -> int:
-        """``size`` rounded up to whole pages."""
-        return (size + self.page - 1) // self.page * self.page
-
-    def alloc(self, size: int) -> int:
-        """Reserve ``size`` bytes (rounded up to pages); returns the offset.
-
-        Raises:
-            NoMemory: no free range is large enough.
-        """
-        need = self.round(size)
-        for i, (off, length) in enumerate(self._free):
-            if length >= need:
-                if length == need:
-                    del self._free[i]
-                else:
-                    self._free[i] = (off + need, length - need)
-                self.used += need
-                return off
-        raise NoMemory(
-            f"no {need:#x}-byte range of device memory free "
-            f"({self.free_bytes:#x} of {self.size:#x} bytes free, fragmented)"
-        )
-
-    def free(self, offset: int, size: int) -> None:
-        """Return a range from :meth:`alloc`, merging neighbours."""
-        size = self.round(size)
-        i = bisect.bisect_left(self._free, (offset, 0))
-        self._free.insert(i, (offset, size))
-        self.used -= size
-        merged: list[tuple[int, int]] = []
-        for off, length in self._free:
-            if merged and merged[-1][0] + merged[-1][1] == off:
-                merged[-1] = (merged[-1][0], merged[-1][1] + length)
-            else:
-                merged.append((off, length))
-        self._free = merged
 
 
 @dataclass(eq=False)

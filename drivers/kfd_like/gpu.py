@@ -4,7 +4,7 @@ The device model is the hardware half of the driver; it knows nothing of files,
 processes or ioctls:
 
 * **BAR0** is VRAM (``vram_mb``, large-BAR: the whole of it is host visible);
-  :class:`VramAllocator` hands out page ranges of it.
+  :class:`accelcore.memory.RangeAllocator` hands out page ranges of it.
 * **BAR2** is the doorbell aperture: one 4 KiB page per process and GPU, one
   64-bit doorbell per queue in it (see :mod:`drivers.kfd_like.queues`).
 * **Page tables**: one :class:`PageTable` per GPU VM (per process and GPU). A
@@ -24,8 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from accelcore import PAGE_SIZE, Fence, FenceContext, InvalidArgument, NoMemory, SharedMemory
+from accelcore import PAGE_SIZE, Fence, FenceContext, InvalidArgument, SharedMemory
 from accelcore.errors import error_for_errno
+from accelcore.memory import RangeAllocator
 from accelcore.pci import BarKind, BarSpec, ResetKind, SimDevice
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ __all__ = [
     "KfdGpu",
     "PageTable",
     "Pte",
-    "VramAllocator",
 ]
 
 #: Size of the doorbell BAR: 256 process doorbell pages.
@@ -148,46 +148,6 @@ class PageTable:
         return len(self._starts)
 
 
-class VramAllocator:
-    """First-fit allocation of page ranges of VRAM, with coalescing frees."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._free: list[tuple[int, int]] = [(0, size)]
-        self.used = 0
-
-    def alloc(self, size: int) -> int:
-        """An offset of ``size`` free bytes (a page multiple).
-
-        Raises:
-            NoMemory: no free range is large enough.
-        """
-        for i, (off, length) in enumerate(self._free):
-            if length >= size:
-                if length == size:
-                    del self._free[i]
-                else:
-                    self._free[i] = (off + size, length - size)
-                self.used += size
-                return off
-        raise NoMemory(
-            f"no {size:#x} bytes of VRAM free ({self.size - self.used:#x} free in fragments)"
-        )
-
-    def free(self, offset: int, size: int) -> None:
-        """Return a range from :meth:`alloc`."""
-        self._free.append((offset, size))
-        self._free.sort()
-        merged: list[tuple[int, int]] = []
-        for off, length in self._free:
-            if merged and merged[-1][0] + merged[-1][1] == off:
-                merged[-1] = (merged[-1][0], merged[-1][1] + length)
-            else:
-                merged.append((off, length))
-        self._free = merged
-        self.used -= size
-
-
 class KfdGpu(SimDevice):
     """A KFD-like GPU (PCI 1002:74a1).
 
@@ -223,7 +183,7 @@ class KfdGpu(SimDevice):
             BarSpec(0, self.vram_size, BarKind.MEM64, prefetchable=True),
             BarSpec(2, DOORBELL_BAR_SIZE, BarKind.MEM64),
         )
-        self.vram_alloc = VramAllocator(self.vram_size)
+        self.vram_alloc = RangeAllocator(self.vram_size, name="VRAM")
         self.page_tables: dict[int, PageTable] = {}
         self.pt_updates = 0
         self._sdma_busy_until = 0

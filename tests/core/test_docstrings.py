@@ -12,6 +12,7 @@ MODULES = [
     "accelcore.uapi.header",
     "accelcore.uapi.check",
     "accelcore.minors",
+    "accelcore.memory",
     "accelcore.userspace",
     "accelcore.testing",
     "accelcore.testing.factory",
