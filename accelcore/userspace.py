@@ -31,7 +31,7 @@ from .uapi import CORE
 from .udmabuf import MemfdFile
 from .vfs import Mapping
 
-__all__ = ["Process"]
+__all__ = ["Process", "ioctl_buffer"]
 
 ArgBuffer = bytearray | memoryview
 
@@ -133,7 +133,7 @@ class Process:
         file = self.task.files.get(fd)
         if isinstance(arg, int):
             return file.ioctl(self.task, cmd, arg)
-        buf = _as_buffer(arg)
+        buf = ioctl_buffer(arg)
         n = len(buf)
         if n == 0:
             return file.ioctl(self.task, cmd, 0)
@@ -223,8 +223,14 @@ class Process:
         return f"<Process pid={self.pid}>"
 
 
-def _as_buffer(arg: Any) -> memoryview:
-    if isinstance(arg, bytearray | memoryview):
+def ioctl_buffer(arg: Any) -> memoryview:
+    """The bytes of an ioctl argument given as a buffer or a cffi struct (a flat view;
+    read-only for ``bytes``, so nothing is copied back into it).
+
+    Raises:
+        InvalidArgument: ``arg`` is neither.
+    """
+    if isinstance(arg, bytearray | memoryview | bytes):
         mv = memoryview(arg)
     else:
         try:

@@ -41,6 +41,7 @@ from ..errors import (
 from ..memory import page_align
 from ..task import UserBuffer
 from ..uapi import CORE
+from ..userspace import ioctl_buffer
 from . import protocol as p
 from .fdtable import is_placeholder
 from .server import CONTROL_NAME, default_runtime_dir
@@ -424,7 +425,7 @@ class ClientProcess:
             argp = arg
             region = self._region(argp, size) if size and argp else None
         else:
-            buf = _as_buffer(arg)
+            buf = ioctl_buffer(arg)
             region = None
             argp = 0
             if len(buf):
@@ -625,19 +626,6 @@ class ClientProcess:
 
     def __repr__(self) -> str:
         return f"<ClientProcess pid={os.getpid()} server={self.runtime_dir}>"
-
-
-def _as_buffer(arg: Any) -> memoryview:
-    if isinstance(arg, bytearray | memoryview | bytes):
-        mv = memoryview(arg)
-    else:
-        try:
-            mv = memoryview(CORE.ffi.buffer(arg))
-        except TypeError as exc:
-            raise InvalidArgument(
-                f"ioctl argument {arg!r} is not an address, a buffer or a cffi struct"
-            ) from exc
-    return mv.cast("B") if mv.format != "B" else mv
 
 
 def connect(runtime_dir: Path | str | None = None, *, restart: bool = False) -> ClientProcess:
