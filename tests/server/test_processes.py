@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from accelcore import RealClock
 from accelcore.machine import Machine
 from accelcore.server import Server, connect, recv_fds, server_status, spawn_server, stop_server
 from accelcore.server.client import ClientProcess
 from accelcore.subsystem import DevNode
+from accelcore.testing import VAccelDriver
 from accelcore.testing.vaccel import VACCEL_UAPI as V
 from accelcore.uapi import CORE
 
@@ -259,3 +261,57 @@ def test_spawned_server_serves_and_stops(rt: Path) -> None:
         assert stop_server(rt) is True
     assert server_status(rt) is None
     assert stop_server(rt) is False
+
+
+class OtherAccel(VAccelDriver):
+    """A second driver (same uAPI, its own name), so the share crosses drivers."""
+
+    name = "otheraccel"
+
+
+def test_dmabuf_crosses_drivers_and_processes(rt: Path, children: Children) -> None:
+    """Issue 4's last case: a buffer exported by a device of one driver, in one
+    process, is imported by a device of another driver in another process; a job
+    on the importer's device writes it and the exporter reads the bytes."""
+    machine = Machine(RealClock())
+    first, second = VAccelDriver(), OtherAccel()
+    machine.add_driver(first)
+    machine.add_driver(second)
+    machine.subsystem.create_device(first)  # accel0: vaccel
+    machine.subsystem.create_device(second)  # accel1: otheraccel
+    with Server(machine, rt) as server:
+        base = machine.subsystem.accounting()
+        client = connect(server.runtime_dir)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with mine:
+            exporter = children(
+                EXPORTER_SCRIPT.replace("SOCKFD", str(theirs.fileno())),
+                server.runtime_dir,
+                pass_fds=(theirs.fileno(),),
+            )
+            theirs.close()
+            exporter.expect("SENT")
+            _, (buf_fd,) = recv_fds(mine)
+        other = client.open("/dev/accel/accel1")
+        imp = CORE.new("struct drm_prime_handle", fd=buf_fd)
+        client.ioctl(other, CORE.DRM_IOCTL_PRIME_FD_TO_HANDLE, imp)
+        bufinfo = machine.subsystem.dmabufs.bufinfo()
+        assert [(b["exporter"], b["attachments"]) for b in bufinfo] == [("accel0", ["accel1"])]
+        job = V.new("struct vaccel_submit", handle=imp.handle, fill=0x77, delay_ns=1000)
+        client.ioctl(other, V.DRM_IOCTL_VACCEL_SUBMIT, job)
+        client.ioctl(
+            other,
+            V.DRM_IOCTL_VACCEL_WAIT,
+            V.new("struct vaccel_wait", seqno=job.seqno, timeout_ns=-1),
+        )
+        exporter.send("CHECK")
+        assert (
+            exporter.expect("SEES") == "SEES 77777777"
+        )  # otheraccel's write, seen in vaccel's export
+        assert exporter.finish() == 0
+        client.close(buf_fd)  # the last copy of the buffer's fd, in this process
+        client.exit()
+        ok = wait_for(lambda: machine.subsystem.accounting() == base)
+        after = machine.subsystem.accounting()
+        assert ok, {k: (base[k], after[k]) for k in base if base[k] != after[k]}
+    machine.shutdown()
