@@ -382,6 +382,13 @@ class Subsystem:
             self.tasks[task.pid] = task
             return task
 
+    def fork_task(self, parent: Task) -> Task:
+        """``fork(2)``: a child task sharing every open file description of ``parent``."""
+        with self.clock.lock:
+            child = parent.fork(next(self._pids))
+            self.tasks[child.pid] = child
+            return child
+
     def exit_task(self, task: Task) -> None:
         """Process exit: every descriptor is closed (releasing what they held)."""
         with self.clock.lock:

@@ -105,10 +105,7 @@ class Process:
 
     def fork(self) -> Process:
         """``fork(2)``: a child sharing every open file description."""
-        with self.subsystem.clock.lock:
-            child = self.task.fork(next(self.subsystem._pids))
-            self.subsystem.tasks[child.pid] = child
-            return Process(self.subsystem, task=child)
+        return Process(self.subsystem, task=self.subsystem.fork_task(self.task))
 
     def exit(self) -> None:
         """Process exit (also what a SIGKILL does): every descriptor is closed."""
