@@ -3,15 +3,15 @@
 INFO goes through the server's client exactly as a workload would see it:
 :func:`~accelcore.cli.model.read_device_info` with a
 :class:`~accelcore.server.client.ClientProcess` as the
-:class:`~accelcore.cli.model.UserProgram`. Everything else is built from the
-control endpoint's queries (``status``, ``devices``, ``bufinfo``,
-``subscribe``). What the control protocol cannot answer is a one-line
-:class:`~accelcore.cli.sources.SourceError` naming ``--embedded``:
+:class:`~accelcore.cli.model.UserProgram`. Everything else is a control-endpoint
+request (see :mod:`accelcore.server.control_ops`): ``devices``, ``bufinfo``
+and ``files`` (with holders and fdinfo), the ``sysfs`` attribute walk,
+``store_attr``, ``reset``, ``trigger``, and the ``subscribe`` uevent stream.
 
-* the sysfs attribute walk and attribute stores (no sysfs op),
-* ``reset`` and ``monitor --trigger`` (no action ops),
-* per-file ``holders`` and ``fdinfo`` (``ps`` is built from INFO clients; the
-  holder lists of ``ps`` and ``dmabuf`` are empty).
+A server that is not there is a one-line :class:`~accelcore.cli.sources.SourceError`;
+a request the server refuses raises the :class:`~accelcore.errors.AccelError` of
+the errno it gave (``EACCES`` for a non-root store or reset, ``ENOENT`` for an
+unknown attribute, ``EINVAL`` from a driver's store), with its message.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from typing import Any
 from ..errors import AccelError
 from ..server import protocol as p
 from ..server.client import ClientProcess, connect
-from ..server.daemon import control_request, server_status
+from ..server.daemon import ServerUnavailable, control_request, server_status
 from ..server.server import CONTROL_NAME, default_runtime_dir
 from ..server.wire import close_all, recv_record, send_record
 from .model import DeviceInfo, DeviceSummary, read_device_info, summary_from_info
 from .records import (
     AttrLevel,
+    AttrValue,
     BufferRecord,
     FenceRecord,
     FileRecord,
@@ -103,6 +104,14 @@ class _ServerStream:
             self._sock.close()
 
 
+def _holders(raw: Any) -> list[dict[str, int]]:
+    return [{"pid": int(h["pid"]), "fd": int(h["fd"])} for h in raw]
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def _pci_root(bus_id: str) -> str:
     """``0000:00:10.0`` → ``pci0000:00`` (the host bridge of the function's bus)."""
     return "pci" + bus_id.rsplit(":", 1)[0]
@@ -122,15 +131,27 @@ class ServerSource:
         self._proc: ClientProcess | None = None
 
     # -- plumbing ------------------------------------------------------------------
-    def control(self, op: str) -> Any:
-        """One control request; a missing server is a :class:`SourceError`."""
+    def control(self, op: str, **args: Any) -> Any:
+        """One control request with fields ``args``.
+
+        Raises:
+            SourceError: no server answers (or it broke the protocol).
+            AccelError: the server refused the request (its errno and message).
+        """
         try:
-            return control_request(op, self.runtime_dir)
-        except (AccelError, OSError, p.ProtocolError) as exc:
-            msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            if "devfs server" not in msg:
-                msg = f"devfs server at {self.runtime_dir}: {msg}"
-            raise SourceError(msg) from exc
+            return control_request(op, self.runtime_dir, **args)
+        except AccelError as exc:
+            if not isinstance(exc, ServerUnavailable):
+                raise
+            raise self._source_error(exc) from exc
+        except (OSError, p.ProtocolError) as exc:
+            raise self._source_error(exc) from exc
+
+    def _source_error(self, exc: Exception) -> SourceError:
+        msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if "devfs server" not in msg:
+            msg = f"devfs server at {self.runtime_dir}: {msg}"
+        return SourceError(msg)
 
     @property
     def proc(self) -> ClientProcess:
@@ -156,12 +177,6 @@ class ServerSource:
         paths = [str(x) for x in (raw.get("control_node"), raw["node"]) if x]
         return read_device_info(self.proc, str(raw["name"]), paths, source=self.kind, full=full)
 
-    def _unsupported(self, what: str, op: str) -> SourceError:
-        return SourceError(
-            f"{what} is not available from the devfs server (its control protocol has no "
-            f"{op!r} op); use --embedded"
-        )
-
     # -- INFO-based views ----------------------------------------------------------
     def devices(self) -> list[DeviceSummary]:
         return [summary_from_info(self._info(d, full=False)) for d in self._raw_devices()]
@@ -170,29 +185,21 @@ class ServerSource:
         return self._info(self._raw(name), full=True)
 
     def files(self) -> list[FileRecord]:
-        """Open files, from INFO's client list (no holders or fdinfo: see the module doc)."""
-        out = []
-        for raw in self._raw_devices():
-            for c in self._info(raw, full=True).clients:
-                out.append(
-                    FileRecord(
-                        str(raw["name"]),
-                        c.pid,
-                        c.comm,
-                        c.uid,
-                        c.client_id,
-                        c.owner,
-                        c.control,
-                        [],
-                        {
-                            "drm-driver": str(raw["driver"]),
-                            "drm-client-id": str(c.client_id),
-                            "drm-total-memory": f"{c.memory_bytes // 1024} KiB",
-                            "drm-engine-time": f"{c.engine_time_ns} ns",
-                        },
-                    )
-                )
-        return out
+        """Open accel files with fdinfo and the ``(pid, fd)`` holding each (``files``)."""
+        return [
+            FileRecord(
+                str(f["device"]),
+                int(f["pid"]),
+                str(f["comm"]),
+                int(f["uid"]),
+                int(f["client_id"]),
+                bool(f["owner"]),
+                bool(f["control"]),
+                _holders(f["holders"]),
+                {str(k): str(v) for k, v in dict(f["fdinfo"]).items()},
+            )
+            for f in self.control("files")
+        ]
 
     def topology(self) -> Topology:
         roots: dict[str, list[PciFunctionRecord]] = {}
@@ -229,7 +236,7 @@ class ServerSource:
                 pins=sorted(str(x) for x in rec["pins"]),
                 attachments=[str(x) for x in rec["attachments"]],
                 fences=[FenceRecord(**f) for f in rec["fences"]],
-                holders=[],
+                holders=_holders(rec.get("holders", [])),
             )
             for rec in self.control("bufinfo")
         ]
@@ -251,21 +258,37 @@ class ServerSource:
     def events(self) -> EventStream:
         return _ServerStream(self.runtime_dir)
 
-    # -- what the control protocol cannot do ----------------------------------------
+    # -- sysfs and actions ------------------------------------------------------------
     def attrs(self, name: str) -> list[AttrLevel]:
-        self._raw(name)  # an unknown device is still "no accel device"
-        raise self._unsupported("the sysfs attribute walk", "sysfs")
+        """The ``sysfs`` walk: the device, then its parents."""
+        result = self.control("sysfs", device=name)
+        return [
+            AttrLevel(
+                str(lvl["devpath"]),
+                str(lvl["kernel"]),
+                _opt_str(lvl["subsystem"]),
+                _opt_str(lvl["driver"]),
+                [
+                    AttrValue(
+                        str(a["name"]), _opt_str(a["value"]), str(a["mode"]), bool(a["writable"])
+                    )
+                    for a in lvl["attributes"]
+                ],
+            )
+            for lvl in result["levels"]
+        ]
 
     def store_attr(self, name: str, attribute: str, value: str) -> str:
-        self._raw(name)
-        raise self._unsupported("writing attributes", "store_attr")
+        """``store_attr`` on the nearest level that has ``attribute``; its devpath."""
+        result = self.control("store_attr", device=name, name=attribute, value=value)
+        return str(result["devpath"])
 
     def reset(self, name: str, reason: str) -> None:
-        self._raw(name)
-        raise self._unsupported("reset", "reset")
+        self.control("reset", device=name, reason=reason)
 
     def trigger(self) -> int:
-        raise self._unsupported("trigger", "trigger")
+        """A ``change`` uevent per device (``trigger`` with ``all``); how many."""
+        return len(self.control("trigger", all=True)["events"])
 
     # -- time -------------------------------------------------------------------------
     def now_ns(self) -> int:

@@ -39,7 +39,14 @@ Example — a workload process (start a server first:
 from __future__ import annotations
 
 from .client import ClientMapping, ClientProcess, connect, recv_fds, send_fds
-from .daemon import control_request, server_status, spawn_server, stop_server, uevents
+from .daemon import (
+    ServerUnavailable,
+    control_request,
+    server_status,
+    spawn_server,
+    stop_server,
+    uevents,
+)
 from .protocol import PROTOCOL_VERSION, ProtocolError
 from .server import Server, default_runtime_dir
 
@@ -49,6 +56,7 @@ __all__ = [
     "ClientProcess",
     "ProtocolError",
     "Server",
+    "ServerUnavailable",
     "connect",
     "control_request",
     "default_runtime_dir",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -32,13 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import RealClock
-from ..errors import DeviceIOError, InvalidArgument, NoDevice, TimedOut
+from ..errors import DeviceIOError, InvalidArgument, NoDevice, TimedOut, error_for_errno
 from ..machine import DEFAULT_MACHINE, Machine
 from . import protocol as p
 from .server import CONTROL_NAME, Server, default_runtime_dir
 from .wire import close_all, recv_record, send_record
 
 __all__ = [
+    "ServerUnavailable",
     "control_request",
     "load_config",
     "load_machine",
@@ -52,6 +54,11 @@ __all__ = [
 log = logging.getLogger("accelcore.server")
 
 _SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class ServerUnavailable(NoDevice):
+    """``ENODEV``: no devfs server answers (none listens, or it went away mid-request);
+    unlike a refusal, which is the :class:`~accelcore.errors.AccelError` of its errno."""
 
 
 def load_config(config: Path | str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -126,12 +133,16 @@ def _ask(sock: socket.socket, request: dict[str, Any], timeout: float) -> Any:
     data, fds = recv_record(sock)
     close_all(fds)
     if not data:
-        raise NoDevice("the devfs server closed the control connection")
+        raise ServerUnavailable("the devfs server closed the control connection")
     msg = p.decode(data).message
     if not isinstance(msg, p.ControlReply):
         raise DeviceIOError(f"control reply was {msg.TYPE.name}")
     if not msg.reply.get("ok"):
-        raise InvalidArgument(str(msg.reply.get("error")))
+        code = msg.reply.get("errno")
+        # Servers before the errno field refused everything as EINVAL.
+        if not isinstance(code, int) or isinstance(code, bool) or not 0 < code < 4096:
+            code = errno.EINVAL
+        raise error_for_errno(code, str(msg.reply.get("error")))
     return msg.reply.get("result")
 
 
@@ -139,15 +150,19 @@ def control_request(
     op: str, runtime_dir: Path | str | None = None, *, timeout: float = 10.0, **args: Any
 ) -> Any:
     """Ask the server's control endpoint: ``status``, ``devices``, ``nodes``,
-    ``accounting``, ``bufinfo``, ``shutdown``.
+    ``accounting``, ``shutdown``, ``sysfs``, ``store_attr``, ``reset``, ``trigger``,
+    ``files``, ``bufinfo`` (see :mod:`accelcore.server.control_ops`); ``args`` are
+    the request's fields.
 
     Raises:
-        NoDevice: no server answers.
-        InvalidArgument: the server refused the request (the message says why).
+        ServerUnavailable: no server answers.
+        AccelError: the server refused the request: the subclass of the errno it
+            gave (``EINVAL`` for a malformed request, ``EACCES``, ``ENOENT``…),
+            with its message.
     """
     sock = _control_socket(runtime_dir)
     if sock is None:
-        raise NoDevice(f"no devfs server at {runtime_dir or default_runtime_dir()}")
+        raise ServerUnavailable(f"no devfs server at {runtime_dir or default_runtime_dir()}")
     with sock:
         return _ask(sock, {"op": op, **args}, timeout)
 
@@ -167,7 +182,7 @@ def uevents(runtime_dir: Path | str | None = None) -> Iterator[dict[str, Any]]:
     server goes away (close the generator to unsubscribe)."""
     sock = _control_socket(runtime_dir)
     if sock is None:
-        raise NoDevice(f"no devfs server at {runtime_dir or default_runtime_dir()}")
+        raise ServerUnavailable(f"no devfs server at {runtime_dir or default_runtime_dir()}")
     with sock:
         _ask(sock, {"op": "subscribe"}, 10.0)
         sock.settimeout(None)

@@ -3,7 +3,8 @@
 Every path in ``machine.subsystem.nodes`` (``/dev/accel/accelN``, control nodes,
 ``/dev/udmabuf``, ``/dev/kfd``…) is a listening ``SOCK_SEQPACKET`` socket at the
 same path under the runtime directory; ``<runtime>/control`` is the control
-endpoint (sessions, enumeration, status, bufinfo, uevents).
+endpoint (sessions, enumeration, status, sysfs walks and stores, reset,
+trigger, open files and dma-bufs with their holders, uevents).
 
 Opening a node is connecting to its socket: the connection *is* the open file.
 The client's descriptor is its end of the connection, so ``dup``, ``fork`` and
@@ -38,6 +39,7 @@ from ..errors import AccelError, AlreadyExists, NotPermitted, TooManyFiles
 from ..machine import Machine
 from ..vfs import OpenFile
 from . import protocol as p
+from .control_ops import CONTROL_OPS
 from .session import Session
 from .wire import close_all, peer_credentials, recv_record, send_record
 
@@ -419,6 +421,15 @@ class Server:
         with self.clock.lock:
             return sum(1 for e in self._by_key.values() if e.pid == pid)
 
+    def open_ends(self) -> list[tuple[OpenFile, int, int]]:
+        """``(file, inode of the client end, pid charged)`` of every open file served
+        (call under ``clock.lock``)."""
+        return [(e.file, e.key[1], e.pid) for e in self._by_key.values() if not e.closed]
+
+    def session_pids(self) -> set[int]:
+        """The pids of the client processes with a session now."""
+        return {s.pid for s in list(self._sessions.values())}
+
     def export_file(self, file: OpenFile, pid: int = 0) -> int:
         """Make a socket pair for ``file`` (taking over one reference) and return the
         client end's descriptor, to be sent and then closed by the caller; the file
@@ -508,12 +519,17 @@ class Server:
     # -- control -------------------------------------------------------------------------
     def control(self, op: str, request: Mapping[str, Any], peer_uid: int) -> Any:
         """Answer a control request (``status``, ``devices``, ``nodes``, ``accounting``,
-        ``bufinfo``, ``shutdown``).
+        ``shutdown``, and :mod:`~accelcore.server.control_ops`' ``sysfs``,
+        ``store_attr``, ``reset``, ``trigger``, ``files`` and ``bufinfo``).
 
         Raises:
             ValueError: unknown op.
             NotPermitted: ``shutdown`` by a user other than root or the server's.
+            AccelError: an op refused the request (its errno says why).
         """
+        fn = CONTROL_OPS.get(op)
+        if fn is not None:
+            return fn(self, request, peer_uid)
         sub = self.machine.subsystem
         if op == "status":
             from .. import __version__
@@ -563,9 +579,6 @@ class Server:
                 ]
         if op == "accounting":
             return sub.accounting()
-        if op == "bufinfo":
-            with self.clock.lock:
-                return sub.dmabufs.bufinfo()
         if op == "shutdown":
             if peer_uid not in (0, os.getuid()):
                 raise NotPermitted(f"uid {peer_uid} may not stop a server of uid {os.getuid()}")

@@ -207,27 +207,49 @@ class Session:
     def _control(self, rid: int, msg: p.Control) -> bool:
         op = msg.request["op"]
         if op == "subscribe":
-            self.send(p.ControlReply({"ok": True, "result": None}), rid)
-            self._stream_uevents()
+            self._stream_uevents(rid)
             return False
+        reply: dict[str, Any]
         try:
             result = self.server.control(op, msg.request, self.uid)
-            reply: dict[str, Any] = {"ok": True, "result": result}
-        except (AccelError, ValueError, KeyError, TypeError) as exc:
-            reply = {"ok": False, "error": str(exc)}
+            reply = {"ok": True, "result": result}
+        except OSError as exc:
+            code = exc.errno if exc.errno and 0 < exc.errno < 4096 else errno.EIO
+            reply = {"ok": False, "errno": code, "error": str(exc.strerror or exc)}
+        except (ValueError, KeyError, TypeError) as exc:
+            reply = {"ok": False, "errno": errno.EINVAL, "error": str(exc)}
+        except Exception as exc:
+            # A bug in an op must cost this request, not the session or the server.
+            log.exception("pid %d: internal error in control op %r", self.pid, op)
+            reply = {"ok": False, "errno": errno.EIO, "error": f"server error in {op}: {exc!r}"}
         self.send(p.ControlReply(reply), rid)
         return True
 
-    def _stream_uevents(self) -> None:
+    def _stream_uevents(self, rid: int) -> None:
         events: queue.SimpleQueue[SysUevent] = queue.SimpleQueue()
+        wake_r, wake_w = socket.socketpair()
+        wake_w.setblocking(False)
+
+        def listener(ev: SysUevent) -> None:
+            events.put(ev)
+            with contextlib.suppress(OSError):  # a full wake socket already wakes us
+                wake_w.send(b"x")
+
+        # Subscribed before the reply: whatever the client does after reading it
+        # (a trigger, a reset) is seen on this stream.
         with self.clock.lock:
-            unsubscribe = self.server.machine.sysfs.subscribe(events.put)
-        poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
-        poller.register(self.sock, select.POLLIN)
+            unsubscribe = self.server.machine.sysfs.subscribe(listener)
         try:
+            self.send(p.ControlReply({"ok": True, "result": None}), rid)
+            poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
+            poller.register(self.sock, select.POLLIN)
+            poller.register(wake_r, select.POLLIN)
             while not self.closing:
-                ready = poller.poll(100)
-                if ready and not self.sock.recv(1):
+                ready = dict(poller.poll(100))
+                if ready.get(wake_r.fileno()):
+                    with contextlib.suppress(OSError):
+                        wake_r.recv(4096)
+                if ready.get(self.sock.fileno()) and not self.sock.recv(1):
                     return
                 while True:
                     try:
@@ -248,6 +270,8 @@ class Session:
         finally:
             with self.clock.lock:
                 unsubscribe()
+            wake_r.close()
+            wake_w.close()
 
     # -- descriptors -------------------------------------------------------------
     def _resolve(self, fds: list[int]) -> list[OpenFile]:

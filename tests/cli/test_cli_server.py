@@ -1,5 +1,6 @@
 """accelctl on a running devfs server (CliRunner): source selection, the
-INFO-based views, the control-endpoint views, and what the server cannot do."""
+INFO-based views and the control-endpoint views (sysfs, actions and holders are
+in test_cli_server_ops)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def test_info_through_the_client_sees_owner_clients_and_dram(holder: Child, serv
     assert info["memory"][0]["name"] == "dram" and info["memory"][0]["used_bytes"] > 0
 
 
-def test_ps_lists_the_holder_from_info_clients(holder: Child, served: Server) -> None:
+def test_ps_lists_the_holder_with_its_fdinfo(holder: Child, served: Server) -> None:
     files = check_json("ps", run(served.runtime_dir, "ps", "--json").stdout)["files"]
     assert [(f["device"], f["pid"], f["owner"]) for f in files] == [("accel0", holder.pid, True)]
     assert files[0]["fdinfo"]["drm-driver"] == "habana_like"
@@ -96,25 +97,6 @@ def test_version_reports_the_server_source(served: Server) -> None:
     data = check_json("version", run(served.runtime_dir, "version", "--json").stdout)
     assert data["source"] == "server"
     assert [d["name"] for d in data["drivers"]] == ["habana_like", "kfd_like"]
-
-
-@pytest.mark.parametrize(
-    ("args", "what", "op"),
-    [
-        (("reset", "accel0", "--yes"), "reset", "reset"),
-        (("attrs", "accel0"), "the sysfs attribute walk", "sysfs"),
-        (("attrs", "accel0", "serial", "x"), "writing attributes", "store_attr"),
-    ],
-)
-def test_what_the_server_cannot_do_is_one_line(
-    served: Server, args: tuple[str, ...], what: str, op: str
-) -> None:
-    res = run(served.runtime_dir, *args)
-    assert res.exit_code == 1
-    assert res.stderr == (
-        f"Error: {what} is not available from the devfs server (its control protocol "
-        f"has no {op!r} op); use --embedded\n"
-    )
 
 
 def test_server_source_streams_a_reset_uevent(served: Server) -> None:
