@@ -15,7 +15,10 @@ import contextlib
 import mmap
 import os
 import threading
+import weakref
 from dataclasses import dataclass
+
+import numpy as np
 
 from .errors import BadAddress, InvalidArgument, NoMemory
 
@@ -53,6 +56,14 @@ class LiveCounter:
 #: Every :class:`SharedMemory` not yet closed, counted.
 LIVE = LiveCounter()
 
+#: Live regions by the id of their mmap, so a view can be traced to its memfd.
+_BY_MAP: weakref.WeakValueDictionary[int, SharedMemory] = weakref.WeakValueDictionary()
+
+
+def _address(view: memoryview) -> int:
+    """The address of a view's first byte (read-only views included)."""
+    return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
+
 
 class SharedMemory:
     """A memfd of ``size`` bytes, mapped read-write in this process.
@@ -68,7 +79,7 @@ class SharedMemory:
         NoMemory: the memfd or the mapping could not be created.
     """
 
-    __slots__ = ("_closed", "_map", "_refs", "_view", "fd", "name", "size")
+    __slots__ = ("__weakref__", "_closed", "_map", "_refs", "_view", "fd", "name", "size")
 
     def __init__(self, size: int, name: str = "accel", *, fd: int | None = None) -> None:
         if size <= 0:
@@ -88,6 +99,7 @@ class SharedMemory:
         self._view = memoryview(self._map)
         self._closed = False
         self._refs = 1
+        _BY_MAP[id(self._map)] = self
         LIVE.add(size, +1)
 
     @property
@@ -131,6 +143,22 @@ class SharedMemory:
         self.check_range(offset, length)
         self._map[offset : offset + length] = bytes([byte]) * length
 
+    @staticmethod
+    def backing(view: memoryview) -> tuple[SharedMemory, int] | None:
+        """The shared memory a view points into, and the view's offset in it.
+
+        This is how "shared, not copied" crosses a process boundary: a transport
+        passes the memfd and the offset, and the other side maps the same pages.
+
+        Returns:
+            ``None`` if ``view`` is not a view of a live :class:`SharedMemory`.
+        """
+        mem = _BY_MAP.get(id(view.obj))
+        if mem is None or mem._closed or mem._map is not view.obj:
+            return None
+        base = _address(mem._view)
+        return mem, _address(view) - base
+
     def seal(self) -> None:
         """Forbid shrinking and growing the memfd (``F_SEAL_SHRINK|F_SEAL_GROW``)."""
         import fcntl
@@ -161,6 +189,7 @@ class SharedMemory:
         self._refs -= 1
         if self._refs > 0:
             return
+        _BY_MAP.pop(id(self._map), None)
         self._closed = True
         LIVE.add(self.size, -1)
         self._view.release()

@@ -15,20 +15,14 @@ The table is per thread, because one task may have several calls in flight.
 
 from __future__ import annotations
 
-import gc
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from ..dmabuf import DmaBuf
 from ..errors import BadFd, TooManyFiles
-from ..file import AccelFile
 from ..memory import SharedMemory
 from ..task import FdTable
-from ..udmabuf import MemfdFile
 from ..vfs import OpenFile
 from .protocol import MAX_FDS
 
@@ -133,42 +127,7 @@ class ServerFdTable(FdTable):
         return len(self.fds())
 
 
-def _address(view: memoryview) -> int:
-    addr: int = np.frombuffer(view, dtype=np.uint8).ctypes.data
-    return addr
-
-
-def _candidates(file: OpenFile) -> Iterator[SharedMemory]:
-    if isinstance(file, DmaBuf | MemfdFile):
-        yield file.memory
-    if isinstance(file, AccelFile):
-        for bo in list(file.device.buffers):
-            yield bo.memory
-
-
 def backing_memory(file: OpenFile, view: memoryview) -> tuple[SharedMemory, int] | None:
-    """The memfd-backed memory behind a mapping's view, and the view's offset in it.
-
-    This is how "shared, not copied" crosses the process boundary: the client maps
-    the same memfd at that offset. The usual owners (the file's buffer objects,
-    a dma-buf's or memfd's memory) are tried first, then any live
-    :class:`SharedMemory` that exports the view's mapping.
-
-    Returns:
-        ``None`` if the view is not backed by a :class:`SharedMemory`.
-    """
-    target = view.obj
-    found: SharedMemory | None = None
-    for mem in _candidates(file):
-        if getattr(mem, "_map", None) is target:
-            found = mem
-            break
-    if found is None:
-        for ref in gc.get_referrers(target):
-            if isinstance(ref, SharedMemory) and getattr(ref, "_map", None) is target:
-                found = ref
-                break
-    if found is None or found.closed:
-        return None
-    base = _address(found.view())
-    return found, _address(view) - base
+    """The memfd-backed memory behind a mapping's view, and the view's offset in it
+    (see :meth:`accelcore.memory.SharedMemory.backing`)."""
+    return SharedMemory.backing(view)

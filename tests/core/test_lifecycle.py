@@ -308,3 +308,14 @@ def test_raising_sysfs_show_is_an_oops_with_eio() -> None:
     with pytest.raises(OSError) as e:
         sub.sysfs.read("/sys/class/accel/accel0/temperature")
     assert e.value.errno == errno.EIO and "ZeroDivisionError" in dev.oopses[0].exception
+
+
+def test_shared_memory_traces_a_view_to_its_memfd_and_offset() -> None:
+    from accelcore import SharedMemory
+
+    mem = SharedMemory(3 * 4096, "traced")
+    view = mem.view(4096, 4096).toreadonly()
+    found = SharedMemory.backing(view)
+    assert found is not None and found[0] is mem and found[1] == 4096
+    assert SharedMemory.backing(memoryview(bytearray(16))) is None
+    mem.close()
