@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from accelcore import AccelDevice, AccelFile, IoctlCall
@@ -18,10 +17,15 @@ from accelcore.driver import IoctlFlags, ioctl
 from accelcore.errors import NoDevice, NoMemory
 from accelcore.gem import BufferObject
 from accelcore.sysfs import Attribute, AttributeGroup
-from accelcore.testing.vaccel import VAccelDriver
+from accelcore.testing.vaccel import VACCEL_UAPI, VAccelDriver
 from accelcore.uapi import CORE, load_uapi
 
-HERE = Path(__file__).parent
+
+def _vaccel_header_with(old: str, new: str) -> str:
+    """vaccel's header text with one edit (the broken variants are one-line mutations)."""
+    text = VACCEL_UAPI.text
+    assert old in text, f"vaccel.h no longer contains {old!r}"
+    return text.replace(old, new, 1)
 
 
 class FlagsIgnored(VAccelDriver):
@@ -39,7 +43,16 @@ class PadIgnored(VAccelDriver):
     """Its NOP struct has ``flags`` and ``pad`` that the handler never checks."""
 
     name = "broken_pad"
-    uapi = load_uapi(HERE / "broken_pad.h", include=[CORE])
+    uapi = load_uapi(
+        "broken_pad.h",
+        include=[CORE],
+        text=_vaccel_header_with(
+            "\t__u64 result;\t\t/* out: value + 1 */\n",
+            "\t__u64 result;\t\t/* out: value + 1 */\n"
+            "\t__u32 flags;\t\t/* must be 0 */\n"
+            "\t__u32 pad;\t\t/* must be 0: the broken driver ignores both */\n",
+        ),
+    )
 
 
 class LeaksAtClose(VAccelDriver):
@@ -83,7 +96,19 @@ class BotchedHeader(VAccelDriver):
     """vaccel_create_bo has an implicit 4-byte hole (no explicit pad)."""
 
     name = "broken_header"
-    uapi = load_uapi(HERE / "botched.h", include=[CORE])
+    uapi = load_uapi(
+        "botched.h",
+        include=[CORE],
+        # handle moves up next to size: a 4-byte hole opens before mmap_offset.
+        text=_vaccel_header_with(
+            "\t__u64 size;\t\t/* in: bytes, rounded up to pages */\n"
+            "\t__u32 handle;\t\t/* out */\n"
+            "\t__u32 flags;\t\t/* must be 0 */\n",
+            "\t__u32 handle;\t\t/* out: BOTCHED, a hole of 4 bytes follows */\n"
+            "\t__u64 size;\t\t/* in: bytes, rounded up to pages */\n"
+            "\t__u32 flags;\t\t/* must be 0 */\n",
+        ),
+    )
 
 
 class RaisingAttribute(VAccelDriver):
