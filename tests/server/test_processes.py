@@ -29,6 +29,22 @@ pytestmark = [pytest.mark.subprocess, pytest.mark.timeout(60)]
 Children = Callable[..., Child]
 
 
+def _child_sending_fd(children: Children, script: str, runtime_dir: Path) -> tuple[Child, int]:
+    """Start ``script`` with one end of a socketpair (``SOCKFD``); once it says
+    ``SENT``, receive the descriptor it passed over it."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with mine:
+        child = children(
+            script.replace("SOCKFD", str(theirs.fileno())),
+            runtime_dir,
+            pass_fds=(theirs.fileno(),),
+        )
+        theirs.close()
+        child.expect("SENT")
+        _, (fd,) = recv_fds(mine)
+    return child, fd
+
+
 def _info(proc: ClientProcess, fd: int, op: int, ctype: str, count: int = 1) -> list[Any]:
     size = CORE.sizeof(ctype)
     buf = proc.alloc(size * count)
@@ -110,16 +126,7 @@ def test_dmabuf_passed_to_another_process_is_the_same_memory(
     server: Server, machine: Machine, client: ClientProcess, children: Children
 ) -> None:
     base = machine.subsystem.accounting()
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with mine:
-        exporter = children(
-            EXPORTER_SCRIPT.replace("SOCKFD", str(theirs.fileno())),
-            server.runtime_dir,
-            pass_fds=(theirs.fileno(),),
-        )
-        theirs.close()
-        exporter.expect("SENT")
-        _, (buf_fd,) = recv_fds(mine)
+    exporter, buf_fd = _child_sending_fd(children, EXPORTER_SCRIPT, server.runtime_dir)
     assert not os.get_inheritable(buf_fd)
     m = client.mmap(buf_fd, 4096)
     assert bytes(m.view[:4]) == b"\x5a" * 4
@@ -150,16 +157,7 @@ def test_file_outlives_its_opener_while_a_passed_copy_is_open(
     server: Server, machine: Machine, client: ClientProcess, children: Children
 ) -> None:
     base = machine.subsystem.accounting()
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with mine:
-        child = children(
-            PASSER_SCRIPT.replace("SOCKFD", str(theirs.fileno())),
-            server.runtime_dir,
-            pass_fds=(theirs.fileno(),),
-        )
-        theirs.close()
-        child.expect("SENT")
-        _, (fd,) = recv_fds(mine)
+    child, fd = _child_sending_fd(children, PASSER_SCRIPT, server.runtime_dir)
     assert child.finish() == 0
     nop = V.new("struct vaccel_nop", value=9)
     client.ioctl(fd, V.DRM_IOCTL_VACCEL_NOP, nop)  # the opener is gone; the file is not
@@ -282,16 +280,7 @@ def test_dmabuf_crosses_drivers_and_processes(rt: Path, children: Children) -> N
     with Server(machine, rt) as server:
         base = machine.subsystem.accounting()
         client = connect(server.runtime_dir)
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with mine:
-            exporter = children(
-                EXPORTER_SCRIPT.replace("SOCKFD", str(theirs.fileno())),
-                server.runtime_dir,
-                pass_fds=(theirs.fileno(),),
-            )
-            theirs.close()
-            exporter.expect("SENT")
-            _, (buf_fd,) = recv_fds(mine)
+        exporter, buf_fd = _child_sending_fd(children, EXPORTER_SCRIPT, server.runtime_dir)
         other = client.open("/dev/accel/accel1")
         imp = CORE.new("struct drm_prime_handle", fd=buf_fd)
         client.ioctl(other, CORE.DRM_IOCTL_PRIME_FD_TO_HANDLE, imp)
