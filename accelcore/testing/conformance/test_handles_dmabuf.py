@@ -52,13 +52,23 @@ def _other_file(rig: Rig, *, needs_owner: bool) -> tuple[Process, int]:
     return proc, rig.open(proc, 0 if same else 1)
 
 
-@check("handles", "GEM_CLOSE of another file's handle gets EINVAL and leaves it alive")
-def test_gem_close_foreign_handle(accel_conformance: Conformance) -> None:
-    accel_conformance.require_bo_create()
-    rig = accel_conformance.rig(count=2)
+def _owner_with_bo(
+    conf: Conformance, *, prime: bool = True, count: int = 1
+) -> tuple[Rig, Process, int, int]:
+    """A machine, a process owning device 0's file, and one buffer object's handle
+    (skipping when the driver declares no way to make one, or no PRIME)."""
+    if prime:
+        conf.require_prime()
+    conf.require_bo_create()
+    rig = conf.rig(count=count)
     a = rig.process()
     fa = rig.open(a)
-    h = rig.create_bo(a, fa)
+    return rig, a, fa, rig.create_bo(a, fa)
+
+
+@check("handles", "GEM_CLOSE of another file's handle gets EINVAL and leaves it alive")
+def test_gem_close_foreign_handle(accel_conformance: Conformance) -> None:
+    rig, a, fa, h = _owner_with_bo(accel_conformance, prime=False, count=2)
     b, fb = _other_file(rig, needs_owner=False)
     got = _errno_of(
         b.ioctl, fb, CORE.DRM_IOCTL_GEM_CLOSE, CORE.new("struct drm_gem_close", handle=h)
@@ -70,12 +80,7 @@ def test_gem_close_foreign_handle(accel_conformance: Conformance) -> None:
 
 @check("handles", "PRIME export of another file's handle gets ENOENT")
 def test_prime_export_foreign_handle(accel_conformance: Conformance) -> None:
-    accel_conformance.require_prime()
-    accel_conformance.require_bo_create()
-    rig = accel_conformance.rig(count=2)
-    a = rig.process()
-    fa = rig.open(a)
-    h = rig.create_bo(a, fa)
+    rig, _a, _fa, h = _owner_with_bo(accel_conformance, count=2)
     b, fb = _other_file(rig, needs_owner=True)
     got = _errno_of(_export, b, fb, h)
     assert got == errno.ENOENT, f"PRIME export of another file's handle {h}: errno {got}"
@@ -83,12 +88,7 @@ def test_prime_export_foreign_handle(accel_conformance: Conformance) -> None:
 
 @check("dma-buf", "importing a buffer's own dma-buf on the same file returns the same handle")
 def test_self_import_same_handle(accel_conformance: Conformance) -> None:
-    accel_conformance.require_prime()
-    accel_conformance.require_bo_create()
-    rig = accel_conformance.rig()
-    a = rig.process()
-    fa = rig.open(a)
-    h = rig.create_bo(a, fa)
+    _rig, a, fa, h = _owner_with_bo(accel_conformance)
     dfd = _export(a, fa, h)
     h2 = _import(a, fa, dfd)
     assert h2 == h, f"self-import of handle {h}'s dma-buf gave handle {h2}"
@@ -163,12 +163,7 @@ def test_buffer_lives_until_last_fd(accel_conformance: Conformance) -> None:
 
 @check("dma-buf", "mmap of the dma-buf fd sees the buffer object's bytes, both ways")
 def test_dmabuf_mmap_coherent(accel_conformance: Conformance) -> None:
-    accel_conformance.require_prime()
-    accel_conformance.require_bo_create()
-    rig = accel_conformance.rig()
-    a = rig.process()
-    fa = rig.open(a)
-    h = rig.create_bo(a, fa)
+    _rig, a, fa, h = _owner_with_bo(accel_conformance)
     bo = _bo(a, fa, h)
     dfd = _export(a, fa, h)
     m = a.mmap(dfd, bo.size)
@@ -183,12 +178,7 @@ def test_dmabuf_mmap_coherent(accel_conformance: Conformance) -> None:
 
 @check("dma-buf", "mmap of a dma-buf beyond its size gets EINVAL")
 def test_dmabuf_mmap_out_of_range(accel_conformance: Conformance) -> None:
-    accel_conformance.require_prime()
-    accel_conformance.require_bo_create()
-    rig = accel_conformance.rig()
-    a = rig.process()
-    fa = rig.open(a)
-    h = rig.create_bo(a, fa)
+    _rig, a, fa, h = _owner_with_bo(accel_conformance)
     size = _bo(a, fa, h).size
     dfd = _export(a, fa, h)
     cases = {
