@@ -166,13 +166,6 @@ class AccelDevice:
         """Run ``action`` at the final release, before actions added earlier."""
         self._actions.append((name or str(getattr(action, "__name__", "action")), action))
 
-    def add_action_or_reset(self, action: Callable[[], None], name: str | None = None) -> None:
-        """Like :meth:`add_action`; if adding failed the action would run at once.
-
-        (Adding cannot fail here; kept for drivers ported from kernel code.)
-        """
-        self.add_action(action, name)
-
     def release_action(self, action: Callable[[], None]) -> None:
         """Run a registered action now and forget it (``drmm_release_action``).
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .clock import Clock, WaitResult
-from .errors import AccelError, InvalidArgument, NoEntry, RestartSyscall
+from .errors import InvalidArgument, NoEntry, RestartSyscall
 from .vfs import POLLIN, OpenFile
 
 if TYPE_CHECKING:
@@ -212,12 +212,3 @@ class SyncFile(OpenFile):
         info["fence"] = repr(self.fence)
         info["status"] = str(self.fence.status())
         return info
-
-
-def fence_error(fence: Fence) -> AccelError | None:
-    """The error a signalled fence carries, as an exception, or ``None``."""
-    from .errors import error_for_errno
-
-    if fence.error:
-        return error_for_errno(-fence.error, f"{fence} completed with error {fence.error}")
-    return None

@@ -16,7 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .dispatch import IoctlCall, dispatch, permit
-from .errors import BadFd, InvalidArgument, NoMemory, RestartSyscall, TryAgain
+from .errors import InvalidArgument, NoMemory, RestartSyscall, TryAgain
 from .gem import HandleTable
 from .vfs import POLLIN, POLLOUT, Mapping, OpenFile
 
@@ -209,18 +209,6 @@ class AccelFile(OpenFile):
         info["drm-total-memory"] = f"{self.memory_bytes // 1024} KiB"
         info.update(self.device.driver.fdinfo(self))
         return info
-
-    def check_same_process(self, task: Task) -> None:
-        """Refuse a file used by a process other than its opener (KFD does).
-
-        Raises:
-            BadFd: ``task`` did not open this file.
-        """
-        if task.pid != self.pid:
-            raise BadFd(
-                f"file of client {self.client_id} was opened by pid {self.pid}, "
-                f"not by pid {task.pid}"
-            )
 
     def __repr__(self) -> str:
         role = " owner" if self.is_owner else ""

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from .clock import Clock, VirtualClock
 from .device import ACCEL_MAJOR, AccelDevice, BusDevice, DeviceState, DeviceStatus, Oops
-from .dispatch import CORE_IOCTLS
 from .dmabuf import DmaBufRegistry
 from .driver import AccelDriver, DriverFeature, InfoDesc, IoctlDesc, OwnershipPolicy
 from .errors import AccelError, Busy, DeviceIOError, InvalidArgument, NoEntry, PermissionDenied
@@ -427,10 +426,6 @@ class Subsystem:
             for fd, f in t.files.fds().items()
             if f is file
         ]
-
-    def core_ioctls(self) -> dict[int, IoctlDesc]:
-        """The core ioctl table (read-only use)."""
-        return dict(CORE_IOCTLS)
 
     def __repr__(self) -> str:
         return (

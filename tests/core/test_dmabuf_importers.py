@@ -210,3 +210,12 @@ def test_export_sync_file_and_wait(rig: Rig) -> None:
     assert not p.poll(args.fd) & POLLIN
     fence.signal()
     assert p.poll(args.fd) & POLLIN
+
+
+def test_fences_order_on_one_timeline_only() -> None:
+    clock = VirtualClock()
+    a, b = FenceContext(clock, "drv", "e0"), FenceContext(clock, "drv", "e1")
+    first, second = a.create(), a.create()
+    assert second.is_later(first) and not first.is_later(second)
+    with pytest.raises(InvalidArgument):
+        b.create().is_later(first)

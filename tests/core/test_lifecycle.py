@@ -319,3 +319,23 @@ def test_shared_memory_traces_a_view_to_its_memfd_and_offset() -> None:
     assert found is not None and found[0] is mem and found[1] == 4096
     assert SharedMemory.backing(memoryview(bytearray(16))) is None
     mem.close()
+
+
+def test_release_action_runs_now_and_is_forgotten() -> None:
+    ran: list[str] = []
+    sub = Subsystem(VirtualClock())
+    drv = VAccelDriver()
+    sub.register_driver(drv)
+    dev = sub.create_device(drv)
+
+    def early() -> None:
+        ran.append("early")
+
+    dev.add_action(early, "early")
+    dev.add_action(lambda: ran.append("late"), "late")
+    assert dev.managed_actions[:2] == ["late", "early"]
+    dev.release_action(early)
+    assert ran == ["early"] and "early" not in dev.managed_actions
+    with pytest.raises(OSError) as e:
+        dev.release_action(early)
+    assert e.value.errno == errno.EINVAL
