@@ -233,26 +233,44 @@ class AccelDevice:
 
         Raises:
             NoDevice: the device was unplugged.
+            AccelError: the driver's reset failed (the device is now MALFUNCTION).
         """
         with self.enter():
-            self.set_status(DeviceStatus.IN_RESET)
-            for file in list(self.files):
-                self.ownership.abort_context(file)
-            try:
-                self.driver.reset(self, reason)
-            except Exception as exc:
-                if isinstance(exc, OSError) and exc.errno:
-                    self.set_status(DeviceStatus.MALFUNCTION)
-                    raise
-                self.record_oops("reset", exc)
-                self.set_status(DeviceStatus.MALFUNCTION)
-                return
-            self.reset_count += 1
-            self.status = DeviceStatus.OPERATIONAL
-            if self.sysfs is not None:
-                self.subsystem.sysfs.emit(
-                    "change", self.sysfs, {"RESET": "1", "REASON": reason, "STATUS": "OPERATIONAL"}
-                )
+            self.begin_reset()
+            self.finish_reset(reason)
+
+    def begin_reset(self) -> None:
+        """First half of a reset: status IN_RESET, every context aborted.
+
+        A PCI function reset calls this from ``reset_prepare``, before the
+        hardware resets, and :meth:`finish_reset` from ``reset_done``.
+        """
+        self.set_status(DeviceStatus.IN_RESET)
+        for file in list(self.files):
+            self.ownership.abort_context(file)
+
+    def finish_reset(self, reason: str) -> None:
+        """Second half: the driver re-initializes the hardware; the device is
+        operational again, ``reset_count`` goes up and a ``RESET=1`` uevent is sent.
+
+        Raises:
+            AccelError: the driver's reset failed (the device is now MALFUNCTION;
+                a non-errno exception is recorded as an oops instead).
+        """
+        try:
+            self.driver.reset(self, reason)
+        except Exception as exc:
+            self.set_status(DeviceStatus.MALFUNCTION)
+            if isinstance(exc, OSError) and exc.errno:
+                raise
+            self.record_oops("reset", exc)
+            return
+        self.reset_count += 1
+        self.status = DeviceStatus.OPERATIONAL
+        if self.sysfs is not None:
+            self.subsystem.sysfs.emit(
+                "change", self.sysfs, {"RESET": "1", "REASON": reason, "STATUS": "OPERATIONAL"}
+            )
 
     # -- mmap offsets (drm_vma_offset_manager) ----------------------------------
     def mmap_offset(self, bo: BufferObject) -> int:

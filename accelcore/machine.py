@@ -22,6 +22,7 @@ Drivers are found through the ``accelcore.drivers`` entry points (name →
 
 from __future__ import annotations
 
+import contextlib
 import tomllib
 from collections.abc import Iterable, Mapping
 from importlib import import_module
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .clock import Clock, RealClock, VirtualClock
-from .device import AccelDevice, DeviceState, DeviceStatus
+from .device import AccelDevice, DeviceState
 from .driver import AccelDriver
 from .errors import AccelError, InvalidArgument, NoEntry
 from .pci import PciBus, PciDeviceId, PciFunction
@@ -103,25 +104,15 @@ class AccelPciDriver:
     def reset_prepare(self, fn: PciFunction) -> None:
         dev = self.devices.get(str(fn.address))
         if dev is not None:
-            dev.set_status(DeviceStatus.IN_RESET)
-            for file in list(dev.files):
-                dev.ownership.abort_context(file)
+            dev.begin_reset()
 
     def reset_done(self, fn: PciFunction) -> None:
         dev = self.devices.get(str(fn.address))
-        if dev is None:
-            return
-        try:
-            dev.driver.reset(dev, "pci")
-        except AccelError:
-            dev.set_status(DeviceStatus.MALFUNCTION)
-            return
-        except Exception as exc:
-            dev.record_oops("reset after PCI reset", exc)
-            dev.set_status(DeviceStatus.MALFUNCTION)
-            return
-        dev.reset_count += 1
-        dev.set_status(DeviceStatus.OPERATIONAL)
+        if dev is not None:
+            # A failed re-init leaves the device MALFUNCTION; the bus reset itself
+            # completed, so the error stops here.
+            with contextlib.suppress(AccelError):
+                dev.finish_reset("pci")
 
     def error_detected(self, fn: PciFunction, severity: Any) -> None:
         dev = self.devices.get(str(fn.address))

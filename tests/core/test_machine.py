@@ -59,8 +59,11 @@ def test_surprise_removal_gives_enodev_and_frees_at_last_close() -> None:
 def test_flr_resets_the_accel_device() -> None:
     m = _machine()
     fn = m.bus.find("0000:00:10.0")
+    events: list[str] = []
+    m.sysfs.subscribe(lambda ev: events.append(ev.env.get("REASON", "")))
     m.bus.reset(fn)
     assert m.accel_device(fn).reset_count == 1
+    assert "pci" in events  # announced like any other reset
 
 
 def test_description_with_unknown_section_is_refused() -> None:
