@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..device import DeviceStatus
-from ..driver import OwnershipPolicy
+from ..driver import EngineInfo, MemoryRegionInfo, OwnershipPolicy
 from ..errors import Busy
 from ..ownership import OwnerState
 from ..uapi import CORE
@@ -26,8 +26,6 @@ __all__ = [
     "DeviceIdentity",
     "DeviceInfo",
     "DeviceSummary",
-    "EngineStat",
-    "MemoryRegion",
     "OwnershipInfo",
     "StatusInfo",
     "UserProgram",
@@ -126,27 +124,6 @@ class ClientInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class MemoryRegion:
-    """One element of ``ACCEL_INFO_MEMORY``."""
-
-    name: str
-    total_bytes: int
-    used_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class EngineStat:
-    """One element of ``ACCEL_INFO_ENGINES``."""
-
-    name: str
-    engine_class: int
-    busy: bool
-    busy_time_ns: int
-    submitted: int
-    completed: int
-
-
-@dataclass(frozen=True, slots=True)
 class DeviceInfo:
     """Everything the core INFO queries answer about one device."""
 
@@ -157,8 +134,8 @@ class DeviceInfo:
     status: StatusInfo
     ownership: OwnershipInfo
     clients: list[ClientInfo] = field(default_factory=list)
-    memory: list[MemoryRegion] = field(default_factory=list)
-    engines: list[EngineStat] = field(default_factory=list)
+    memory: list[MemoryRegionInfo] = field(default_factory=list)
+    engines: list[EngineInfo] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,8 +305,8 @@ def read_device_info(
             info_query(proc, fd, CORE.ACCEL_INFO_OWNERSHIP, "struct accel_info_ownership")[0]
         )
         clients: list[ClientInfo] = []
-        memory: list[MemoryRegion] = []
-        engines: list[EngineStat] = []
+        memory: list[MemoryRegionInfo] = []
+        engines: list[EngineInfo] = []
         if full:
             clients = [
                 c
@@ -342,13 +319,13 @@ def read_device_info(
                 if c.pid != proc.pid
             ]
             memory = [
-                MemoryRegion(_str(a.name), int(a.total_bytes), int(a.used_bytes))
+                MemoryRegionInfo(_str(a.name), int(a.total_bytes), int(a.used_bytes))
                 for a in info_query(
                     proc, fd, CORE.ACCEL_INFO_MEMORY, "struct accel_info_memory_region"
                 )
             ]
             engines = [
-                EngineStat(
+                EngineInfo(
                     _str(a.name),
                     int(a.engine_class),
                     bool(a.busy),
