@@ -408,26 +408,11 @@ class AccelDriver:
         return {}
 
     def prime_import(self, file: AccelFile, dmabuf: DmaBuf) -> BufferObject:
-        """Import a foreign dma-buf; the default attaches statically and maps it."""
-        from .gem import BufferObject
+        """Import a foreign dma-buf; the default attaches statically and maps it
+        (:func:`accelcore.gem.import_dmabuf`)."""
+        from .gem import import_dmabuf
 
-        att = dmabuf.attach(file.device.name)
-        try:
-            mapping = dmabuf.map_attachment(att)
-            bo = BufferObject(
-                file.device,
-                dmabuf.size,
-                memory=dmabuf.memory,
-                offset=dmabuf.offset,
-                region="imported",
-                name=f"import:{dmabuf.exporter}",
-                import_attach=att,
-            )
-        except BaseException:
-            dmabuf.detach(att)
-            raise
-        bo.import_mapping = mapping
-        return bo
+        return import_dmabuf(file.device, dmabuf)
 
     def prime_export(self, file: AccelFile, bo: BufferObject, flags: int) -> DmaBuf:
         """Export ``bo`` as a dma-buf; the default shares its memory."""

@@ -20,7 +20,7 @@ from .memory import SharedMemory, page_align
 if TYPE_CHECKING:
     from .device import AccelDevice
 
-__all__ = ["BufferObject", "GemDmaBufOps", "HandleTable"]
+__all__ = ["BufferObject", "GemDmaBufOps", "HandleTable", "import_dmabuf"]
 
 #: Fake mmap offsets of buffer objects start here (``DRM_FILE_PAGE_OFFSET_START``).
 MMAP_OFFSET_START = 0x1_0000_0000
@@ -201,3 +201,38 @@ class HandleTable:
 
     def __len__(self) -> int:
         return len(self._objects)
+
+
+def import_dmabuf(device: AccelDevice, dmabuf: DmaBuf, name: str | None = None) -> BufferObject:
+    """Wrap a foreign dma-buf as a buffer object of ``device``: attach statically,
+    map, and back the object with the mapping's memory (shared, not copied).
+
+    Raises:
+        InvalidArgument: the exporter maps the buffer in several pieces (only
+            contiguous buffers can back a buffer object).
+        AccelError: the exporter refused the attachment (the device cannot reach
+            the memory); nothing stays attached.
+    """
+    att = dmabuf.attach(device.name)
+    try:
+        mapping = dmabuf.map_attachment(att)
+        if len(mapping.sg) != 1:
+            raise InvalidArgument(
+                f"dma-buf {dmabuf.inode} has {len(mapping.sg)} pieces; "
+                "only contiguous buffers can be imported"
+            )
+        sg = mapping.sg[0]
+        bo = BufferObject(
+            device,
+            sg.length,
+            memory=sg.memory,
+            offset=sg.offset,
+            region="imported",
+            name=name or f"import:{dmabuf.exporter}",
+            import_attach=att,
+        )
+    except BaseException:
+        dmabuf.detach(att)
+        raise
+    bo.import_mapping = mapping
+    return bo

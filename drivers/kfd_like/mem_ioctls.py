@@ -40,6 +40,7 @@ from accelcore import (
 from accelcore.clock import NSEC_PER_SEC
 from accelcore.dmabuf import require_dmabuf
 from accelcore.errors import DeviceIOError
+from accelcore.gem import import_dmabuf
 
 from .abi import KFD_UAPI, get_gpu_id, mmap_offset
 from .base import KfdBase, kfd_only
@@ -258,26 +259,4 @@ class MemoryIoctls(KfdBase):
             and own.device.driver is self
         ):
             return own.get()  # one of ours: share the buffer object, as amdgpu does
-        att = dmabuf.attach(node.dev.name)
-        try:
-            mapping = dmabuf.map_attachment(att)
-            if len(mapping.sg) != 1:
-                raise InvalidArgument(
-                    f"dma-buf {dmabuf.inode} has {len(mapping.sg)} pieces; "
-                    "only contiguous buffers can be imported"
-                )
-            sg = mapping.sg[0]
-            bo = BufferObject(
-                node.dev,
-                sg.length,
-                memory=sg.memory,
-                offset=sg.offset,
-                region="imported",
-                name=f"kfd-import:{dmabuf.exporter}",
-                import_attach=att,
-            )
-        except BaseException:
-            dmabuf.detach(att)
-            raise
-        bo.import_mapping = mapping
-        return bo
+        return import_dmabuf(node.dev, dmabuf, f"kfd-import:{dmabuf.exporter}")
