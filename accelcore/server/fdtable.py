@@ -105,14 +105,6 @@ class ServerFdTable(FdTable):
             raise BadFd(f"file descriptor {fd} is not open")
         file.put()
 
-    def dup(self, fd: int) -> int:
-        file = self.get(fd).get()
-        try:
-            return self.install(file, cloexec=False)
-        except BaseException:
-            file.put()  # install refused it (EMFILE): the reference must not leak
-            raise
-
     def copy(self) -> FdTable:
         return ServerFdTable(self._room)
 
