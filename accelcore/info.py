@@ -16,7 +16,7 @@ methods.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,18 +27,27 @@ from .uapi import CORE
 if TYPE_CHECKING:
     from .device import AccelDevice
     from .dispatch import IoctlCall
+    from .file import AccelFile
 
 __all__ = ["CORE_QUERIES", "CoreQuery", "info_ioctl"]
 
 
 @dataclass(frozen=True, slots=True)
 class CoreQuery:
-    """A core INFO query: the op, what it answers, and whether it is an array."""
+    """A core INFO query: the op, what it answers, and whether it is an array.
+
+    ``answer`` returns the query's *sources*, cheaply (the device's files, its
+    regions…), and ``encode`` turns one source into its uAPI struct. An array
+    query encodes only the elements the caller's buffer takes, so asking for one
+    client costs the same with one open file or a thousand (the engine lock is
+    held for the call: no query may take time proportional to the machine).
+    """
 
     op: int
     name: str
     answer_type: str
-    answer: Callable[[AccelDevice], list[Any]]
+    answer: Callable[[AccelDevice], Sequence[Any]]
+    encode: Callable[[Any], Any] | None = None
     array: bool = False
     unplugged_ok: bool = False
 
@@ -91,25 +100,26 @@ def _ownership(dev: AccelDevice) -> list[Any]:
     return [a]
 
 
-def _clients(dev: AccelDevice) -> list[Any]:
-    out = []
-    for f in dev.files:
-        a = CORE.new("struct accel_info_client")
-        a.client_id = f.client_id
-        a.pid = f.pid
-        a.uid = f.uid
-        a.flags = (
-            (CORE.ACCEL_CLIENT_OWNER if f.is_owner else 0)
-            | (CORE.ACCEL_CLIENT_CONTROL if f.control else 0)
-            | (CORE.ACCEL_CLIENT_ADMIN if f.admin else 0)
-        )
-        a.handles = len(f.handles)
-        a.memory_bytes = f.memory_bytes
-        a.engine_time_ns = f.engine_time_ns
-        _set_str(a, "name", f.client_name)
-        _set_str(a, "comm", f.comm)
-        out.append(a)
-    return out
+def _clients(dev: AccelDevice) -> Sequence[AccelFile]:
+    return dev.files
+
+
+def _client(f: AccelFile) -> Any:
+    a = CORE.new("struct accel_info_client")
+    a.client_id = f.client_id
+    a.pid = f.pid
+    a.uid = f.uid
+    a.flags = (
+        (CORE.ACCEL_CLIENT_OWNER if f.is_owner else 0)
+        | (CORE.ACCEL_CLIENT_CONTROL if f.control else 0)
+        | (CORE.ACCEL_CLIENT_ADMIN if f.admin else 0)
+    )
+    a.handles = len(f.handles)
+    a.memory_bytes = f.memory_bytes
+    a.engine_time_ns = f.engine_time_ns
+    _set_str(a, "name", f.client_name)
+    _set_str(a, "comm", f.comm)
+    return a
 
 
 def _memory(dev: AccelDevice) -> list[Any]:
@@ -147,7 +157,12 @@ CORE_QUERIES: dict[int, CoreQuery] = {
             CORE.ACCEL_INFO_OWNERSHIP, "ownership", "struct accel_info_ownership", _ownership
         ),
         CoreQuery(
-            CORE.ACCEL_INFO_CLIENTS, "clients", "struct accel_info_client", _clients, array=True
+            CORE.ACCEL_INFO_CLIENTS,
+            "clients",
+            "struct accel_info_client",
+            _clients,
+            _client,
+            array=True,
         ),
         CoreQuery(
             CORE.ACCEL_INFO_MEMORY, "memory", "struct accel_info_memory_region", _memory, array=True
@@ -188,20 +203,27 @@ def info_ioctl(call: IoctlCall) -> None:
             if isinstance(answer, bytes | bytearray)
             else (dev.driver.uapi or CORE).to_bytes(answer)
         )
+        a.actual_size = len(data)
     else:
         q = CORE_QUERIES.get(op)
         if q is None:
             raise InvalidArgument(f"unknown INFO op {op:#x}")
         if dev.unplugged and not q.unplugged_ok:
             raise NoDevice(f"{dev.name} was unplugged")
-        items = q.answer(dev)
+        sources = q.answer(dev)
         if q.array:
             elem_size = CORE.sizeof(q.answer_type)
-            items = items[a.index :]
+            first = min(a.index, len(sources))
+            # actual_size counts every element from index on, but only the whole
+            # elements the buffer takes are encoded.
+            a.actual_size = (len(sources) - first) * elem_size
+            sources = sources[first : first + a.return_size // elem_size]
         elif a.index:
             raise InvalidArgument(f"accel_info.index is {a.index} for a non-array query")
-        data = b"".join(CORE.to_bytes(i) for i in items)
-    a.actual_size = len(data)
+        encode = q.encode
+        data = b"".join(CORE.to_bytes(encode(i) if encode else i) for i in sources)
+        if not q.array:
+            a.actual_size = len(data)
     n = min(a.return_size, len(data))
     if elem_size:
         n -= n % elem_size

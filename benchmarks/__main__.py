@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from . import crossprocess, gemm, inprocess, load
+from . import crossprocess, gemm, inprocess, load, scaling
 from .harness import Figure
 
 SUITES = [
@@ -14,6 +14,7 @@ SUITES = [
     *crossprocess.SUITES,
     inprocess.dmabuf_read_bw,
     *load.SUITES,
+    *scaling.SUITES,
     *gemm.SUITES,
     inprocess.memory,
 ]

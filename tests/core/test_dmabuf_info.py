@@ -249,6 +249,31 @@ def test_info_clients_lists_owner_and_monitor(rig: Rig) -> None:
     assert (c1.pid, CORE.ffi.string(c1.comm)) == (mon.pid, b"smi")  # type: ignore[attr-defined]
 
 
+def test_info_clients_window_of_one_entry(rig: Rig) -> None:
+    """An array query answers the elements from ``index`` that the buffer takes;
+    ``actual_size`` counts all of them from ``index`` on; past the end is empty."""
+    p = rig.process()
+    fds = [p.open("/dev/accel/accel0") for _ in range(5)]
+    size = CORE.sizeof("struct accel_info_client")
+    out = p.alloc(2 * size)
+    out.view[:] = b"\xff" * (2 * size)
+    a = CORE.new(
+        "struct accel_info",
+        op=CORE.ACCEL_INFO_CLIENTS,
+        return_pointer=out.addr,
+        return_size=size + 8,  # one element and a bit: only the whole element is written
+        index=3,
+    )
+    p.ioctl(fds[0], CORE.ACCEL_IOCTL_INFO, a)
+    assert a.actual_size == 2 * size
+    entry = CORE.from_bytes("struct accel_info_client", bytes(out.view[:size]))
+    assert entry.client_id == p.task.files.get(fds[3]).client_id  # type: ignore[attr-defined]
+    assert bytes(out.view[size:]) == b"\xff" * size
+    a.index = 9
+    p.ioctl(fds[0], CORE.ACCEL_IOCTL_INFO, a)
+    assert a.actual_size == 0
+
+
 def test_info_size_negotiation(rig: Rig) -> None:
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
