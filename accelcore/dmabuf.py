@@ -398,13 +398,29 @@ class DmaBuf(OpenFile):
 
     # -- user space ------------------------------------------------------------
     def mmap(self, task: Task, offset: int, length: int, writable: bool) -> Mapping:
+        """CPU mapping of ``[offset, offset+length)``; it holds the buffer.
+
+        Raises:
+            PermissionDenied: ``writable`` and the buffer was exported without
+                ``DRM_RDWR`` (``EACCES``, checked first, as ``do_mmap``).
+            BadFd: the buffer was revoked (``EBADFD``).
+            InvalidArgument: the range is outside the buffer or not page-aligned.
+            NotSupported: the exporter has no CPU mapping.
+        """
+        self.check_mmap_access(writable)
         self._check_usable()
         if length <= 0 or offset < 0 or offset % PAGE_SIZE or offset + length > self.size:
             raise InvalidArgument(
                 f"mmap of [{offset:#x}, {offset + length:#x}) is outside dma-buf of "
                 f"{self.size:#x} bytes (or offset not page-aligned)"
             )
-        m = Mapping(self, self.ops.mmap(self, offset, length), offset, writable)
+        m = Mapping(
+            self,
+            self.ops.mmap(self, offset, length),
+            offset,
+            writable,
+            object_view=self.ops.mmap(self, 0, self.size),
+        )
         self.cpu_mappings.append(m)
         m.on_unmap(self.cpu_mappings.remove)
         return m

@@ -110,9 +110,7 @@ class AccelFile(OpenFile):
         bo = self.device.mmap_offsets.get(offset)
         if bo is None or self.handles.handle_of(bo) is None:
             raise InvalidArgument(f"no buffer object of this file at mmap offset {offset:#x}")
-        if length <= 0 or length > bo.size:
-            raise InvalidArgument(f"mmap length {length:#x} does not fit buffer of {bo.size:#x}")
-        return Mapping(self, bo.view(0, length), offset, writable)
+        return bo.mmap(self, offset, length, writable)
 
     def forget_prime(self, handle: int | None = None) -> None:
         """Drop the prime cache's dma-buf references (of ``handle``, or all)."""

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from .dmabuf import Attachment, DmaBuf, DmaBufOps, DmaMapping
 from .errors import InvalidArgument, NoEntry, NoMemory
-from .memory import SharedMemory, page_align
+from .memory import MAX_LFS_FILESIZE, MemoryBlock, SharedMemory, page_align
+from .vfs import Mapping
 
 if TYPE_CHECKING:
     from .device import AccelDevice
+    from .vfs import OpenFile
 
 __all__ = ["BufferObject", "GemDmaBufOps", "HandleTable", "import_dmabuf"]
 
@@ -29,16 +31,30 @@ MMAP_OFFSET_START = 0x1_0000_0000
 class BufferObject:
     """Device-visible memory, shared by handles, dma-bufs and kernel users.
 
+    The object lives while anything holds it: handles, dma-bufs, kernel users
+    and CPU mappings (:meth:`mmap` makes mappings that hold it, as
+    ``drm_gem_vm_open``). Its memory is freed, and device memory returned to
+    the allocator, only at the last reference.
+
     Args:
         device: The device the memory belongs to (a reference is held).
         size: Bytes; rounded up to whole pages.
-        memory: Backing memory to use (device DRAM, an imported buffer); a new
-            memfd is made when ``None``.
+        memory: Backing memory to use (an imported buffer); a new memfd is
+            made when ``None`` and no ``block`` is given.
         offset: Where the object starts in ``memory``.
         region: The memory region it counts against (``system``, ``dram``…).
         name: A label for listings.
-        on_free: Called when the last reference goes (return device memory).
+        on_free: Called when the last reference goes.
         import_attach: Set when the object wraps an imported dma-buf.
+        block: Device memory from :meth:`accelcore.memory.DeviceMemory.alloc`
+            to back the object (its own memfd); the object takes over the
+            caller's reference and drops it when freed.
+
+    Raises:
+        InvalidArgument: ``size`` is not positive or above
+            :data:`~accelcore.memory.MAX_LFS_FILESIZE` (a ``__u64`` near 2**64),
+            or the range is outside ``memory``.
+        NoMemory: no memory could be made for ``size`` bytes.
     """
 
     def __init__(
@@ -52,12 +68,19 @@ class BufferObject:
         name: str = "bo",
         on_free: Callable[[BufferObject], None] | None = None,
         import_attach: Attachment | None = None,
+        block: MemoryBlock | None = None,
     ) -> None:
-        if size <= 0:
-            raise InvalidArgument(f"buffer size {size} must be positive")
+        if not 0 < size <= MAX_LFS_FILESIZE:
+            raise InvalidArgument(f"buffer size {size:#x} must be in (0, {MAX_LFS_FILESIZE:#x}]")
         self.size = page_align(size)
+        self.block = block
+        if block is not None:
+            memory = block.memory
         self._owns_memory = memory is None
-        self.memory = memory if memory is not None else SharedMemory(self.size, name)
+        try:
+            self.memory = memory if memory is not None else SharedMemory(self.size, name)
+        except InvalidArgument as exc:  # page_align went past MAX_LFS_FILESIZE
+            raise NoMemory(f"no memory for a {size:#x}-byte buffer: {exc.strerror}") from exc
         if offset < 0 or offset + self.size > self.memory.size:
             if self._owns_memory:
                 self.memory.close()
@@ -90,6 +113,23 @@ class BufferObject:
             )
         return self.memory.view(self.offset + offset, length)
 
+    def mmap(self, file: OpenFile, offset: int, length: int, writable: bool) -> Mapping:
+        """A CPU mapping of the first ``length`` bytes, through ``file`` at fake
+        offset ``offset``; it holds a reference on the object until unmapped
+        (``drm_gem_mmap_obj``).
+
+        Raises:
+            InvalidArgument: ``length`` is not in ``(0, size]``.
+            PermissionDenied: ``writable`` and ``file`` is not open for writing.
+        """
+        if length <= 0 or length > self.size:
+            raise InvalidArgument(
+                f"mmap length {length:#x} does not fit buffer {self.name} of {self.size:#x} bytes"
+            )
+        return Mapping(
+            file, self.view(0, length), offset, writable, holds=self, object_view=self.view()
+        )
+
     def get(self) -> BufferObject:
         """Take a reference."""
         self.refcount += 1
@@ -111,6 +151,9 @@ class BufferObject:
             self._on_free(self)
         if self._owns_memory:
             self.memory.close()
+        if self.block is not None:
+            block, self.block = self.block, None
+            block.put()
         if self.mmap_offset is not None:
             self.device.mmap_offsets.pop(self.mmap_offset, None)
         self.device.buffers.discard(self)

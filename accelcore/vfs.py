@@ -10,16 +10,17 @@ that operation (``ENOTTY`` for ioctl, ``ENODEV`` for mmap, ``EINVAL`` for read).
 from __future__ import annotations
 
 import itertools
+import os
 import select
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from .errors import BadFd, InvalidArgument, NoDevice, NotTTY
+from .errors import BadFd, InvalidArgument, NoDevice, NotTTY, PermissionDenied
 
 if TYPE_CHECKING:
     from .task import Task
 
-__all__ = ["POLLERR", "POLLHUP", "POLLIN", "POLLOUT", "Mapping", "OpenFile"]
+__all__ = ["POLLERR", "POLLHUP", "POLLIN", "POLLOUT", "Mapping", "OpenFile", "Refcounted"]
 
 POLLIN = select.POLLIN
 POLLOUT = select.POLLOUT
@@ -27,6 +28,15 @@ POLLERR = select.POLLERR
 POLLHUP = select.POLLHUP
 
 _inode = itertools.count(1)
+
+
+class Refcounted(Protocol):
+    """What a mapping can hold: anything with ``get`` and ``put`` (a buffer object,
+    a device-memory block, a command buffer)."""
+
+    def get(self) -> object: ...
+
+    def put(self) -> None: ...
 
 
 class Mapping:
@@ -37,21 +47,51 @@ class Mapping:
     range: accesses keep working with undefined contents and never fault, as
     ``Documentation/gpu/drm-uapi.rst`` asks of hot-unplug.
 
+    A mapping holds what it maps (``drm_gem_vm_open``/``vm_close``): a
+    reference on the file and one on ``holds``, the object that owns the pages,
+    so freeing the object's handle while the mapping lives never returns its
+    pages to an allocator; both are dropped at :meth:`unmap`. ``object_view`` is
+    the whole of that object's bytes, the most the mapping may ever reach: a
+    transport that shares the mapping with another process passes exactly
+    those pages and nothing around them.
+
     Args:
         file: The file mapped (a reference is held until :meth:`unmap`).
         view: The memory.
         offset: The offset in the file.
-        writable: Whether ``PROT_WRITE`` was asked for.
+        writable: Whether ``PROT_WRITE`` was asked for (a shared mapping).
+        holds: The object that owns the pages; a reference is held until
+            :meth:`unmap`.
+        object_view: All of the owning object's bytes (default: ``view``).
+
+    Raises:
+        PermissionDenied: ``writable`` and the file was not opened for writing
+            (``EACCES``, as ``do_mmap`` for ``MAP_SHARED|PROT_WRITE``).
     """
 
-    def __init__(self, file: OpenFile, view: memoryview, offset: int, writable: bool) -> None:
+    def __init__(
+        self,
+        file: OpenFile,
+        view: memoryview,
+        offset: int,
+        writable: bool,
+        *,
+        holds: Refcounted | None = None,
+        object_view: memoryview | None = None,
+    ) -> None:
+        file.check_mmap_access(writable)
         self.file = file.get()
         self.length = len(view)
         self.offset = offset
         self.writable = writable
         self._view: memoryview | None = view if writable else view.toreadonly()
+        whole = view if object_view is None else object_view
+        self._object_view: memoryview | None = whole if writable else whole.toreadonly()
         self.zapped = False
         self._on_unmap: list[Callable[[Mapping], None]] = []
+        self._holds = holds
+        if holds is not None:
+            holds.get()
 
     @property
     def view(self) -> memoryview:
@@ -59,6 +99,17 @@ class Mapping:
         if self._view is None:
             raise BadFd("mapping was unmapped")
         return self._view
+
+    @property
+    def object_view(self) -> memoryview | None:
+        """All the bytes of the object that owns the mapped pages (``None`` once
+        zapped or unmapped: then there is nothing left to share)."""
+        return self._object_view
+
+    @property
+    def holds(self) -> Refcounted | None:
+        """The object the mapping keeps alive."""
+        return self._holds
 
     def on_unmap(self, callback: Callable[[Mapping], None]) -> None:
         """Run ``callback`` when the mapping goes (for per-file accounting)."""
@@ -69,19 +120,32 @@ class Mapping:
         if self._view is None or self.zapped:
             return
         self._view.release()
+        self._release_object_view()
         self._view = memoryview(bytearray(self.length))
         self.zapped = True
 
+    def _release_object_view(self) -> None:
+        if self._object_view is not None:
+            self._object_view.release()
+            self._object_view = None
+
     def unmap(self) -> None:
-        """``munmap``: drop the mapping and its reference on the file. Idempotent."""
+        """``munmap``: drop the mapping, its reference on the object it maps, then
+        the one on the file (``vm_close``, then ``fput``). Idempotent."""
         if self._view is None:
             return
         self._view.release()
+        self._release_object_view()
         self._view = None
         for cb in self._on_unmap:
             cb(self)
         self._on_unmap.clear()
-        self.file.put()
+        holds, self._holds = self._holds, None
+        try:
+            if holds is not None:
+                holds.put()
+        finally:
+            self.file.put()
 
     @property
     def mapped(self) -> bool:
@@ -108,6 +172,26 @@ class OpenFile:
     def refcount(self) -> int:
         """References held (fds in every task, mappings, kernel users)."""
         return self._refs
+
+    @property
+    def writable(self) -> bool:
+        """Whether the file was opened for writing (``FMODE_WRITE``: ``O_WRONLY``
+        or ``O_RDWR`` in :attr:`flags`)."""
+        return (self.flags & os.O_ACCMODE) != os.O_RDONLY
+
+    def check_mmap_access(self, writable: bool) -> None:
+        """What ``do_mmap`` checks of the file before its ``mmap`` op runs.
+
+        Raises:
+            PermissionDenied: a writable shared mapping of a file not opened
+                for writing (``EACCES``): a dma-buf exported without
+                ``DRM_RDWR``, a descriptor opened ``O_RDONLY``.
+        """
+        if writable and not self.writable:
+            raise PermissionDenied(
+                f"{self.kind} file {self.inode} is not open for writing "
+                f"(flags {self.flags:#o}): no writable shared mapping"
+            )
 
     def get(self) -> OpenFile:
         """Take a reference (``get_file``)."""

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..errors import BadFd, TooManyFiles
+from ..errors import BadFd, NoDevice, TooManyFiles
 from ..memory import SharedMemory
 from ..task import FdTable
-from ..vfs import OpenFile
+from ..vfs import Mapping, OpenFile
 from .protocol import MAX_FDS
 
 __all__ = ["PLACEHOLDER_BASE", "CallFds", "ServerFdTable", "backing_memory", "is_placeholder"]
@@ -119,7 +119,29 @@ class ServerFdTable(FdTable):
         return len(self.fds())
 
 
-def backing_memory(file: OpenFile, view: memoryview) -> tuple[SharedMemory, int] | None:
-    """The memfd-backed memory behind a mapping's view, and the view's offset in it
-    (see :meth:`accelcore.memory.SharedMemory.backing`)."""
-    return SharedMemory.backing(view)
+def backing_memory(file: OpenFile, mapping: Mapping) -> tuple[SharedMemory, int]:
+    """The memfd to pass for ``mapping``, and the offset of the mapped bytes in it.
+
+    Only a memfd that holds exactly the object the mapping maps is passed
+    (its :attr:`~accelcore.vfs.Mapping.object_view` spans the whole memfd):
+    the receiver can then reach that object's bytes and nothing else. Device
+    memory, buffer objects and memfds are each their own memfd, so every whole
+    object qualifies; a view of part of a larger memfd (a udmabuf over part of
+    a memfd, an export of part of a device-memory block) does not.
+
+    Raises:
+        NoDevice: the mapping is not backed by shareable memory, was zapped, or
+            its object is only part of its memfd (``ENODEV``).
+    """
+    whole = mapping.object_view
+    found = SharedMemory.backing(whole) if whole is not None else None
+    at = SharedMemory.backing(mapping.view)
+    if whole is None or found is None or at is None or at[0] is not found[0]:
+        raise NoDevice(f"{file.kind} mapping is not backed by shareable memory")
+    mem, start = found
+    if start != 0 or len(whole) != mem.size:
+        raise NoDevice(
+            f"{file.kind} mapping's object is [{start:#x}, +{len(whole):#x}) of a "
+            f"{mem.size:#x}-byte memfd; only whole memfds are passed to another process"
+        )
+    return mem, at[1]

@@ -34,7 +34,7 @@ from ..file import AccelFile
 from ..memory import PAGE_SIZE, SharedMemory
 from ..sysfs import Uevent as SysUevent
 from ..task import Task
-from ..udmabuf import MemfdFile
+from ..udmabuf import WRITE_SEALS, MemfdFile
 from ..vfs import Mapping, OpenFile
 from . import protocol as p
 from .fdtable import PLACEHOLDER_BASE, CallFds, ServerFdTable, backing_memory
@@ -382,20 +382,19 @@ class Session:
         try:
             with self.clock.lock:
                 mapping = file.mmap(self.task, msg.offset, msg.length, msg.writable)
-                found = backing_memory(file, mapping.view)
-                if found is None:
+                try:
+                    mem, offset = backing_memory(file, mapping)
+                    # A client must not be able to shrink memory the server touches.
+                    with contextlib.suppress(OSError):
+                        mem.seal()
+                    # A read-only request gets a read-only open of the memfd.
+                    memfd = os.dup(mem.fd) if msg.writable else mem.open_readonly()
+                except BaseException:
                     mapping.unmap()
-                    raise OSError(
-                        errno.ENODEV, f"{file.kind} mapping is not backed by shareable memory"
-                    )
-                mem, offset = found
-                # A client must not be able to shrink memory the server touches.
-                with contextlib.suppress(OSError):
-                    mem.seal()
+                    raise
                 mid = self._next_mapping
                 self._next_mapping += 1
                 self._mappings[mid] = mapping
-                memfd = os.dup(mem.fd)
         finally:
             self._put([file])
         try:
@@ -469,18 +468,25 @@ class Session:
 
 
 def _adopt_memfd(fd: int) -> MemfdFile | None:
-    """A :class:`MemfdFile` over the pages of a received memfd, or ``None``."""
+    """A :class:`MemfdFile` over the pages of a received memfd, or ``None``.
+
+    It keeps the descriptor's access mode, and a write-sealed memfd (which
+    cannot be mapped writable) is mapped read-only, so udmabuf sees its seals.
+    """
     try:
-        fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         size = os.fstat(fd).st_size
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     except OSError:
         return None
     if size <= 0:
         return None
+    readonly = bool(seals & WRITE_SEALS) or (flags & os.O_ACCMODE) == os.O_RDONLY
     try:
-        return MemfdFile(SharedMemory(size, "memfd", fd=os.dup(fd)))
+        memory = SharedMemory(size, "memfd", fd=os.dup(fd), readonly=readonly)
     except (AccelError, OSError):
         return None
+    return MemfdFile(memory, flags=flags & os.O_ACCMODE)
 
 
 def _cannot_sleep(msg: p.Message, files: list[OpenFile]) -> bool:

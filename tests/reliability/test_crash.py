@@ -83,7 +83,7 @@ def _child_body(rt: Path, stage: str, w: int) -> None:
             )
     elif stage == "mapped":
         m = proc.mmap(fd, SIZE, bo.mmap_offset)
-        dm = proc.mmap(_export(proc, fd, bo.handle), SIZE)
+        dm = proc.mmap(_export(proc, fd, bo.handle), SIZE, write=False)
         n = 0
         while True:
             n = (n + 1) & 0xFF

@@ -113,7 +113,7 @@ bo = V.new("struct vaccel_create_bo", size=4096)
 proc.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
 m = proc.mmap(fd, 4096, bo.mmap_offset)
 m.view[:] = b"\\x5a" * 4096
-ph = CORE.new("struct drm_prime_handle", handle=bo.handle, flags=CORE.DRM_CLOEXEC)
+ph = CORE.new("struct drm_prime_handle", handle=bo.handle, flags=CORE.DRM_CLOEXEC | CORE.DRM_RDWR)
 proc.ioctl(fd, CORE.DRM_IOCTL_PRIME_HANDLE_TO_FD, ph)
 send_fds(sock, [ph.fd])
 say("SENT")

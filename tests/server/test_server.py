@@ -111,7 +111,11 @@ def test_dmabuf_fd_is_real_cloexec_and_maps_same_memory(client: ClientProcess) -
     fd = client.open("/dev/accel/accel0")
     bo = _own(client, fd)
     bo_map = client.mmap(fd, 4096, bo.mmap_offset)  # type: ignore[attr-defined]
-    ph = CORE.new("struct drm_prime_handle", handle=bo.handle, flags=CORE.DRM_CLOEXEC)  # type: ignore[attr-defined]
+    ph = CORE.new(
+        "struct drm_prime_handle",
+        handle=bo.handle,  # type: ignore[attr-defined]
+        flags=CORE.DRM_CLOEXEC | CORE.DRM_RDWR,
+    )
     client.ioctl(fd, CORE.DRM_IOCTL_PRIME_HANDLE_TO_FD, ph)
     assert not os.get_inheritable(ph.fd)
     buf_map = client.mmap(ph.fd, 4096)
