@@ -1,7 +1,7 @@
 """Per-device, per-file and per-context state of the habana_like driver.
 
-* :class:`DeviceState` — one per device (``dev.private``): the model, the DRAM
-  allocator, the fence timeline, the jobs on the engines by tag.
+* :class:`DeviceState` — one per device (``dev.private``): the model, its DRAM
+  (the allocator), the fence timeline, the jobs on the engines by tag.
 * :class:`FileState` — one per open file (``file.driver_priv``): the sequence
   counter and the outcomes of submissions of earlier contexts, so that sequence
   numbers stay unique per file across a reset and old ones still answer.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from accelcore import AccelDevice, Fence, FenceContext, SharedMemory
-from accelcore.memory import RangeAllocator
+from accelcore.memory import DeviceMemory
 
 from .memory import DramBlock, VaMapping, VaSpace
 
@@ -40,7 +40,7 @@ class DeviceState:
     dev: AccelDevice
     fn: PciFunction
     model: HabanaLikeDevice
-    allocator: RangeAllocator
+    allocator: DeviceMemory
     fences: FenceContext
     jobs: dict[int, tuple[CommandSubmission, int]] = field(default_factory=dict)
     tags: itertools.count[int] = field(default_factory=lambda: itertools.count(1))

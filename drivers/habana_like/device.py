@@ -4,8 +4,10 @@ Hardware view (what the driver programs):
 
 * **BAR0** — 64 KiB of registers: ``0x0`` id, ``0x4`` busy-engine mask, and the
   sync-object (SOB) window at ``HLK_SOB_BASE`` (``HLK_SOB_COUNT`` u32s).
-* **BAR4** — the whole device memory (DRAM), 64-bit prefetchable; its backing
-  memfd *is* the DRAM (sparse, so a large DRAM costs nothing until touched).
+* **BAR4** — the whole device memory (DRAM), 64-bit prefetchable: a window on
+  :attr:`HabanaLikeDevice.dram`, a :class:`accelcore.memory.DeviceMemory` whose
+  every allocation is a memfd of its own (nothing is spent on DRAM nobody
+  allocated, and sharing one allocation shares nothing else).
 * **MSI-X** — one vector per queue; a job's completion posts ``(tag, error)`` to
   the queue's completion queue and raises the vector.
 * **Queues** — ``HLK_QUEUE_ID_DMA_0/1`` feed two DMA engines (LIN_DMA between
@@ -16,8 +18,9 @@ Hardware view (what the driver programs):
 Engines execute *patched* command buffers: every address is already physical —
 DRAM at ``DRAM_PHYS_BASE + offset``, host memory as an IOVA of the function's
 DMA space (so bus-master enable and the IOMMU are honoured). The CS parser is
-what keeps user addresses out; the engines still bounds-check DRAM and record a
-HW event instead of crashing if something slips through.
+what keeps user addresses out; the engines still bounds-check DRAM (an access
+must lie inside one allocation) and record a HW event instead of crashing if
+something slips through.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from accelcore import InvalidArgument, SharedMemory
+from accelcore import BadAddress, InvalidArgument
+from accelcore.memory import PAGE_SIZE, DeviceMemory
 from accelcore.pci import BarKind, BarSpec, DmaError, MmioRegion, ResetKind, SimDevice
 
 from .kernels import KERNELS, as_f32
@@ -116,6 +120,8 @@ class HabanaLikeDevice(SimDevice):
         if cs_timeout_ms < 0:
             raise InvalidArgument(f"habana_like cs_timeout_ms {cs_timeout_ms} is negative")
         self.dram_size = dram_mb << 20
+        #: The device memory: one memfd per allocation.
+        self.dram = DeviceMemory(self.dram_size, PAGE_SIZE, "DRAM")
         self.cs_timeout_ms = cs_timeout_ms
         self.serial = serial
         self.bars = (
@@ -137,15 +143,19 @@ class HabanaLikeDevice(SimDevice):
         self._jobs: dict[int, _Job] = {}
 
     # -- lifecycle ---------------------------------------------------------------
-    @property
-    def dram(self) -> SharedMemory:
-        """The device memory (BAR4's backing memfd)."""
-        memory = self.fn.bar(DRAM_BAR).memory
-        assert memory is not None  # a memory BAR always has backing
-        return memory
-
     def realize(self, fn: PciFunction) -> None:
-        _ = fn.bar(DRAM_BAR).memory  # DRAM exists from power-on (BAR memory is lazy)
+        dram = self.dram
+
+        def read(offset: int, size: int) -> int:
+            return int.from_bytes(dram.peek(offset, size), "little")
+
+        def write(offset: int, size: int, value: int) -> None:
+            dram.poke(offset, value.to_bytes(size, "little"))
+
+        # The CPU's window on DRAM: zeros where nothing is allocated.
+        fn.bar(DRAM_BAR).add_region(
+            MmioRegion(0, self.dram_size, read, write, name="dram-window", unaligned=True)
+        )
         fn.bar(REGS_BAR).add_region(
             MmioRegion(0, 0x4000, self._read, self._write, name="hlk-regs", min_size=4, max_size=4)
         )
@@ -310,20 +320,24 @@ class HabanaLikeDevice(SimDevice):
         elif op != HLK.HLK_PACKET_NOP:
             raise InvalidArgument(f"packet {op:#x} is not executable by an engine")
 
-    def _dram_range(self, addr: int, size: int) -> int:
+    def _dram_view(self, addr: int, size: int) -> memoryview:
+        """The DRAM bytes at engine-physical ``addr``; they must lie in one allocation."""
         off = addr - DRAM_PHYS_BASE
         if off < 0 or size < 0 or off + size > self.dram_size:
             raise InvalidArgument(f"engine access [{addr:#x}, +{size:#x}) outside DRAM")
-        return off
+        try:
+            return self.dram.view(off, size)
+        except BadAddress as exc:
+            raise InvalidArgument(f"engine access [{addr:#x}, +{size:#x}): {exc.strerror}") from None
 
     def _read_phys(self, addr: int, size: int) -> bytes:
         if addr >= DRAM_PHYS_BASE:
-            return self.dram.read(self._dram_range(addr, size), size)
+            return bytes(self._dram_view(addr, size))
         return self.dma_read(addr, size)
 
     def _write_phys(self, addr: int, data: bytes) -> None:
         if addr >= DRAM_PHYS_BASE:
-            self.dram.write(self._dram_range(addr, len(data)), data)
+            self._dram_view(addr, len(data))[:] = data
         else:
             self.dma_write(addr, data)
 
@@ -337,6 +351,6 @@ class HabanaLikeDevice(SimDevice):
             if elems == 0:
                 views.append(None)
             else:
-                views.append(self.dram.view(self._dram_range(addr, elems * 4), elems * 4))
+                views.append(self._dram_view(addr, elems * 4))
         a, b, c = (as_f32(v) for v in views)
         spec.run(m, n, k, imm, a, b, c)

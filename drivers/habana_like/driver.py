@@ -61,7 +61,7 @@ from accelcore import (
     ioctl,
 )
 from accelcore.clock import NSEC_PER_MSEC, NSEC_PER_USEC
-from accelcore.memory import PAGE_SIZE, RangeAllocator, page_align
+from accelcore.memory import PAGE_SIZE, page_align
 from accelcore.pci import IrqType, PciDeviceId, PciFunction
 
 from .context import (
@@ -130,7 +130,7 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
             dev,
             fn,
             model,
-            RangeAllocator(model.dram_size, PAGE_SIZE, "DRAM"),
+            model.dram,
             FenceContext(dev.subsystem.clock, self.name, f"{dev.name}-cs"),
         )
         for vector in range(HLK.HLK_QUEUE_ID_SIZE):
@@ -195,10 +195,14 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
             raise InvalidArgument(
                 f"mmap of {length:#x} bytes exceeds CB {cb.handle} of {cb.size:#x} bytes"
             )
-        mapping = Mapping(file, cb.memory.view(0, length), offset, writable)
-        cb.get()
-        mapping.on_unmap(lambda _m: cb.put())
-        return mapping
+        return Mapping(
+            file,
+            cb.memory.view(0, length),
+            offset,
+            writable,
+            holds=cb,
+            object_view=cb.memory.view(),
+        )
 
     # -- CB ---------------------------------------------------------------------------------
     @ioctl("DRM_IOCTL_HLK_CB", IoctlFlags.OWNER)

@@ -111,13 +111,10 @@ class MemoryMixin:
             raise InvalidArgument(
                 f"page size {page:#x} is not supported (only {st.allocator.page:#x})"
             )
-        offset = st.allocator.alloc(size)
-        nbytes = st.allocator.round(size)
         ctx: Context = call.file.context
-        block = DramBlock(
-            next(ctx.handles), offset, nbytes, lambda b: st.allocator.free(b.offset, b.size)
-        )
-        st.model.dram.fill(offset, nbytes, 0)  # scrub: never leak an earlier tenant's data
+        handle = next(ctx.handles)
+        # A new memfd: zeroed, so an earlier tenant's data never leaks.
+        block = DramBlock(handle, st.allocator.alloc(size, f"hlk-dram-{handle}"))
         ctx.allocs[block.handle] = block
         call.args.output.handle = block.handle
 
@@ -227,8 +224,8 @@ class MemoryMixin:
         try:
             dmabuf = DmaBuf(
                 HlkDmaBufOps(call.device.driver.name, released),
-                st.model.dram,
-                block.offset + offset,
+                block.mem.memory,
+                offset,
                 size,
                 exporter=call.device.name,
                 registry=call.device.subsystem.dmabufs,

@@ -1,10 +1,11 @@
 """Device memory and device virtual addresses: the DRAM allocator and VA spaces.
 
-:class:`accelcore.memory.RangeAllocator` hands out page-granular ranges of the DRAM,
-first fit. A :class:`DramBlock` is one allocation with a reference count: the
-owning context's handle, each device mapping of it and each exported dma-buf hold
-one, so exported memory outlives the context (pinned for life, as habanalabs'
-exporter) and returns to the allocator only at the last reference.
+:class:`accelcore.memory.DeviceMemory` hands out page-granular ranges of the DRAM,
+first fit, each a :class:`~accelcore.memory.MemoryBlock` with a memfd of its own.
+A :class:`DramBlock` is one allocation as a handle names it, with a reference
+count: the owning context's handle, each device mapping of it and each exported
+dma-buf hold one, so exported memory outlives the context (pinned for life, as
+habanalabs' exporter) and returns to the allocator only at the last reference.
 
 A :class:`VaSpace` is one context's device MMU: mappings of DRAM blocks and of
 pinned host memory at device virtual addresses, each range followed by a guard
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from accelcore import BadAddress, Busy, InvalidArgument, NoSpace
+from accelcore.memory import MemoryBlock
 
 from .uapi import HLK
 
@@ -31,14 +33,22 @@ U64_MAX = (1 << 64) - 1
 
 @dataclass(eq=False)
 class DramBlock:
-    """One device-memory allocation, reference counted."""
+    """One device-memory allocation, reference counted; the last reference
+    returns its :class:`~accelcore.memory.MemoryBlock` to the DRAM."""
 
     handle: int
-    offset: int
-    size: int
-    on_free: Callable[[DramBlock], None]
+    mem: MemoryBlock
     refs: int = 1
     mapped: int = 0
+
+    @property
+    def offset(self) -> int:
+        """Offset in DRAM (the engine-physical address less ``DRAM_PHYS_BASE``)."""
+        return self.mem.addr
+
+    @property
+    def size(self) -> int:
+        return self.mem.size
 
     def get(self) -> DramBlock:
         self.refs += 1
@@ -47,7 +57,7 @@ class DramBlock:
     def put(self) -> None:
         self.refs -= 1
         if self.refs == 0:
-            self.on_free(self)
+            self.mem.put()
 
 
 class MapKind(enum.Enum):

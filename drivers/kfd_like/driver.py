@@ -153,9 +153,7 @@ class KfdLikeDriver(MemoryIoctls, EventQueueIoctls):
                 and pdd.accel_file is file
                 and any(m.bo is bo for m in pdd.mems.values())
             ):
-                if length <= 0 or length > bo.size:
-                    raise InvalidArgument(f"mmap length {length:#x} does not fit {bo.size:#x}")
-                return Mapping(file, bo.view(0, length), offset, writable)
+                return bo.mmap(file, offset, length, writable)
         return None
 
     # -- /dev/kfd -------------------------------------------------------------------------
@@ -206,8 +204,10 @@ class KfdLikeDriver(MemoryIoctls, EventQueueIoctls):
             raise InvalidArgument(
                 f"doorbell mmap must be one page at offset 0, not {length:#x} at {off:#x}"
             )
-        view = pdd.node.gpu.doorbell_page(pdd.doorbell_index)[:length]
-        return Mapping(file, view, offset, writable)
+        block = pdd.node.gpu.doorbell_block(pdd.doorbell_index)
+        return Mapping(
+            file, block.view(0, length), offset, writable, holds=block, object_view=block.view()
+        )
 
     # -- process-wide ioctls --------------------------------------------------------------
     @ioctl("DRM_IOCTL_KFD_GET_VERSION")
@@ -295,5 +295,5 @@ class KfdLikeDriver(MemoryIoctls, EventQueueIoctls):
             "hw_queues": sum(len(n.cp.queues) for n in gpus),
             "gpu_vms": sum(len(n.gpu.page_tables) for n in gpus),
             "pt_entries": sum(len(pt) for n in gpus for pt in n.gpu.page_tables.values()),
-            "vram_used": sum(n.gpu.vram_alloc.used for n in gpus),
+            "vram_used": sum(n.gpu.vram.used for n in gpus),
         }

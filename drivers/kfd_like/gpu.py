@@ -3,10 +3,14 @@
 The device model is the hardware half of the driver; it knows nothing of files,
 processes or ioctls:
 
-* **BAR0** is VRAM (``vram_mb``, large-BAR: the whole of it is host visible);
-  :class:`accelcore.memory.RangeAllocator` hands out page ranges of it.
-* **BAR2** is the doorbell aperture: one 4 KiB page per process and GPU, one
-  64-bit doorbell per queue in it (see :mod:`drivers.kfd_like.queues`).
+* **BAR0** is VRAM (``vram_mb``, large-BAR: the whole of it is host visible), a
+  :class:`accelcore.memory.DeviceMemory`: every allocation is a
+  :class:`~accelcore.memory.MemoryBlock` with its own memfd, so a CPU mapping
+  of one allocation, in this process or passed to another, reaches nothing
+  else. Reads of BAR0 where nothing is allocated return zeros.
+* **BAR2** is the doorbell aperture: one 4 KiB page per process and GPU (a
+  block of its own, likewise), one 64-bit doorbell per queue in it (see
+  :mod:`drivers.kfd_like.queues`).
 * **Page tables**: one :class:`PageTable` per GPU VM (per process and GPU). A
   process maps a buffer at the same virtual address on every GPU (HSA's shared
   virtual memory), so each GPU's table holds the same ranges.
@@ -24,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from accelcore import PAGE_SIZE, Fence, FenceContext, InvalidArgument, SharedMemory
+from accelcore import PAGE_SIZE, Fence, FenceContext, InvalidArgument, NoMemory
 from accelcore.errors import error_for_errno
-from accelcore.memory import RangeAllocator
-from accelcore.pci import BarKind, BarSpec, ResetKind, SimDevice
+from accelcore.memory import DeviceMemory, MemoryBlock
+from accelcore.pci import BarKind, BarSpec, MmioRegion, ResetKind, SimDevice
 
 if TYPE_CHECKING:
     from accelcore.pci import PciFunction
@@ -43,6 +47,18 @@ __all__ = [
 
 #: Size of the doorbell BAR: 256 process doorbell pages.
 DOORBELL_BAR_SIZE = 1 << 20
+
+
+def _window(memory: DeviceMemory, name: str) -> MmioRegion:
+    """A BAR-sized MMIO window onto ``memory`` (CPU loads and stores through the BAR)."""
+
+    def read(offset: int, size: int) -> int:
+        return int.from_bytes(memory.peek(offset, size), "little")
+
+    def write(offset: int, size: int, value: int) -> None:
+        memory.poke(offset, value.to_bytes(size, "little"))
+
+    return MmioRegion(0, memory.size, read, write, name=name, unaligned=True)
 
 
 class Backing(Protocol):
@@ -183,19 +199,24 @@ class KfdGpu(SimDevice):
             BarSpec(0, self.vram_size, BarKind.MEM64, prefetchable=True),
             BarSpec(2, DOORBELL_BAR_SIZE, BarKind.MEM64),
         )
-        self.vram_alloc = RangeAllocator(self.vram_size, name="VRAM")
+        #: VRAM: one memfd per allocation (see the module docstring).
+        self.vram = DeviceMemory(self.vram_size, name="VRAM")
+        #: The doorbell aperture: one memfd per process page.
+        self.doorbells = DeviceMemory(DOORBELL_BAR_SIZE, name="doorbells")
         self.page_tables: dict[int, PageTable] = {}
         self.pt_updates = 0
         self._sdma_busy_until = 0
         self._fail_next: int | None = None
         self._fences: FenceContext | None = None
-        self._doorbell_pages: set[int] = set()
+        self._doorbell_pages: dict[int, MemoryBlock] = {}
 
     # -- lifecycle ---------------------------------------------------------------
     def realize(self, fn: PciFunction) -> None:
         self._fences = FenceContext(fn.bus.clock, "kfd_like", f"sdma@{fn.address}")
-        # VRAM and the doorbell aperture exist from power-on (BAR memory is lazy).
-        self._apertures = (fn.bar(0).memory, fn.bar(2).memory)
+        # The CPU's window on VRAM and on the doorbells: BAR accesses land in
+        # the allocation at that address (all zeros where there is none).
+        for index, memory in ((0, self.vram), (2, self.doorbells)):
+            fn.bar(index).add_region(_window(memory, f"{memory.name}-window"))
 
     def reset(self, kind: ResetKind) -> None:
         # A reset loses the VM contexts; the driver recreates what it needs.
@@ -204,39 +225,35 @@ class KfdGpu(SimDevice):
         self._sdma_busy_until = 0
 
     # -- memory --------------------------------------------------------------------
-    @property
-    def vram(self) -> SharedMemory:
-        """VRAM as the host sees it through BAR0."""
-        mem = self.fn.bar(0).memory
-        assert mem is not None
-        return mem
-
-    @property
-    def doorbells(self) -> SharedMemory:
-        """The doorbell aperture (BAR2)."""
-        mem = self.fn.bar(2).memory
-        assert mem is not None
-        return mem
-
     def alloc_doorbell_page(self) -> int:
-        """Index of a free process doorbell page (zeroed).
+        """Index of a free process doorbell page (zeroed, a memfd of its own).
 
         Raises:
-            NoSpace: every page is in use.
+            NoSpace: every page is in use (also while a freed page is still
+                mapped by its old process).
         """
-        for index in range(DOORBELL_BAR_SIZE // PAGE_SIZE):
-            if index not in self._doorbell_pages:
-                self._doorbell_pages.add(index)
-                self.doorbells.fill(index * PAGE_SIZE, PAGE_SIZE, 0)
-                return index
-        raise error_for_errno(errno.ENOSPC, f"all doorbell pages of {self} are in use")
+        try:
+            block = self.doorbells.alloc(PAGE_SIZE, f"doorbells-{self.fn.address}")
+        except NoMemory:
+            raise error_for_errno(errno.ENOSPC, f"all doorbell pages of {self} are in use") from None
+        index = block.addr // PAGE_SIZE
+        self._doorbell_pages[index] = block
+        return index
 
     def free_doorbell_page(self, index: int) -> None:
-        self._doorbell_pages.discard(index)
+        """Drop the driver's reference on page ``index``; a CPU mapping of it keeps
+        the page (and its slot) until unmapped."""
+        block = self._doorbell_pages.pop(index, None)
+        if block is not None:
+            block.put()
+
+    def doorbell_block(self, index: int) -> MemoryBlock:
+        """The block of doorbell page ``index`` (what a CPU mapping of it holds)."""
+        return self._doorbell_pages[index]
 
     def doorbell_page(self, index: int) -> memoryview:
         """The 4 KiB doorbell page ``index``."""
-        return self.doorbells.view(index * PAGE_SIZE, PAGE_SIZE)
+        return self._doorbell_pages[index].view()
 
     # -- VMs and the SDMA engine ---------------------------------------------------
     def create_vm(self, pasid: int) -> PageTable:

@@ -127,26 +127,18 @@ def make_backing(
     node = pdd.node
     kind = MEM_TYPES[mem_type]
     if mem_type == VRAM:
-        gpu = node.gpu
-        off = gpu.vram_alloc.alloc(size)
-
-        def give_back(_bo: BufferObject) -> None:
-            gpu.vram_alloc.free(off, size)
-
+        # A block of its own (a new memfd: zeroed, and no other allocation's
+        # bytes are reachable through it); the buffer object holds it, and
+        # CPU mappings hold the buffer object, so FREE_MEMORY_OF_GPU under a
+        # live mapping returns the VRAM only at the last munmap.
+        block = node.gpu.vram.alloc(size, f"kfd-vram-{handle:#x}")
         try:
             bo = BufferObject(
-                node.dev,
-                size,
-                memory=gpu.vram,
-                offset=off,
-                region="vram",
-                name=f"kfd-vram-{handle:#x}",
-                on_free=give_back,
+                node.dev, size, region="vram", name=f"kfd-vram-{handle:#x}", block=block
             )
         except BaseException:
-            gpu.vram_alloc.free(off, size)
+            block.put()
             raise
-        gpu.vram.fill(off, size, 0)
         return KfdMem(handle, node, va, size, flags, kind, bo.view, bo=bo)
     if mem_type == GTT:
         bo = BufferObject(node.dev, size, region="gtt", name=f"kfd-gtt-{handle:#x}")
