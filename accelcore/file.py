@@ -96,6 +96,7 @@ class AccelFile(OpenFile):
         return f"{self.device.name}: {self.device.record_oops(where, exc).exception}"
 
     def mmap(self, task: Task, offset: int, length: int, writable: bool) -> Mapping:
+        self.check_mmap_access(writable)  # do_mmap's EACCES comes before the driver's
         with self.device.subsystem.clock.lock, self.device.enter():
             if self.control:
                 raise InvalidArgument("control nodes cannot be mapped")
