@@ -328,7 +328,9 @@ class HabanaLikeDevice(SimDevice):
         try:
             return self.dram.view(off, size)
         except BadAddress as exc:
-            raise InvalidArgument(f"engine access [{addr:#x}, +{size:#x}): {exc.strerror}") from None
+            raise InvalidArgument(
+                f"engine access [{addr:#x}, +{size:#x}): {exc.strerror}"
+            ) from None
 
     def _read_phys(self, addr: int, size: int) -> bytes:
         if addr >= DRAM_PHYS_BASE:

@@ -235,7 +235,9 @@ class KfdGpu(SimDevice):
         try:
             block = self.doorbells.alloc(PAGE_SIZE, f"doorbells-{self.fn.address}")
         except NoMemory:
-            raise error_for_errno(errno.ENOSPC, f"all doorbell pages of {self} are in use") from None
+            raise error_for_errno(
+                errno.ENOSPC, f"all doorbell pages of {self} are in use"
+            ) from None
         index = block.addr // PAGE_SIZE
         self._doorbell_pages[index] = block
         return index

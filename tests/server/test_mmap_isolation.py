@@ -73,7 +73,9 @@ def _in_child(body: Callable[[], int]) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _raw_mmap(proc: ClientProcess, fd: int, offset: int, length: int, write: bool) -> tuple[int, int]:
+def _raw_mmap(
+    proc: ClientProcess, fd: int, offset: int, length: int, write: bool
+) -> tuple[int, int]:
     """MMAP as the wire carries it: ``(mapping id, the descriptor received)``."""
     reply, fds = proc._session().call(p.Mmap(offset, length, write), [fd])
     assert isinstance(reply, p.Mapped), reply
