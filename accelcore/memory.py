@@ -38,8 +38,9 @@ __all__ = [
 
 PAGE_SIZE = mmap.PAGESIZE
 
-#: The largest size a file (a memfd, a shmem-backed GEM object) can have: ``LLONG_MAX``.
-#: A ``__u64`` size from user space above it is ``EINVAL``, as ``shmem_file_setup``.
+#: ``LLONG_MAX``, the largest size a file (a memfd, a shmem-backed GEM object) can
+#: have. A ``__u64`` size from user space above it is ``EINVAL``, as in
+#: ``shmem_file_setup``.
 MAX_LFS_FILESIZE = (1 << 63) - 1
 
 
@@ -94,7 +95,8 @@ class SharedMemory:
             ``EFAULT`` and views are read-only.
 
     Raises:
-        InvalidArgument: ``size`` is not positive, or above :data:`MAX_LFS_FILESIZE`.
+        InvalidArgument: ``size`` is not positive, or above
+            :data:`~accelcore.memory.MAX_LFS_FILESIZE`.
         NoMemory: the memfd or the mapping could not be created (also a size the
             address space cannot hold).
     """
@@ -282,6 +284,7 @@ class RangeAllocator:
         page: Granularity (a power of two); sizes are rounded up to it.
         name: What the memory is called in error messages (``DRAM``, ``VRAM``).
 
+    >>> from accelcore.memory import PAGE_SIZE, RangeAllocator
     >>> dram = RangeAllocator(4 * PAGE_SIZE)
     >>> a, b = dram.alloc(PAGE_SIZE), dram.alloc(100)
     >>> (a, b, dram.used == 2 * PAGE_SIZE)
@@ -438,6 +441,7 @@ class DeviceMemory:
         name: What the memory is called in messages (``VRAM``, ``DRAM``).
         on_change: Called after every allocation and free (accounting hooks).
 
+    >>> from accelcore.memory import PAGE_SIZE, DeviceMemory
     >>> vram = DeviceMemory(4 * PAGE_SIZE, name="VRAM")
     >>> a = vram.alloc(100, "a")
     >>> (a.addr, a.size == PAGE_SIZE, a.memory.size == PAGE_SIZE, vram.used == PAGE_SIZE)

@@ -176,7 +176,7 @@ class OpenFile:
     @property
     def writable(self) -> bool:
         """Whether the file was opened for writing (``FMODE_WRITE``: ``O_WRONLY``
-        or ``O_RDWR`` in :attr:`flags`)."""
+        or ``O_RDWR`` in ``flags``)."""
         return (self.flags & os.O_ACCMODE) != os.O_RDONLY
 
     def check_mmap_access(self, writable: bool) -> None:
