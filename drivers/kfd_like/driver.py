@@ -296,4 +296,5 @@ class KfdLikeDriver(MemoryIoctls, EventQueueIoctls):
             "gpu_vms": sum(len(n.gpu.page_tables) for n in gpus),
             "pt_entries": sum(len(pt) for n in gpus for pt in n.gpu.page_tables.values()),
             "vram_used": sum(n.gpu.vram.used for n in gpus),
+            "gtt_used": sum(n.gpu.gtt_used for n in gpus),
         }

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -47,6 +48,11 @@ __all__ = [
 
 #: Size of the doorbell BAR: 256 process doorbell pages.
 DOORBELL_BAR_SIZE = 1 << 20
+
+
+def _host_ram() -> int:
+    """Bytes of RAM of the host (``totalram_pages``)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _window(memory: DeviceMemory, name: str) -> MmioRegion:
@@ -201,6 +207,10 @@ class KfdGpu(SimDevice):
         )
         #: VRAM: one memfd per allocation (see the module docstring).
         self.vram = DeviceMemory(self.vram_size, name="VRAM")
+        #: System memory (GTT) this GPU's allocations may use, as amdgpu's
+        #: ``max_system_mem_limit``: 15/16 of the host's RAM.
+        self.gtt_limit = _host_ram() * 15 // 16
+        self.gtt_used = 0
         #: The doorbell aperture: one memfd per process page.
         self.doorbells = DeviceMemory(DOORBELL_BAR_SIZE, name="doorbells")
         self.page_tables: dict[int, PageTable] = {}

@@ -13,7 +13,7 @@ of each type:
 
 from __future__ import annotations
 
-from accelcore import PAGE_SIZE, BufferObject, InvalidArgument
+from accelcore import PAGE_SIZE, BufferObject, InvalidArgument, NoMemory
 
 from .abi import KFD_UAPI
 from .process import KfdMem, Pdd
@@ -121,7 +121,7 @@ def make_backing(
         user_view: The pinned user memory, for USERPTR.
 
     Raises:
-        NoMemory: VRAM is exhausted.
+        NoMemory: VRAM is exhausted, or GTT past the GPU's system-memory limit.
         InvalidArgument: a DOORBELL allocation that is not one page.
     """
     node = pdd.node
@@ -141,7 +141,21 @@ def make_backing(
             raise
         return KfdMem(handle, node, va, size, flags, kind, bo.view, bo=bo)
     if mem_type == GTT:
-        bo = BufferObject(node.dev, size, region="gtt", name=f"kfd-gtt-{handle:#x}")
+        gpu = node.gpu
+        if size > gpu.gtt_limit - gpu.gtt_used:
+            # amdgpu_amdkfd_reserve_mem_limit: system memory the GPU may use is capped.
+            raise NoMemory(
+                f"GTT allocation of {size:#x} bytes exceeds the limit "
+                f"({gpu.gtt_used:#x} of {gpu.gtt_limit:#x} bytes in use)"
+            )
+
+        def unreserve(bo: BufferObject) -> None:
+            gpu.gtt_used -= bo.size
+
+        bo = BufferObject(
+            node.dev, size, region="gtt", name=f"kfd-gtt-{handle:#x}", on_free=unreserve
+        )
+        gpu.gtt_used += bo.size
         return KfdMem(handle, node, va, size, flags, kind, bo.view, bo=bo)
     if mem_type == USERPTR:
         assert user_view is not None

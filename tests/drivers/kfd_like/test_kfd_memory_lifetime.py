@@ -169,11 +169,13 @@ def test_huge_alloc_sizes_are_errors_not_oopses(machine, leak_check, size, flags
     check()
 
 
-def test_huge_vram_inside_the_aperture_is_enomem(machine, leak_check):
+@pytest.mark.parametrize("flags", [VRAM, GTT], ids=["vram", "gtt"])
+def test_huge_alloc_inside_the_aperture_is_enomem(machine, leak_check, flags):
     check = leak_check(machine)
     k = Kfd(machine)
     k.acquire_all()
-    assert _errno(k.alloc, k.gpu_ids[0], 1 << 40, 0x1_0000, VRAM) == errno.ENOMEM
+    # 64 TiB: inside the 2**47 GPUVM aperture, more VRAM and RAM than any host has.
+    assert _errno(k.alloc, k.gpu_ids[0], 1 << 46, 0x1_0000, flags) == errno.ENOMEM
     assert machine.subsystem.oopses == []
     k.close()
     check()
