@@ -187,3 +187,22 @@ def test_part_of_a_memfd_is_not_passed(kfd_server: tuple[Server, Machine]) -> No
     proc.mmap(whole, 2 * PAGE).unmap()
     proc.exit()
     assert machine.subsystem.accounting()["oopses"] == base["oopses"]
+
+
+def test_gem_close_under_a_served_mapping_keeps_the_buffer_until_munmap(
+    kfd_server: tuple[Server, Machine],
+) -> None:
+    server, machine = kfd_server
+    vaccel = next(d for d in machine.subsystem.registered_devices() if d.driver.name == "vaccel")
+    proc = connect(server.runtime_dir)
+    fd = proc.open(vaccel.node_path)
+    bo = V.new("struct vaccel_create_bo", size=PAGE)
+    proc.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
+    m = proc.mmap(fd, PAGE, bo.mmap_offset)
+    m.view[:4] = b"held"
+    proc.ioctl(fd, CORE.DRM_IOCTL_GEM_CLOSE, CORE.new("struct drm_gem_close", handle=bo.handle))
+    assert len(vaccel.buffers) == 1  # the server's mapping holds it for the client
+    assert bytes(m.view[:4]) == b"held"
+    m.unmap()
+    assert len(vaccel.buffers) == 0
+    proc.exit()
