@@ -23,6 +23,7 @@ from accelcore.server import protocol as p
 from accelcore.server.client import ClientProcess, register_fd_field
 from accelcore.server.daemon import load_machine
 from accelcore.testing.vaccel import VACCEL_UAPI as V
+from accelcore.udmabuf import F_SEAL_FUTURE_WRITE
 from drivers.kfd_like import KFD_UAPI as U
 from drivers.kfd_like.thunk import Kfd, driver_of
 
@@ -206,3 +207,20 @@ def test_gem_close_under_a_served_mapping_keeps_the_buffer_until_munmap(
     m.unmap()
     assert len(vaccel.buffers) == 0
     proc.exit()
+
+
+@pytest.mark.parametrize(
+    "seal", [fcntl.F_SEAL_WRITE, F_SEAL_FUTURE_WRITE], ids=["write", "future_write"]
+)
+def test_udmabuf_through_the_server_refuses_a_write_sealed_memfd(
+    kfd_server: tuple[Server, Machine], seal: int
+) -> None:
+    server, machine = kfd_server
+    proc = connect(server.runtime_dir)
+    memfd = proc.memfd_create("sealed", PAGE)
+    proc.add_seals(memfd, fcntl.F_SEAL_SHRINK | seal)
+    u = proc.open("/dev/udmabuf")
+    a = CORE.new("struct udmabuf_create", memfd=memfd, size=PAGE)
+    assert _errno(lambda: proc.ioctl(u, CORE.UDMABUF_CREATE, a)) == errno.EINVAL
+    proc.exit()
+    assert machine.subsystem.oopses == []
