@@ -24,6 +24,7 @@ from ..fence import Fence, FenceContext
 from ..gem import BufferObject
 from ..sysfs import Attribute, AttributeGroup
 from ..uapi import CORE, load_uapi
+from .conformance.steps import Call, Setup
 
 if TYPE_CHECKING:
     from ..file import AccelFile
@@ -62,6 +63,27 @@ class VAccelDriver(AccelDriver):
     examples = {
         "DRM_IOCTL_VACCEL_CREATE_BO": {"size": 4096},
         "DRM_IOCTL_VACCEL_NOP": {"value": 1},
+        "DRM_IOCTL_VACCEL_SUBMIT": {"fill": 0x5A, "delay_ns": 1000},
+        "DRM_IOCTL_VACCEL_WAIT": {"timeout_ns": -1},
+    }
+    #: Setup of the examples that need a buffer or a job first (the suite's
+    #: stateful examples): SUBMIT fills a buffer, WAIT waits for a 1 ms job.
+    example_setup = {
+        "DRM_IOCTL_VACCEL_SUBMIT": Setup(
+            steps=(Call("bo", "DRM_IOCTL_VACCEL_CREATE_BO", {"size": 4096}),),
+            args={"handle": "bo.handle"},
+        ),
+        "DRM_IOCTL_VACCEL_WAIT": Setup(
+            steps=(
+                Call("bo", "DRM_IOCTL_VACCEL_CREATE_BO", {"size": 4096}),
+                Call(
+                    "job",
+                    "DRM_IOCTL_VACCEL_SUBMIT",
+                    {"handle": "bo.handle", "fill": 1, "delay_ns": 1_000_000},
+                ),
+            ),
+            args={"seqno": "job.seqno"},
+        ),
     }
     bo_create = ("DRM_IOCTL_VACCEL_CREATE_BO", {"size": 4096}, "handle")
 

@@ -15,7 +15,15 @@ from typing import Any
 
 from ...uapi import Uapi
 
-__all__ = ["Field", "example_bytes", "fields_of", "flag_fields", "pad_fields", "set_fields"]
+__all__ = [
+    "Field",
+    "decode_fields",
+    "example_bytes",
+    "fields_of",
+    "flag_fields",
+    "pad_fields",
+    "set_fields",
+]
 
 _PAD = re.compile(r"^(pad|reserved|rsvd)", re.I)
 
@@ -41,6 +49,26 @@ def fields_of(uapi: Uapi, ctype: str) -> Iterator[Field]:
                 yield Field(f"{prefix}{name}", base + f.offset, uapi.ffi.sizeof(ft))
 
     yield from walk(uapi.ffi.typeof(ctype), "", 0)
+
+
+def decode_fields(uapi: Uapi, ctype: str, data: bytes) -> dict[str, int | str]:
+    """``data`` (one ``ctype``) as ``{dotted field: value}``, for reports by name.
+
+    Integers (1, 2, 4, 8 bytes) read little-endian; ``char`` arrays as text; other
+    arrays as a list of their bytes' hex. Unions show every member.
+    """
+    out: dict[str, int | str] = {}
+    for f in fields_of(uapi, ctype):
+        raw = data[f.offset : f.offset + f.size]
+        if len(raw) < f.size:
+            continue
+        if f.size in (1, 2, 4, 8):
+            out[f.name] = int.from_bytes(raw, "little")
+        elif raw.rstrip(b"\0").isascii() and all(32 <= c < 127 for c in raw.rstrip(b"\0")):
+            out[f.name] = raw.rstrip(b"\0").decode()
+        else:
+            out[f.name] = raw.hex()
+    return out
 
 
 def pad_fields(uapi: Uapi, ctype: str) -> list[Field]:

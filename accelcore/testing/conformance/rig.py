@@ -16,19 +16,31 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ...clock import VirtualClock
-from ...device import AccelDevice, Oops
-from ...driver import AccelDriver, OwnershipPolicy
+from ...device import AccelDevice, DeviceStatus, Oops
+from ...driver import AccelDriver, IoctlFlags, OwnershipPolicy
+from ...file import AccelFile
 from ...machine import Machine
 from ...memory import LIVE
 from ...pci import PciFunction
 from ...uapi import CORE, IoctlDef, Uapi
 from ...userspace import Process
-from .payloads import example_bytes, set_fields
+from .payloads import decode_fields, example_bytes, set_fields
+from .steps import Call, Open, Setup, UserArray, Value, Write
 
-__all__ = ["IDLE_LIMIT", "INFO_OPS", "Rig", "RigError", "build_rig"]
+__all__ = [
+    "IDLE_LIMIT",
+    "INFO_OPS",
+    "Prepared",
+    "Rig",
+    "RigError",
+    "SetupError",
+    "build_rig",
+    "diff_snapshots",
+    "example_setup",
+]
 
 #: Callbacks device time may run at the end of a test before it counts as a livelock.
 IDLE_LIMIT = 100_000
@@ -46,6 +58,37 @@ INFO_OPS: dict[int, tuple[str, str, bool]] = {
 
 class RigError(AssertionError):
     """The driver could not even be set up (refused registration, no devices)."""
+
+
+class SetupError(AssertionError):
+    """A declared setup step of an example failed (the message names the step)."""
+
+
+def example_setup(driver: type[AccelDriver] | AccelDriver, name: str) -> Setup | None:
+    """The driver's declared :class:`~.steps.Setup` for ioctl ``name``, if any."""
+    table: Mapping[str, Setup] = getattr(driver, "example_setup", {}) or {}
+    return table.get(name)
+
+
+@dataclass
+class Prepared:
+    """An example ready to run: the file to call it on and its argument bytes."""
+
+    name: str
+    fd: int
+    payload: bytes
+    #: Step results by label (copied-out structs, ``{"fd": n}``, ``{"addr": a}``).
+    results: dict[str, Any]
+
+
+def diff_snapshots(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Every named value that differs: ``"name: before -> after"``, sorted by name."""
+    out = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key, "<absent>"), after.get(key, "<absent>")
+        if a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
 
 
 @dataclass
@@ -87,9 +130,18 @@ class Rig:
         return self.driver.ownership
 
     # -- processes and files ------------------------------------------------------
+    def make_process(self, *, restart: bool = False, comm: str = "conformance") -> Process:
+        """The one factory of every user process the suite uses.
+
+        Every check gets its processes from here (through :meth:`process`), so a
+        transport other than in-process calls (a server in another process, with
+        the system-call layer) plugs in by replacing this one method.
+        """
+        return Process(self.subsystem, restart=restart, comm=comm)
+
     def process(self, *, restart: bool = False, comm: str = "conformance") -> Process:
         """A new root process (tracked: it exits at the end of the test)."""
-        proc = Process(self.subsystem, restart=restart, comm=comm)
+        proc = self.make_process(restart=restart, comm=comm)
         self.processes.append(proc)
         return proc
 
@@ -118,11 +170,125 @@ class Rig:
         return value
 
     def example_payload(self, name: str) -> bytes:
-        """The bytes of the declared example of ``name`` (zeros if it has none)."""
+        """The bytes of the declared example of ``name`` (zeros if it has none),
+        without its setup (:meth:`prepare` runs the setup and fills the rest)."""
         d = self.ioctl_def(name)
         if d.arg_type is None:
             return b""
         return example_bytes(self.uapi, d.arg_type, self.driver.examples.get(name, {}))
+
+    def needs_devices(self, name: str) -> int:
+        setup = example_setup(self.driver, name)
+        return setup.devices if setup is not None else 1
+
+    def prepare(self, proc: Process, name: str, fd: int | None = None) -> Prepared:
+        """Make ioctl ``name``'s example valid in ``proc``: open device 0 (unless
+        ``fd`` is given), run its declared setup steps, fill the argument.
+
+        Raises:
+            SetupError: a step failed, or a reference names no result.
+        """
+        accel = self.open(proc) if fd is None else fd
+        results: dict[str, Any] = {"accel": {"fd": accel}}
+        setup = example_setup(self.driver, name)
+        fields: dict[str, int] = dict(self.driver.examples.get(name, {}))
+        target = accel
+        if setup is not None:
+            for i, step in enumerate(setup.steps):
+                try:
+                    self._step(proc, step, results)
+                except (OSError, KeyError, IndexError, AttributeError, TypeError) as exc:
+                    raise SetupError(
+                        f"driver {self.name}: setup step {i} of {name}'s example ({step}) "
+                        f"failed: {exc}"
+                    ) from exc
+            try:
+                fields.update({k: self._resolve(v, results) for k, v in setup.args.items()})
+                target = self._fd_of(setup.file, results)
+            except (KeyError, IndexError, AttributeError, TypeError) as exc:
+                raise SetupError(
+                    f"driver {self.name}: {name}'s example: {setup.args} or file "
+                    f"{setup.file!r} names no setup result: {exc}"
+                ) from exc
+        desc = self.devices[0].ioctls.get(self.ioctl_def(name).nr)
+        if desc is not None and desc.flags & IoctlFlags.OWNER:
+            self.hold_context(proc, target)
+        d = self.ioctl_def(name)
+        payload = b"" if d.arg_type is None else example_bytes(self.uapi, d.arg_type, fields)
+        return Prepared(name, target, payload, results)
+
+    def hold_context(self, proc: Process, fd: int) -> None:
+        """Give accel file ``fd`` its compute context now, as its first ``OWNER``
+        ioctl would (the lazy policy creates it there, before the handler runs),
+        so a snapshot taken next does not count the core's context as the
+        effect of the call under test."""
+        file = proc.task.files.get(fd)
+        if isinstance(file, AccelFile) and file.context is None:
+            with self.clock.lock:
+                file.device.ownership.require(file)
+
+    def _resolve(self, value: Value, results: Mapping[str, Any]) -> int:
+        if isinstance(value, int):
+            return value
+        label, _, path = value.partition(".")
+        if label not in results:
+            raise KeyError(f"no setup step is labelled {label!r} (in {value!r})")
+        target: Any = results[label]
+        for part in path.split(".") if path else []:
+            if isinstance(target, dict):
+                target = target[part]
+            elif part.isdigit():
+                target = target[int(part)]
+            else:
+                target = getattr(target, part)
+        return int(target)
+
+    def _fd_of(self, label: str, results: Mapping[str, Any]) -> int:
+        res = results[label]
+        if not isinstance(res, dict) or "fd" not in res:
+            raise KeyError(f"setup result {label!r} is not an open file")
+        return int(res["fd"])
+
+    def _step(self, proc: Process, step: Any, results: dict[str, Any]) -> None:
+        if isinstance(step, Open):
+            if step.path is None:
+                fd = self.open(proc, step.device)
+            else:
+                fd = proc.open(step.path, os.O_RDWR | os.O_CLOEXEC)
+            results[step.label] = {"fd": fd}
+        elif isinstance(step, Call):
+            fields = {k: self._resolve(v, results) for k, v in step.fields.items()}
+            results[step.label] = self.run(
+                proc, self._fd_of(step.file, results), step.ioctl, fields
+            )
+        elif isinstance(step, UserArray):
+            chunks = []
+            for item in step.items:
+                if isinstance(item, Mapping):
+                    value = self.uapi.new(step.ctype)
+                    set_fields(
+                        self.uapi, value, {k: self._resolve(v, results) for k, v in item.items()}
+                    )
+                    chunks.append(self.uapi.to_bytes(value))
+                else:
+                    one = self.uapi.ffi.new(f"{step.ctype} *", self._resolve(item, results))
+                    chunks.append(bytes(self.uapi.ffi.buffer(one)))
+            data = b"".join(chunks)
+            buf = proc.alloc(max(len(data), 1))
+            buf.view[: len(data)] = data
+            results[step.label] = {"addr": buf.addr, "count": len(step.items)}
+        elif isinstance(step, Write):
+            m = proc.mmap(
+                self._fd_of(step.file, results),
+                len(step.data),
+                self._resolve(step.offset, results),
+            )
+            try:
+                m.view[: len(step.data)] = step.data
+            finally:
+                proc.munmap(m)
+        else:
+            raise TypeError(f"unknown setup step {step!r}")
 
     def run(
         self, proc: Process, fd: int, name: str, fields: Mapping[str, int] | None = None
@@ -178,33 +344,150 @@ class Rig:
         return CORE.from_bytes("struct accel_info_status", data[: a.actual_size])
 
     # -- state ------------------------------------------------------------------------
-    def snapshot(self, proc: Process, fd: int) -> dict[str, Any]:
-        """A driver-neutral picture of the state: accounting, handles per file, INFO.
+    def settle(self) -> None:
+        """Let device time run until nothing is scheduled (jobs in flight finish),
+        so a snapshot taken next changes only by what a call does."""
+        self.clock.run_until_idle(IDLE_LIMIT)
 
-        Client ids are left out (they are unique per open, across machines).
+    def _observer(self, index: int) -> tuple[Process, int] | None:
+        """A process with an INFO-only file on device ``index`` (the control node
+        when there is one), opened once per machine; ``None`` when opening one
+        would change what it observes (an exclusive-open device, no control node)."""
+        cache: dict[int, tuple[Process, int] | None] = self.__dict__.setdefault("_observers", {})
+        if index in cache:
+            return cache[index]
+        dev = self.devices[index]
+        found: tuple[Process, int] | None = None
+        if dev.control_path is not None or self.policy != OwnershipPolicy.EXCLUSIVE_OPEN:
+            proc = self.process(comm="observer")
+            found = (proc, self.open(proc, index, control=dev.control_path is not None))
+        cache[index] = found
+        return found
+
+    def _info_fields(
+        self,
+        prefix: str,
+        proc: Process,
+        fd: int,
+        op: int,
+        ctype: str | None,
+        uapi: Uapi,
+        key: str | None,
+        out: dict[str, Any],
+    ) -> None:
+        try:
+            a, data = self.info(proc, fd, op)
+        except OSError as exc:
+            out[prefix] = f"errno {exc.errno}"
+            return
+        data = data[: int(a.actual_size)]
+        if ctype is None:
+            out[prefix] = data.hex()
+            return
+        size = uapi.sizeof(ctype)
+        if size == 0 or len(data) % size:
+            out[prefix] = data.hex()
+            return
+        for i in range(len(data) // size):
+            fields = decode_fields(uapi, ctype, data[i * size : (i + 1) * size])
+            many = len(data) > size
+            tag = (i if many else None) if key is None else i if key == "#" else fields.get(key, i)
+            base = prefix if tag is None else f"{prefix}[{tag}]"
+            for name, value in fields.items():
+                if name != "client_id":
+                    out[f"{base}.{name}"] = value
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole observable state of the machine, as named values.
+
+        ``accounting.<key>`` (the live resources), ``device<i>.files`` and the
+        handles of each file, and per device what user space can see: the core
+        INFO answers (``info.status``, ``info.engines[<name>].<field>``,
+        ``info.memory[<name>].<field>``, ``info.clients[<i>].<field>``, client
+        ids left out: they are unique per open), every INFO query the driver
+        declares (``info.<method>.<field>``) and every readable sysfs attribute of
+        the node and its parents (``sysfs <devpath>/<name>``). Taken through an
+        INFO-only observer file per device.
         """
-        status = self.info_status(proc, fd)
-        a, data = self.info(proc, fd, CORE.ACCEL_INFO_CLIENTS)
-        size = CORE.sizeof("struct accel_info_client")
-        clients = []
-        for off in range(0, int(a.actual_size), size):
-            c = CORE.from_bytes("struct accel_info_client", data[off : off + size])
-            clients.append(
-                (
-                    c.pid,
-                    c.flags,
-                    c.handles,
-                    c.memory_bytes,
-                    c.engine_time_ns,
-                    CORE.ffi.string(c.comm),
-                )
+        out: dict[str, Any] = {}
+        observers = [self._observer(i) for i in range(len(self.devices))]
+        for k, v in self.subsystem.accounting().items():
+            # shared_memory counts every machine in the interpreter, not just this one.
+            if k not in {"shared_memory", "oopses"}:
+                out[f"accounting.{k}"] = v
+        for i, dev in enumerate(self.devices):
+            files = list(dev.files)
+            out[f"device{i}.files"] = len(files)
+            out[f"device{i}.buffers (size, refs, handles)"] = sorted(
+                (bo.size, bo.refcount, bo.handle_count) for bo in dev.buffers
             )
-        return {
-            "accounting": self.subsystem.accounting(),
-            "handles": [len(f.handles) for d in self.devices for f in d.files],
-            "status": (status.status, status.flags, status.reset_count, status.open_count),
-            "clients": clients,
-        }
+            for j, f in enumerate(files):
+                out[f"device{i}.file{j}.handles"] = sorted(h for h, _ in f.handles.items())
+            obs = observers[i]
+            if obs is not None and dev.status != DeviceStatus.UNPLUGGED:
+                proc, fd = obs
+                pre = f"device{i}.info"
+                self._info_fields(
+                    f"{pre}.status",
+                    proc,
+                    fd,
+                    CORE.ACCEL_INFO_STATUS,
+                    "struct accel_info_status",
+                    CORE,
+                    None,
+                    out,
+                )
+                self._info_fields(
+                    f"{pre}.clients",
+                    proc,
+                    fd,
+                    CORE.ACCEL_INFO_CLIENTS,
+                    "struct accel_info_client",
+                    CORE,
+                    "#",
+                    out,
+                )
+                self._info_fields(
+                    f"{pre}.memory",
+                    proc,
+                    fd,
+                    CORE.ACCEL_INFO_MEMORY,
+                    "struct accel_info_memory_region",
+                    CORE,
+                    "name",
+                    out,
+                )
+                self._info_fields(
+                    f"{pre}.engines",
+                    proc,
+                    fd,
+                    CORE.ACCEL_INFO_ENGINES,
+                    "struct accel_info_engine",
+                    CORE,
+                    "name",
+                    out,
+                )
+                for op, q in sorted(dev.info_queries.items()):
+                    self._info_fields(
+                        f"{pre}.{q.name}", proc, fd, op, q.answer_type, self.uapi, None, out
+                    )
+            for node in self._sysfs_nodes(i):
+                for name, attr in sorted(node.attributes.items()):
+                    if attr.readable:
+                        try:
+                            text = node.read(name).rstrip("\n")
+                        except OSError as exc:
+                            text = f"<errno {exc.errno}>"
+                        out[f"sysfs {node.devpath}/{name}"] = text
+        return out
+
+    def _sysfs_nodes(self, index: int) -> list[Any]:
+        dev = self.devices[index]
+        nodes: list[Any] = []
+        for start in (dev.sysfs, dev.control_sysfs):
+            if start is not None:
+                nodes += [n for n in start.ancestry() if n not in nodes]
+        return nodes
 
     def unplug(self, index: int = 0) -> None:
         """Hot-unplug device ``index``: PCI surprise removal, or unbind a virtual device."""

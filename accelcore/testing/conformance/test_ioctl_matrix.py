@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import pytest
 
 from accelcore.driver import DRM_COMMAND_BASE, DRM_COMMAND_END
 from accelcore.testing.conformance import check
 from accelcore.testing.conformance.payloads import Field, flag_fields, pad_fields, poke
-from accelcore.testing.conformance.rig import Rig
+from accelcore.testing.conformance.rig import Rig, diff_snapshots
 from accelcore.testing.conformance.session import Conformance
 from accelcore.uapi import ioc
 
@@ -31,35 +32,69 @@ def _examples(conf: Conformance, rig: Rig) -> dict[str, dict[str, int]]:
     return ex
 
 
-def _call(rig: Rig, cmd: int, payload: bytes | bytearray | int) -> tuple[int, str]:
-    """Run one ioctl on a fresh file; (errno, message), (0, "") on success."""
+#: How a case changes a prepared example: (cmd, payload) -> (cmd, payload or argp).
+Mutation = Callable[[int, bytes], tuple[int, bytes | bytearray | int]]
+
+
+@dataclass
+class Case:
+    """One negative (or positive) case: what it is, the ioctl, and its change."""
+
+    what: str
+    name: str | None
+    cmd: int
+    mutate: Mutation | None = None
+
+
+def _call(rig: Rig, case: Case) -> tuple[int, str, list[str]]:
+    """Run one case in a fresh process (after the example's setup, if any).
+
+    Returns (errno, message, effects): (0, "", []) on success; on failure the
+    named state changes the failed call made (failure atomicity), and what its
+    process left behind once it exited.
+    """
     proc = rig.process()
-    fd = rig.open(proc)
+    cmd, payload = case.cmd, b""
     try:
-        if isinstance(payload, int):
-            proc.ioctl(fd, cmd, payload)
+        if case.name is None:
+            fd = rig.open(proc)
         else:
-            proc.ioctl(fd, cmd, bytearray(payload) if payload else 0)
-    except OSError as exc:
-        return exc.errno or 0, str(exc.strerror)
+            prep = rig.prepare(proc, case.name)
+            fd, payload = prep.fd, prep.payload
+        arg: bytes | bytearray | int = payload
+        if case.mutate is not None:
+            cmd, arg = case.mutate(cmd, payload)
+        rig.settle()
+        before = rig.snapshot()
+        try:
+            if isinstance(arg, int):
+                proc.ioctl(fd, cmd, arg)
+            else:
+                proc.ioctl(fd, cmd, bytearray(arg) if arg else 0)
+        except OSError as exc:
+            rig.settle()
+            return exc.errno or 0, str(exc.strerror), diff_snapshots(before, rig.snapshot())
     finally:
         proc.exit()
-    return 0, ""
+    return 0, "", []
 
 
 def _name(e: int) -> str:
     return errno.errorcode.get(e, str(e)) if e else "success"
 
 
-def _expect(
-    rig: Rig, cases: Sequence[tuple[str, int, bytes | bytearray | int]], want: int
-) -> list[str]:
+def _expect(rig: Rig, cases: Sequence[Case], want: int) -> list[str]:
     wrong = []
-    for what, cmd, payload in cases:
-        got, msg = _call(rig, cmd, payload)
+    for case in cases:
+        got, msg, effects = _call(rig, case)
         if got != want:
             detail = f" ({msg})" if msg else ""
-            wrong.append(f"{what}: got {_name(got)}{detail}, expected {_name(want)}")
+            wrong.append(f"{case.what}: got {_name(got)}{detail}, expected {_name(want)}")
+        if got and effects:
+            wrong.append(
+                f"{case.what}: failed with {_name(got)} but changed the state (a failed "
+                f"ioctl must have no visible effect): " + "; ".join(effects)
+            )
     return wrong
 
 
@@ -67,13 +102,23 @@ def _fail(rig: Rig, wrong: list[str]) -> None:
     assert not wrong, f"driver {rig.name}:\n  " + "\n  ".join(wrong)
 
 
+def _rig(conf: Conformance) -> Rig:
+    """A machine with as many devices as the driver's examples need."""
+    names = set(conf.driver.examples)
+    need = [
+        s.devices
+        for n, s in (getattr(conf.driver, "example_setup", {}) or {}).items()
+        if n in names
+    ]
+    return conf.rig(count=max([1, *need]))
+
+
 @check("ioctl-matrix", "every declared example succeeds on a fresh file")
 def test_examples_are_valid(accel_conformance: Conformance) -> None:
-    rig = accel_conformance.rig()
+    rig = _rig(accel_conformance)
     examples = _examples(accel_conformance, rig)
     cases = [
-        (f"{n} with its example {ex}", rig.ioctl_def(n).cmd, rig.example_payload(n))
-        for n, ex in examples.items()
+        Case(f"{n} with its example {ex}", n, rig.ioctl_def(n).cmd) for n, ex in examples.items()
     ]
     _fail(rig, _expect(rig, cases, 0))
 
@@ -83,7 +128,7 @@ def test_unknown_numbers_enotty(accel_conformance: Conformance) -> None:
     rig = accel_conformance.rig()
     used = set(rig.devices[0].ioctls)
     cases = [
-        (f"unknown nr {nr:#x}", ioc.IOWR(ord("d"), nr, 8), bytes(8))
+        Case(f"unknown nr {nr:#x}", None, ioc.IOWR(ord("d"), nr, 8), lambda c, p: (c, bytes(8)))
         for nr in range(DRM_COMMAND_BASE, DRM_COMMAND_END)
         if nr not in used
     ]
@@ -91,21 +136,25 @@ def test_unknown_numbers_enotty(accel_conformance: Conformance) -> None:
 
 
 def _each_example(
-    conf: Conformance, make: Callable[[Rig, str, int, bytes], list[tuple[str, int, object]]]
-) -> tuple[Rig, list[tuple[str, int, bytes | bytearray | int]]]:
-    rig = conf.rig()
-    cases: list[tuple[str, int, bytes | bytearray | int]] = []
+    conf: Conformance, make: Callable[[Rig, str], list[tuple[str, Mutation]]]
+) -> tuple[Rig, list[Case]]:
+    rig = _rig(conf)
+    cases: list[Case] = []
     for name in _examples(conf, rig):
         cmd = rig.ioctl_def(name).cmd
-        cases += make(rig, name, cmd, rig.example_payload(name))  # type: ignore[arg-type]
+        cases += [Case(what, name, cmd, mutate) for what, mutate in make(rig, name)]
     return rig, cases
+
+
+def _takes_arg(rig: Rig, name: str) -> bool:
+    return rig.ioctl_def(name).arg_type is not None
 
 
 @check("ioctl-matrix", "an example's number with another ioctl type than 'd' gets ENOTTY")
 def test_wrong_type_enotty(accel_conformance: Conformance) -> None:
     rig, cases = _each_example(
         accel_conformance,
-        lambda rig, n, cmd, p: [(f"{n} with type 'e'", (cmd & ~0xFF00) | (ord("e") << 8), p)],
+        lambda rig, n: [(f"{n} with type 'e'", lambda c, p: ((c & ~0xFF00) | (ord("e") << 8), p))],
     )
     _fail(rig, _expect(rig, cases, errno.ENOTTY))
 
@@ -114,7 +163,11 @@ def test_wrong_type_enotty(accel_conformance: Conformance) -> None:
 def test_bad_pointer_efault(accel_conformance: Conformance) -> None:
     rig, cases = _each_example(
         accel_conformance,
-        lambda rig, n, cmd, p: [(f"{n} with argp {BAD_POINTER:#x}", cmd, BAD_POINTER)] if p else [],
+        lambda rig, n: (
+            [(f"{n} with argp {BAD_POINTER:#x}", lambda c, p: (c, BAD_POINTER))]
+            if _takes_arg(rig, n)
+            else []
+        ),
     )
     if not cases:
         pytest.skip(f"driver {rig.name}: no example ioctl takes an argument")
@@ -124,8 +177,11 @@ def test_bad_pointer_efault(accel_conformance: Conformance) -> None:
 def _field_cases(
     conf: Conformance, pick: Callable[[Rig, str], list[Field]], byte: int, what: str, kind: str
 ) -> None:
-    def make(rig: Rig, n: str, cmd: int, p: bytes) -> list[tuple[str, int, object]]:
-        return [(f"{n} with {f.name}={what}", cmd, poke(p, f, byte)) for f in pick(rig, n)]
+    def make(rig: Rig, n: str) -> list[tuple[str, Mutation]]:
+        def one(f: Field) -> Mutation:
+            return lambda c, p: (c, poke(p, f, byte))
+
+        return [(f"{n} with {f.name}={what}", one(f)) for f in pick(rig, n)]
 
     rig, cases = _each_example(conf, make)
     if not cases:
@@ -159,21 +215,31 @@ def test_all_ones_flags_einval(accel_conformance: Conformance) -> None:
 
 @check("ioctl-matrix", "a short struct (half the size) gets an errno or success, never an oops")
 def test_short_struct_no_oops(accel_conformance: Conformance) -> None:
+    def halve(c: int, p: bytes) -> tuple[int, bytes]:
+        half = len(p) // 2
+        return (c & ~(ioc.IOC_SIZEMASK << 16)) | (half << 16), p[:half]
+
     rig, cases = _each_example(
         accel_conformance,
-        lambda rig, n, cmd, p: [(n, cmd, p)] if len(p) >= 2 else [],
+        lambda rig, n: (
+            [(f"{n} with a half-size struct", halve)]
+            if rig.uapi.sizeof(rig.ioctl_def(n).arg_type or "char") >= 2
+            else []
+        ),
     )
     if not cases:
         pytest.skip(f"driver {rig.name}: no example ioctl takes an argument")
     wrong = []
-    for name, cmd, payload in cases:
-        assert isinstance(payload, bytes)
-        half = len(payload) // 2
-        short = (cmd & ~(ioc.IOC_SIZEMASK << 16)) | (half << 16)
-        got, msg = _call(rig, short, payload[:half])
+    for case in cases:
+        got, msg, effects = _call(rig, case)
         if rig.subsystem.oopses:
-            wrong.append(f"{name} with a {half}-byte struct oopsed: {rig.subsystem.oopses[-1]}")
+            wrong.append(f"{case.what} oopsed: {rig.subsystem.oopses[-1]}")
             break
         if got == errno.EIO:
-            wrong.append(f"{name} with a {half}-byte struct: EIO ({msg})")
+            wrong.append(f"{case.what}: EIO ({msg})")
+        if got and effects:
+            wrong.append(
+                f"{case.what}: failed with {_name(got)} but changed the state: "
+                + "; ".join(effects)
+            )
     _fail(rig, wrong)

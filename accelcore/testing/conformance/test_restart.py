@@ -25,7 +25,8 @@ import pytest
 
 from accelcore.driver import IoctlDesc
 from accelcore.testing.conformance import check
-from accelcore.testing.conformance.rig import Rig
+from accelcore.testing.conformance.payloads import decode_fields
+from accelcore.testing.conformance.rig import Rig, example_setup
 from accelcore.testing.conformance.session import Conformance
 
 #: Retries of a call that keeps failing with EINTR (or an injected failure).
@@ -52,16 +53,15 @@ def _table(conf: Conformance, pick: Callable[[IoctlDesc], bool], what: str) -> l
     if not have:
         pytest.skip(
             f"driver {conf.name} declares no example for its ioctls with {what} "
-            f"({', '.join(sorted(d.name for d in rows))})"
+            f"({', '.join(sorted(d.name for d in rows))}): declare one in `examples`, with "
+            f"the steps that make it valid (a buffer, a job…) in `example_setup`"
+        )
+    missing = sorted(d.name for d in rows if d.name not in conf.driver.examples)
+    if missing:
+        conf.report(
+            f"not exercised (no `examples` entry, with `example_setup`): {', '.join(missing)}"
         )
     return sorted(have, key=lambda d: d.name)
-
-
-def _state(rig: Rig, proc: Any, fd: int) -> dict[str, Any]:
-    snap = rig.snapshot(proc, fd)
-    # LIVE shared memory counts every machine in this interpreter, not just this one.
-    snap["accounting"] = {k: v for k, v in snap["accounting"].items() if k != "shared_memory"}
-    return snap
 
 
 def _run(
@@ -73,10 +73,13 @@ def _run(
     restart: bool = False,
     arm: Callable[[Rig], None] | None = None,
 ) -> Outcome:
-    rig = conf.rig(count=count)
+    """Run ``desc``'s prepared example on a fresh machine until it succeeds
+    (re-issuing the same struct after each failure, as ``drmIoctl`` does)."""
+    setup = example_setup(conf.driver, desc.name)
+    rig = conf.rig(count=max(count, setup.devices if setup is not None else 1))
     proc = rig.process(restart=restart)
-    fd = rig.open(proc)
-    payload = bytearray(rig.example_payload(desc.name))
+    prep = rig.prepare(proc, desc.name)
+    payload = bytearray(prep.payload)
     if arm is not None:
         arm(rig)
     proc.task.inject_interrupts(*(() if interrupt is None else (interrupt,)))
@@ -84,27 +87,32 @@ def _run(
     seen = 0
     for _ in range(MAX_RETRIES):
         try:
-            proc.ioctl(fd, desc.cmd, payload if payload else 0)
+            proc.ioctl(prep.fd, desc.cmd, payload if payload else 0)
         except OSError as exc:
             errors.append(exc.errno or 0)
             seen = max(seen, proc.task.wait_points_seen)
             continue
         break
     seen = max(seen, proc.task.wait_points_seen)
-    return Outcome(bytes(payload), _state(rig, proc, fd), seen, errors)
+    rig.settle()
+    args: dict[str, Any] = {}
+    if desc.arg_type is not None:
+        args = {
+            f"args.{k}": v
+            for k, v in decode_fields(rig.uapi, desc.arg_type, bytes(payload)).items()
+        }
+    return Outcome(bytes(payload), {**args, **rig.snapshot()}, seen, errors)
 
 
 def _diff(name: str, how: str, ref: Outcome, got: Outcome) -> list[str]:
-    out = []
-    if got.args != ref.args:
-        out.append(
-            f"{name} {how}: copied-out args {got.args.hex()} differ from the uninterrupted "
-            f"run's {ref.args.hex()}"
-        )
-    for key in ref.state:
-        if got.state[key] != ref.state[key]:
-            out.append(f"{name} {how}: {key} {got.state[key]} != uninterrupted {ref.state[key]}")
-    return out
+    changes = []
+    for key in sorted(set(ref.state) | set(got.state)):
+        want, have = ref.state.get(key, "<absent>"), got.state.get(key, "<absent>")
+        if want != have:
+            changes.append(f"{key} {have!r} (uninterrupted: {want!r})")
+    if not changes:
+        return []
+    return [f"{name} {how}: differs from the uninterrupted run: " + "; ".join(changes)]
 
 
 @check("restart", "an ioctl interrupted at each wait point (EINTR+reissue, SA_RESTART) converges")
