@@ -63,6 +63,7 @@ from accelcore import (
 from accelcore.clock import NSEC_PER_MSEC, NSEC_PER_USEC
 from accelcore.memory import PAGE_SIZE, page_align
 from accelcore.pci import IrqType, PciDeviceId, PciFunction
+from accelcore.testing.conformance.steps import Call, Setup, UserArray, Write
 
 from .context import (
     CommandBuffer,
@@ -76,7 +77,7 @@ from .device import CQ_ADDR_BASE, HabanaLikeDevice
 from .info import InfoMixin
 from .memops import MemoryMixin
 from .memory import VaSpace
-from .packets import encode_msg_prot
+from .packets import encode_msg_prot, encode_nop
 from .parser import ParsedJob, parse_cb
 from .uapi import HLK
 
@@ -111,6 +112,41 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
     examples = {
         "DRM_IOCTL_HLK_CB": {"input.op": 0, "input.cb_size": 4096},
         "DRM_IOCTL_HLK_MEMORY": {"input.op": 0, "input.args.alloc.mem_size": 1 << 21},
+        "DRM_IOCTL_HLK_CS": {"input.num_chunks_execute": 1},
+        "DRM_IOCTL_HLK_WAIT_CS": {"input.timeout_us": 1_000_000},
+    }
+    #: Stateful examples: a CS needs a command buffer (one NOP packet) and its
+    #: chunk array; WAIT_CS waits for such a CS.
+    example_setup = {
+        "DRM_IOCTL_HLK_CS": Setup(
+            steps=(
+                Call("cb", "DRM_IOCTL_HLK_CB", {"input.op": 0, "input.cb_size": 4096}),
+                Write("accel", "cb.output.mmap_offset", encode_nop()),
+                UserArray(
+                    "chunks",
+                    "struct hlk_cs_chunk",
+                    [{"cb_handle": "cb.output.cb_handle", "queue_index": 0, "cb_size": 8}],
+                ),
+            ),
+            args={"input.chunks_execute": "chunks.addr"},
+        ),
+        "DRM_IOCTL_HLK_WAIT_CS": Setup(
+            steps=(
+                Call("cb", "DRM_IOCTL_HLK_CB", {"input.op": 0, "input.cb_size": 4096}),
+                Write("accel", "cb.output.mmap_offset", encode_nop()),
+                UserArray(
+                    "chunks",
+                    "struct hlk_cs_chunk",
+                    [{"cb_handle": "cb.output.cb_handle", "queue_index": 0, "cb_size": 8}],
+                ),
+                Call(
+                    "cs",
+                    "DRM_IOCTL_HLK_CS",
+                    {"input.chunks_execute": "chunks.addr", "input.num_chunks_execute": 1},
+                ),
+            ),
+            args={"input.seq": "cs.output.seq"},
+        ),
     }
 
     # -- device lifetime ----------------------------------------------------------
@@ -385,8 +421,10 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
             raise InvalidArgument(f"hlk_wait_cs_in.flags {flags:#x} / pad {pad:#x} must be 0")
         ctx: Context = call.file.context
         fs: FileState = call.file.driver_priv
-        out = call.args.output
-        out.status, out.flags, out.timestamp_nsec = 0, 0, 0
+        # The output overlays the input (a union): nothing is written before the
+        # wait, so an interrupted call leaves the input intact for the restart
+        # (hl_wait_ioctl returns -EINTR before its memset of the args).
+        out_flags, timestamp = 0, 0
         cs = ctx.submissions.get(seq)
         if cs is None:
             status = fs.outcomes.get(seq)
@@ -396,7 +434,7 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
                         f"CS sequence number {seq} was never submitted on "
                         f"this file (next is {fs.next_seq})"
                     )
-                status, out.flags = (
+                status, out_flags = (
                     HLK.HLK_WAIT_CS_STATUS_COMPLETED,
                     HLK.HLK_WAIT_CS_STATUS_FLAG_GONE,
                 )
@@ -404,8 +442,9 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
             if not cs.fence.signalled and timeout_us:
                 call.wait_fences([cs.fence], timeout_us * NSEC_PER_USEC)
             status = outcome(cs)
-            out.timestamp_nsec = cs.fence.timestamp or 0
-        out.status = status
+            timestamp = cs.fence.timestamp or 0
+        out = call.args.output
+        out.status, out.flags, out.timestamp_nsec = status, out_flags, timestamp
         if status == HLK.HLK_WAIT_CS_STATUS_TIMEDOUT:
             raise TimedOut(f"CS {seq} timed out on the device")
         if status == HLK.HLK_WAIT_CS_STATUS_ABORTED:
