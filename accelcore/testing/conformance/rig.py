@@ -14,9 +14,9 @@ compared with the baseline taken right after the build.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from ...clock import VirtualClock
 from ...device import AccelDevice, DeviceStatus, Oops
@@ -40,6 +40,7 @@ __all__ = [
     "build_rig",
     "diff_snapshots",
     "example_setup",
+    "legacy_ignored_fields",
 ]
 
 #: Callbacks device time may run at the end of a test before it counts as a livelock.
@@ -68,6 +69,13 @@ def example_setup(driver: type[AccelDriver] | AccelDriver, name: str) -> Setup |
     """The driver's declared :class:`~.steps.Setup` for ioctl ``name``, if any."""
     table: Mapping[str, Setup] = getattr(driver, "example_setup", {}) or {}
     return table.get(name)
+
+
+def legacy_ignored_fields(driver: type[AccelDriver] | AccelDriver) -> Mapping[str, Sequence[str]]:
+    """The driver's ``legacy_ignored_fields``: per ioctl, the ``pad``/``flags``
+    fields its (legacy) kernel uAPI never checked, left out of the negative matrix."""
+    table: Mapping[str, Sequence[str]] = getattr(driver, "legacy_ignored_fields", {}) or {}
+    return table
 
 
 @dataclass
@@ -216,6 +224,23 @@ class Rig:
         d = self.ioctl_def(name)
         payload = b"" if d.arg_type is None else example_bytes(self.uapi, d.arg_type, fields)
         return Prepared(name, target, payload, results)
+
+    def on_accel(self, name: str) -> bool:
+        """Whether ``name``'s example runs on the accel file (not on another node)."""
+        setup = example_setup(self.driver, name)
+        return setup is None or setup.file == "accel"
+
+    def run_example(self, proc: Process, fd: int, name: str) -> bytes:
+        """Prepare ``name``'s example on accel file ``fd`` and run it; the args out.
+
+        Raises:
+            SetupError: a setup step failed.
+            OSError: the example itself failed.
+        """
+        prep = self.prepare(proc, name, fd)
+        buf = bytearray(prep.payload)
+        proc.ioctl(prep.fd, self.ioctl_def(name).cmd, buf if buf else 0)
+        return bytes(buf)
 
     def hold_context(self, proc: Process, fd: int) -> None:
         """Give accel file ``fd`` its compute context now, as its first ``OWNER``

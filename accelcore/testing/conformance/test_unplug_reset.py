@@ -29,7 +29,9 @@ def _errno_of(fn: Any, *args: Any) -> tuple[int, str]:
     return 0, ""
 
 
-def _after_unplug(rig: Rig, proc: Process, fd: int) -> list[str]:
+def _after_unplug(
+    rig: Rig, proc: Process, fd: int, prepared: dict[str, bytes] | None = None
+) -> list[str]:
     """What a file of an unplugged device must answer; the problems found."""
     wrong = []
     calls: list[tuple[str, Any]] = [
@@ -39,8 +41,11 @@ def _after_unplug(rig: Rig, proc: Process, fd: int) -> list[str]:
         ("INFO ownership", lambda: rig.info(proc, fd, CORE.ACCEL_INFO_OWNERSHIP, 64)),
         ("INFO clients", lambda: rig.info(proc, fd, CORE.ACCEL_INFO_CLIENTS, 64)),
     ]
-    for name, ex in rig.examples().items():
-        calls.append((f"{name} (example)", lambda n=name, e=ex: rig.run(proc, fd, n, e)))
+    for name, payload in (prepared or {}).items():
+        cmd = rig.ioctl_def(name).cmd
+        calls.append(
+            (f"{name} (example)", lambda c=cmd, p=payload: proc.ioctl(fd, c, bytearray(p) or 0))
+        )
     for what, fn in calls:
         got, msg = _errno_of(fn)
         if got != errno.ENODEV:
@@ -72,12 +77,15 @@ def test_unplug_with_open_file(accel_conformance: Conformance) -> None:
     rig = accel_conformance.rig()
     proc = rig.process()
     fd = rig.open(proc)
-    for name, ex in rig.examples().items():
-        rig.run(proc, fd, name, ex)
+    prepared = {}
+    for name in rig.examples():
+        if rig.on_accel(name):
+            prepared[name] = rig.prepare(proc, name, fd).payload
+            rig.run_example(proc, fd, name)
     dev = rig.devices[0]
     rig.unplug()
     _gone(rig)
-    wrong = _after_unplug(rig, proc, fd)
+    wrong = _after_unplug(rig, proc, fd, prepared)
     assert not wrong, f"driver {rig.name}:\n  " + "\n  ".join(wrong)
     assert not _released(dev), "device released while a file is still open"
     proc.close(fd)
@@ -151,8 +159,8 @@ def _run_example(rig: Rig, proc: Process, fd: int) -> str | None:
     examples = rig.examples()
     descs = sorted(rig.devices[0].ioctls.values(), key=lambda d: IoctlFlags.OWNER not in d.flags)
     for d in descs:
-        if d.name in examples:
-            rig.run(proc, fd, d.name, examples[d.name])
+        if d.name in examples and rig.on_accel(d.name):
+            rig.run_example(proc, fd, d.name)
             return d.name
     return None
 
