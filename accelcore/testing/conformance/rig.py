@@ -20,7 +20,7 @@ from typing import Any
 
 from ...clock import VirtualClock
 from ...device import AccelDevice, DeviceStatus, Oops
-from ...driver import AccelDriver, IoctlFlags, OwnershipPolicy
+from ...driver import AccelDriver, DriverFeature, IoctlFlags, OwnershipPolicy
 from ...file import AccelFile
 from ...machine import Machine
 from ...memory import LIVE
@@ -241,6 +241,63 @@ class Rig:
         buf = bytearray(prep.payload)
         proc.ioctl(prep.fd, self.ioctl_def(name).cmd, buf if buf else 0)
         return bytes(buf)
+
+    def hold_state(self, proc: Process, fd: int) -> list[str]:
+        """Give accel file ``fd`` live objects for error paths to touch: a buffer
+        (``bo_create``), a dma-buf of the vaccel peer imported (``PRIME``), and
+        the state of every example that runs on it (their setup: buffers, jobs,
+        command buffers), each example run once. Returns what it holds.
+
+        Raises:
+            SetupError: a step failed (it is named).
+        """
+        held: list[str] = []
+        feats = self.driver.features
+        try:
+            if DriverFeature.GEM in feats and self.driver.bo_create is not None:
+                held.append(f"buffer handle {self.create_bo(proc, fd)}")
+            if DriverFeature.PRIME in feats and self.peer is not None:
+                imp = CORE.new("struct drm_prime_handle", fd=self._peer_dmabuf(proc))
+                proc.ioctl(fd, CORE.DRM_IOCTL_PRIME_FD_TO_HANDLE, imp)
+                held.append(f"imported dma-buf handle {imp.handle}")
+        except OSError as exc:
+            raise SetupError(f"driver {self.name}: holding live objects failed: {exc}") from exc
+        for name in self.examples():
+            if self.on_accel(name):
+                try:
+                    self.run_example(proc, fd, name)
+                except OSError as exc:
+                    raise SetupError(
+                        f"driver {self.name}: {name}'s example failed on a file holding "
+                        f"{held}: {exc}"
+                    ) from exc
+                held.append(f"{name}'s example state")
+        return held
+
+    def _peer_dmabuf(self, to: Process) -> int:
+        """A dma-buf of a new buffer of the vaccel peer, as an fd of ``to`` (made by
+        one exporter process per machine: the peer has a single owner)."""
+        from ..vaccel import VACCEL_UAPI
+
+        assert self.peer is not None
+        exporter: tuple[Process, int] | None = self.__dict__.get("_exporter")
+        if exporter is None:
+            eproc = self.process(comm="exporter")
+            exporter = (eproc, eproc.open(self.peer.node_path, os.O_RDWR | os.O_CLOEXEC))
+            self.__dict__["_exporter"] = exporter
+        eproc, pfd = exporter
+        made = VACCEL_UAPI.new("struct vaccel_create_bo", size=8192)
+        eproc.ioctl(pfd, VACCEL_UAPI.DRM_IOCTL_VACCEL_CREATE_BO, made)
+        exp = CORE.new(
+            "struct drm_prime_handle", handle=made.handle, flags=CORE.DRM_CLOEXEC | CORE.DRM_RDWR
+        )
+        eproc.ioctl(pfd, CORE.DRM_IOCTL_PRIME_HANDLE_TO_FD, exp)
+        eproc.ioctl(
+            pfd, CORE.DRM_IOCTL_GEM_CLOSE, CORE.new("struct drm_gem_close", handle=made.handle)
+        )
+        dfd = eproc.send_fd(int(exp.fd), to)
+        eproc.close(int(exp.fd))
+        return dfd
 
     def hold_context(self, proc: Process, fd: int) -> None:
         """Give accel file ``fd`` its compute context now, as its first ``OWNER``

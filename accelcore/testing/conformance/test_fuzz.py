@@ -1,23 +1,33 @@
 """Fuzzing: hypothesis payloads for every declared ioctl of the driver.
 
-Payloads are random bytes of the struct's size, the declared example with a few
-bytes changed, and sizes around the struct's (the size field of the number is
-changed to match). Every call must succeed or fail with an errno; no oops; and
-after the last file closes nothing is left (the session's leak check).
+Each ioctl is fuzzed by its own process whose file already holds live objects
+(a buffer, an imported dma-buf, the state every example leaves: jobs, command
+buffers) and the ioctl's example prepared with its setup, so error paths that
+touch real handles and sequence numbers run. Payloads are random bytes of the
+struct's size, the prepared example with a few bytes changed, and sizes around
+the struct's (the size field of the number is changed to match). Every call
+must succeed or fail with an errno; no oops; a failed call leaves the whole
+snapshot (:meth:`Rig.snapshot`) unchanged; and after the last file closes
+nothing is left (the session's leak check).
 Examples are derandomized, so a CI run is reproducible.
 """
 
 from __future__ import annotations
 
+import errno
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from accelcore.driver import OwnershipPolicy
 from accelcore.testing.conformance import check
+from accelcore.testing.conformance.rig import diff_snapshots
 from accelcore.testing.conformance.session import Conformance, format_oopses
 from accelcore.uapi import ioc
+from accelcore.userspace import Process
 
 #: Hypothesis examples per ioctl, and at most in all (CI runs three drivers).
 PER_IOCTL = 40
@@ -39,18 +49,51 @@ def _mutate(example: bytes) -> st.SearchStrategy[bytes]:
     return edits.map(apply)
 
 
-@check("fuzz", "random payloads and sizes of every ioctl: success or an errno, no oops, no leak")
+@dataclass
+class Held:
+    """A process whose file holds live objects, with one ioctl's prepared example."""
+
+    proc: Process
+    fd: int
+    example: bytes
+
+
+@check(
+    "fuzz",
+    "random payloads of every ioctl, from a file holding live objects: an errno, no oops, "
+    "no leak, and a failed call changes nothing",
+)
 def test_fuzz_payloads(accel_conformance: Conformance) -> None:
-    rig = accel_conformance.rig()
+    rig = accel_conformance.rig(count=_devices(accel_conformance), peer=True)
     table = sorted(rig.devices[0].ioctls.values(), key=lambda d: d.name)
     if not table:
         pytest.skip(f"driver {rig.name} declares no ioctls")
-    proc = rig.process()
     counts: dict[str, int] = {}
+    held: dict[str, Held] = {}
+    holding: list[str] = []
+    # The fuzzing file holds buffers, jobs and an imported dma-buf; then each
+    # ioctl's example is prepared there (real handles and sequence numbers). Under
+    # a per-process policy each ioctl gets its own process (its setup may make a
+    # process-wide object twice); under a single owner, one process does it all.
+    per_ioctl = rig.policy == OwnershipPolicy.PER_PROCESS
+    proc = rig.process()
+    fd = rig.open(proc)
+    holding = rig.hold_state(proc, fd)
+    for desc in table:
+        if per_ioctl and held:
+            proc = rig.process()
+            fd = rig.open(proc)
+            holding = rig.hold_state(proc, fd)
+        if desc.name in rig.examples():
+            prep = rig.prepare(proc, desc.name, fd)
+            held[desc.name] = Held(proc, prep.fd, prep.payload)
+        else:
+            held[desc.name] = Held(proc, fd, rig.example_payload(desc.name))
+    rig.settle()
 
     def payloads(desc: Any) -> st.SearchStrategy[tuple[Any, int, bytes]]:
         size = (desc.cmd >> 16) & ioc.IOC_SIZEMASK
-        example = rig.example_payload(desc.name)
+        example = held[desc.name].example
         sizes = st.sampled_from(sorted({size, size // 2, max(size - 1, 0), size + 1, size + 8}))
         body = st.one_of(st.just(example), _mutate(example), st.binary(min_size=0, max_size=size))
 
@@ -73,22 +116,36 @@ def test_fuzz_payloads(accel_conformance: Conformance) -> None:
     @given(case=cases)
     def one(case: tuple[Any, int, bytes]) -> None:
         desc, cmd, data = case
-        before = len(rig.subsystem.oopses)
-        fd = rig.open(proc)
+        h = held[desc.name]
+        before_oops = len(rig.subsystem.oopses)
+        before = rig.snapshot()
+        buf = bytearray(data)
+        what = f"{desc.name} (cmd {cmd:#010x}) with payload {data.hex() or '<none>'}"
         try:
-            proc.ioctl(fd, cmd, bytearray(data) if data else 0)
+            h.proc.ioctl(h.fd, cmd, buf if buf else 0)
         except OSError as exc:
-            assert exc.errno, f"{desc.name} raised an OSError without errno: {exc!r}"
+            assert exc.errno, f"{what} raised an OSError without errno: {exc!r}"
+            rig.settle()
+            effects = diff_snapshots(before, rig.snapshot())
+            # A multi-device call may fail after some devices, saying so in its args.
+            progress = desc.multi_device and bytes(buf) != data
+            assert not effects or progress, (
+                f"{what} failed with {errno.errorcode.get(exc.errno, exc.errno)} but changed "
+                f"the state (a failed ioctl must have no visible effect): " + "; ".join(effects)
+            )
         finally:
-            proc.close(fd)
+            rig.settle()
         counts[desc.name] = counts.get(desc.name, 0) + 1
-        oopses = rig.subsystem.oopses[before:]
-        assert not oopses, (
-            f"{desc.name} (cmd {cmd:#010x}) with payload {data.hex() or '<none>'}: "
-            + format_oopses(oopses)
-        )
+        oopses = rig.subsystem.oopses[before_oops:]
+        assert not oopses, f"{what}: " + format_oopses(oopses)
 
     one()
     accel_conformance.report(
-        f"fuzz: {sum(counts.values())} calls over {len(counts)}/{len(table)} ioctls"
+        f"fuzz: {sum(counts.values())} calls over {len(counts)}/{len(table)} ioctls, each "
+        f"file holding {len(holding)} live object(s)"
     )
+
+
+def _devices(conf: Conformance) -> int:
+    table = getattr(conf.driver, "example_setup", {}) or {}
+    return max([1, *(s.devices for s in table.values())])
