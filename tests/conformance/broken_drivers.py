@@ -14,7 +14,7 @@ from typing import Any
 
 from accelcore import AccelDevice, AccelFile, IoctlCall
 from accelcore.driver import IoctlFlags, ioctl
-from accelcore.errors import NoDevice, NoMemory
+from accelcore.errors import InvalidArgument, NoDevice, NoEntry, NoMemory, NoSpace
 from accelcore.gem import BufferObject
 from accelcore.sysfs import Attribute, AttributeGroup
 from accelcore.testing.vaccel import VACCEL_UAPI, VAccelDriver
@@ -182,6 +182,89 @@ class RetryRedoesDevices(MultiDevice):
             call.args.result += 1
 
 
+class HandleBeforeFlags(VAccelDriver):
+    """CREATE_BO makes the handle, then validates ``flags``: each refused call
+    leaves a handle (and its buffer) in the file until it closes."""
+
+    name = "broken_handle_leak"
+
+    @ioctl("DRM_IOCTL_VACCEL_CREATE_BO", IoctlFlags.OWNER)
+    def create_bo(self, call: IoctlCall) -> None:
+        a = call.args
+        bo = BufferObject(call.device, max(int(a.size), 1), name="early")
+        a.handle = call.file.handles.create(bo)
+        bo.put()
+        if a.flags:
+            raise InvalidArgument(f"vaccel_create_bo.flags is {a.flags:#x}, must be 0")
+        super().create_bo(call)
+
+
+class SubmitLeaksReference(VAccelDriver):
+    """SUBMIT takes the buffer's reference before validating ``fill``, and its
+    error path forgets to drop it: the buffer outlives every handle and file."""
+
+    name = "broken_ref_leak"
+
+    @ioctl("DRM_IOCTL_VACCEL_SUBMIT", IoctlFlags.OWNER)
+    def submit(self, call: IoctlCall) -> None:
+        bo = call.file.handles.lookup(call.args.handle)
+        bo.get()  # the job's reference, taken too early
+        if call.args.fill > 0xFF:
+            raise InvalidArgument(f"fill value {call.args.fill} is not a byte")  # leaks it
+        bo.put()
+        super().submit(call)
+
+
+class JobTwiceOnRestart(VAccelDriver):
+    """WAIT kicks the engine with a flush job each time it is entered: a
+    restarted WAIT runs it twice. The arguments are identical; only the engine
+    counters (INFO, sysfs) show it."""
+
+    name = "broken_job_twice"
+
+    @ioctl("DRM_IOCTL_VACCEL_WAIT", IoctlFlags.OWNER, waits=True)
+    def wait(self, call: IoctlCall) -> None:
+        st = self.state(call.device)
+        st.submitted += 1  # the flush job, run again on every restart
+        st.completed += 1
+        super().wait(call)
+
+
+class ContextTableLeak(VAccelDriver):
+    """Contexts take a slot of a fixed table of 32 (like an ASID table) that
+    context_destroy never gives back: after 32 opens every new context is refused."""
+
+    name = "broken_context_table"
+    SLOTS = 32
+
+    def probe(self, dev: AccelDevice) -> None:
+        super().probe(dev)
+        dev.private.slots = set(range(self.SLOTS))
+
+    def context_create(self, file: AccelFile) -> Any:
+        slots: set[int] = file.device.private.slots
+        if not slots:
+            raise NoSpace(f"{file.device.name}: all {self.SLOTS} context slots are in use")
+        slots.pop()
+        return super().context_create(file)  # context_destroy forgets the slot
+
+
+class WaitNotRestartable(VAccelDriver):
+    """WAIT forgets the job before it sleeps: interrupted and re-issued, it
+    answers ENOENT for a job that exists."""
+
+    name = "broken_wait_restart"
+
+    @ioctl("DRM_IOCTL_VACCEL_WAIT", IoctlFlags.OWNER, waits=True)
+    def wait(self, call: IoctlCall) -> None:
+        ctx = call.file.context
+        fence = ctx.jobs.pop(call.args.seqno, None)
+        if fence is None:
+            raise NoEntry(f"no job with sequence number {call.args.seqno} on this context")
+        call.wait_fences([fence], None)
+        call.args.status = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Broken:
     """What must catch a broken driver: the failing check and words of its message."""
@@ -200,7 +283,7 @@ BROKEN: tuple[Broken, ...] = (
     Broken(
         RetryRedoesDevices,
         "test_multi_device_partial_failure",
-        ("failing at device position 1", "differ from the uninterrupted run"),
+        ("failing at device position 1", "differs from the uninterrupted run", "args.result"),
     ),
     Broken(BotchedHeader, "test_register_driver_succeeds", ("vaccel_create_bo.size", "refused")),
     Broken(RaisingAttribute, "test_read_all_attributes", ("temperature", "ZeroDivisionError")),
@@ -209,6 +292,31 @@ BROKEN: tuple[Broken, ...] = (
         ResetFails,
         "test_reset_recovery",
         ("reset() failed", "firmware did not come back", "MALFUNCTION"),
+    ),
+    Broken(
+        HandleBeforeFlags,
+        "test_all_ones_flags_einval",
+        ("DRM_IOCTL_VACCEL_CREATE_BO with flags=~0", "changed the state", "accounting.handles"),
+    ),
+    Broken(
+        SubmitLeaksReference,
+        "test_fuzz_payloads",
+        ("DRM_IOCTL_VACCEL_SUBMIT", "changed the state", "refs"),
+    ),
+    Broken(
+        JobTwiceOnRestart,
+        "test_restart_at_every_wait_point",
+        ("DRM_IOCTL_VACCEL_WAIT interrupted", "info_counters.submitted", "jobs_submitted"),
+    ),
+    Broken(
+        ContextTableLeak,
+        "test_context_churn",
+        ("DRM_IOCTL_VACCEL_CREATE_BO failed in open/ioctl/close cycle", "context slots"),
+    ),
+    Broken(
+        WaitNotRestartable,
+        "test_restart_at_every_wait_point",
+        ("DRM_IOCTL_VACCEL_WAIT interrupted at wait point 0", "errnos [4, 2"),
     ),
 )
 

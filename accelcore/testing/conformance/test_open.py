@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from accelcore.driver import OwnershipPolicy
+import pytest
+
+from accelcore.driver import IoctlFlags, OwnershipPolicy
 from accelcore.testing.conformance import check
+from accelcore.testing.conformance.rig import Rig, SetupError, example_setup
 from accelcore.testing.conformance.session import Conformance
 
 CYCLES = 200
@@ -37,3 +40,77 @@ def test_many_open_files(accel_conformance: Conformance) -> None:
     after = rig.subsystem.accounting()
     changed = {k: f"{before[k]} -> {after[k]}" for k in before if after[k] != before[k]}
     assert not changed, f"after closing {len(fds)} files, resources changed: {changed}"
+
+
+#: Contexts the churn check creates and destroys: more than any fixed per-device
+#: table of contexts (ASIDs, PASIDs, doorbell pages) a driver could have.
+CHURN = 300
+
+
+def _context_example(rig: Rig) -> str | None:
+    """An example whose run leaves its file with a compute context: an ``OWNER``
+    ioctl on the accel node (one without setup first), else any example whose
+    setup or call creates one (KFD's ACQUIRE_VM)."""
+    names = list(rig.examples())
+    names.sort(key=lambda n: (not _owner(rig, n), example_setup(rig.driver, n) is not None))
+    for name in names:
+        proc = rig.process()
+        base = rig.subsystem.accounting()["contexts"]
+        try:
+            rig.run_example(proc, rig.open(proc), name)
+        except (OSError, SetupError):
+            continue
+        finally:
+            made = rig.subsystem.accounting()["contexts"] > base
+            proc.exit()
+        if made:
+            return name
+    return None
+
+
+def _owner(rig: Rig, name: str) -> bool:
+    desc = {d.name: d for d in rig.devices[0].ioctls.values()}.get(name)
+    return rig.on_accel(name) and desc is not None and IoctlFlags.OWNER in desc.flags
+
+
+@check(
+    "open",
+    f"{CHURN} cycles of open, an ioctl that needs the compute context, close: every one "
+    "succeeds and frees its context",
+)
+def test_context_churn(accel_conformance: Conformance) -> None:
+    rig = accel_conformance.rig(count=max([1, *(rig_devices(accel_conformance))]))
+    name = _context_example(rig)
+    if name is None:
+        pytest.skip(
+            f"driver {rig.name}: no example makes a compute context (declare an `examples` "
+            f"entry of an OWNER ioctl, or one whose `example_setup` acquires a context)"
+        )
+    base = rig.subsystem.accounting()
+    for i in range(CHURN):
+        proc = rig.process()
+        try:
+            rig.run_example(proc, rig.open(proc), name)
+        except (OSError, SetupError) as exc:
+            raise AssertionError(
+                f"driver {rig.name}: {name} failed in open/ioctl/close cycle {i} of {CHURN}: "
+                f"{exc} (a per-context resource is not freed at close)"
+            ) from exc
+        finally:
+            proc.exit()
+        rig.settle()
+        after = rig.subsystem.accounting()
+        changed = {
+            k: f"{base[k]} -> {after.get(k)}"
+            for k in base
+            if k not in {"shared_memory", "oopses"} and after.get(k) != base[k]
+        }
+        assert not changed, (
+            f"driver {rig.name}: after open/{name}/close cycle {i}, resources changed: {changed}"
+        )
+    accel_conformance.report(f"context churn: {CHURN} cycles of open/{name}/close")
+
+
+def rig_devices(conf: Conformance) -> list[int]:
+    table = getattr(conf.driver, "example_setup", {}) or {}
+    return [s.devices for s in table.values()]
