@@ -236,8 +236,16 @@ class ConformanceChecksDirective(_Generated):
         rows = conformance.checks_table()
         for mod in {c.module for c in conformance.CHECKS.values()}:
             self.depend_on(sys.modules[mod])
-        cells = [[area, _lit(name), what] for name, area, what in rows]
-        return [_table(["area", "check", "what it checks"], cells, [12, 36, 52])]
+        cells = [
+            [area, _lit(name), what, conformance.CHECKS[name].catches] for name, area, what in rows
+        ]
+        return [
+            _table(
+                ["area", "check", "what it checks", "the driver bug it catches"],
+                cells,
+                [10, 28, 36, 26],
+            )
+        ]
 
 
 def _shape(schema: dict[str, Any]) -> tuple[str, list[str]]:

@@ -35,3 +35,9 @@ def test_check_refuses_an_unknown_area() -> None:
 
 def test_package_documents_how_to_run() -> None:
     assert "--accel-driver" in (conformance.__doc__ or "")
+
+
+def test_every_check_names_the_bug_it_catches() -> None:
+    checks_table()
+    assert all(c.catches for c in CHECKS.values())
+    assert "restartable" in CHECKS["test_restart_at_every_wait_point"].catches

@@ -26,9 +26,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .registry import AREAS, CHECKS, Check, check
+from .registry import AREAS, CATCHES, CHECKS, Check, check
 
-__all__ = ["AREAS", "CHECKS", "Check", "check", "checks_table"]
+__all__ = ["AREAS", "CATCHES", "CHECKS", "Check", "check", "checks_table"]
 
 
 def checks_table() -> list[tuple[str, str, str]]:
