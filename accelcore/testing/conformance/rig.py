@@ -39,6 +39,7 @@ __all__ = [
     "SetupError",
     "build_rig",
     "diff_snapshots",
+    "example_devices",
     "example_setup",
     "legacy_ignored_fields",
 ]
@@ -69,6 +70,12 @@ def example_setup(driver: type[AccelDriver] | AccelDriver, name: str) -> Setup |
     """The driver's declared :class:`~.steps.Setup` for ioctl ``name``, if any."""
     table: Mapping[str, Setup] = getattr(driver, "example_setup", {}) or {}
     return table.get(name)
+
+
+def example_devices(driver: type[AccelDriver] | AccelDriver) -> int:
+    """Devices a machine needs to run every declared example (``Setup.devices``)."""
+    table: Mapping[str, Setup] = getattr(driver, "example_setup", {}) or {}
+    return max([1, *(s.devices for s in table.values())])
 
 
 def legacy_ignored_fields(driver: type[AccelDriver] | AccelDriver) -> Mapping[str, Sequence[str]]:

@@ -18,7 +18,7 @@ from ...clock import Deadlock
 from ...device import Oops
 from ...driver import AccelDriver, DriverFeature
 from ...memory import LIVE
-from .rig import Rig, RigError, build_rig
+from .rig import Rig, RigError, build_rig, example_devices
 
 __all__ = ["Conformance", "format_oopses"]
 
@@ -67,6 +67,10 @@ class Conformance:
             self.rigs.append(rig)
             return rig
         pytest.fail(problem, pytrace=False)
+
+    def example_rig(self, *, peer: bool = False) -> Rig:
+        """A machine with as many devices as the driver's examples need."""
+        return self.rig(count=example_devices(self.driver_cls), peer=peer)
 
     def report(self, line: str) -> None:
         """Add a line to the terminal summary (``accelcore conformance`` section)."""

@@ -65,7 +65,7 @@ class Held:
     catches="an oops on junk; an error path that leaks a reference or a handle of a live object",
 )
 def test_fuzz_payloads(accel_conformance: Conformance) -> None:
-    rig = accel_conformance.rig(count=_devices(accel_conformance), peer=True)
+    rig = accel_conformance.example_rig(peer=True)
     table = sorted(rig.devices[0].ioctls.values(), key=lambda d: d.name)
     if not table:
         pytest.skip(f"driver {rig.name} declares no ioctls")
@@ -153,8 +153,3 @@ def test_fuzz_payloads(accel_conformance: Conformance) -> None:
         f"fuzz: {sum(counts.values())} calls over {len(counts)}/{len(table)} ioctls, each "
         f"file holding {len(holding)} live object(s)"
     )
-
-
-def _devices(conf: Conformance) -> int:
-    table = getattr(conf.driver, "example_setup", {}) or {}
-    return max([1, *(s.devices for s in table.values())])

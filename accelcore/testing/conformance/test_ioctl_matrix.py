@@ -104,13 +104,7 @@ def _fail(rig: Rig, wrong: list[str]) -> None:
 
 def _rig(conf: Conformance) -> Rig:
     """A machine with as many devices as the driver's examples need."""
-    names = set(conf.driver.examples)
-    need = [
-        s.devices
-        for n, s in (getattr(conf.driver, "example_setup", {}) or {}).items()
-        if n in names
-    ]
-    return conf.rig(count=max([1, *need]))
+    return conf.example_rig()
 
 
 @check("ioctl-matrix", "every declared example succeeds on a fresh file")

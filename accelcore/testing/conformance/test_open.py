@@ -84,7 +84,7 @@ def _owner(rig: Rig, name: str) -> bool:
     catches="a per-context resource never freed (a fixed table of contexts runs out)",
 )
 def test_context_churn(accel_conformance: Conformance) -> None:
-    rig = accel_conformance.rig(count=max([1, *(rig_devices(accel_conformance))]))
+    rig = accel_conformance.example_rig()
     name = _context_example(rig)
     if name is None:
         pytest.skip(
@@ -114,8 +114,3 @@ def test_context_churn(accel_conformance: Conformance) -> None:
             f"driver {rig.name}: after open/{name}/close cycle {i}, resources changed: {changed}"
         )
     accel_conformance.report(f"context churn: {CHURN} cycles of open/{name}/close")
-
-
-def rig_devices(conf: Conformance) -> list[int]:
-    table = getattr(conf.driver, "example_setup", {}) or {}
-    return [s.devices for s in table.values()]
