@@ -49,6 +49,8 @@ from .memory import DOORBELL, USERPTR, check_alloc_flags, check_va, make_backing
 from .process import GpuNode, KfdMem, KfdProcess, Pdd
 
 if TYPE_CHECKING:
+    from accelcore import AccelDevice
+
     from .chardev import KfdCall
 
 __all__ = ["MemoryIoctls"]
@@ -117,6 +119,22 @@ class MemoryIoctls(KfdBase):
                 )
 
     # -- mapping on several GPUs (seed 004) --------------------------------------------
+    #: The conformance suite's partial-failure hook: the device position at which
+    #: the next MAP/UNMAP fails (``None``: no failure planned).
+    _fail_at: int | None = None
+
+    def inject_failure(self, dev: AccelDevice, position: int) -> None:
+        """Make the next MAP or UNMAP fail with ``ENOMEM`` when it reaches the device
+        at ``position`` of its ``device_ids_array`` (the conformance suite's
+        ``inject_failure`` hook; inert unless called)."""
+        del dev  # one driver-wide plan: /dev/kfd calls span every GPU
+        self._fail_at = position
+
+    def _injected_failure(self, position: int) -> None:
+        if self._fail_at == position:
+            self._fail_at = None
+            raise NoMemory(f"injected failure at device position {position}")
+
     @ioctl("DRM_IOCTL_KFD_MAP_MEMORY_TO_GPU", waits=True, multi_device=True)
     @kfd_only
     def map_memory_to_gpu(self, call: KfdCall) -> None:
@@ -142,6 +160,7 @@ class MemoryIoctls(KfdBase):
         failure: AccelError | None = None
         try:
             for i in range(a.n_success, a.n_devices):
+                self._injected_failure(i)
                 pdd = self.pdd_of(process, ids[i])
                 vm = pdd.require_vm()
                 if mapping:
