@@ -31,7 +31,8 @@ from accelcore import (
     ioctl,
 )
 from accelcore.pci import PciDeviceId, PciFunction
-from accelcore.testing.conformance.steps import Call, Open, Setup, UserArray
+from accelcore.testing.conformance.steps import Call, Close, Open, Setup, Unique, UserArray
+from accelcore.uapi import CORE
 
 from .abi import KFD_UAPI, split_mmap_offset
 from .base import kfd_only
@@ -48,6 +49,10 @@ __all__ = ["KfdLikeDriver"]
 
 U = KFD_UAPI
 _pasids = itertools.count(1)
+
+
+#: The key of :func:`_example_setup`'s answer that is the ``bo_setup``, not an example.
+BO_SETUP = "bo"
 
 
 def _example_setup() -> dict[str, Setup]:
@@ -87,6 +92,36 @@ def _example_setup() -> dict[str, Setup]:
     )
     on_event = Setup(steps=(kfd, event), args={"event_id": "ev.event_id"}, file="kfd")
     return {
+        BO_SETUP: Setup(
+            steps=(
+                *vm,
+                Unique("va", GPUVM_BASE + (1 << 30), 1 << 20),
+                Call(
+                    "bomem",
+                    "DRM_IOCTL_KFD_ALLOC_MEMORY_OF_GPU",
+                    {
+                        "va_addr": "va.value",
+                        "size": 1 << 16,
+                        "gpu_id": gpu0,
+                        "flags": U.KFD_IOC_ALLOC_MEM_FLAGS_VRAM
+                        | U.KFD_IOC_ALLOC_MEM_FLAGS_WRITABLE,
+                    },
+                    "kfd",
+                ),
+                Call(
+                    "exp",
+                    "DRM_IOCTL_KFD_EXPORT_DMABUF",
+                    {"handle": "bomem.handle", "flags": CORE.DRM_CLOEXEC | CORE.DRM_RDWR},
+                    "kfd",
+                ),
+                Call("imp", "DRM_IOCTL_PRIME_FD_TO_HANDLE", {"fd": "exp.dmabuf_fd"}),
+                Close("exp.dmabuf_fd"),
+                # The GEM handle alone keeps the buffer (and its VRAM) alive.
+                Call("free", "DRM_IOCTL_KFD_FREE_MEMORY_OF_GPU", {"handle": "bomem.handle"}, "kfd"),
+                Close("kfd.fd"),  # /dev/kfd's reference on the accel file goes too
+            ),
+            args={"handle": "imp.handle"},
+        ),
         "DRM_IOCTL_KFD_GET_VERSION": Setup(steps=(kfd,), file="kfd"),
         "DRM_IOCTL_KFD_GET_PROCESS_APERTURES": Setup(steps=(kfd,), file="kfd"),
         "DRM_IOCTL_KFD_CREATE_EVENT": Setup(steps=(kfd,), file="kfd"),
@@ -158,7 +193,10 @@ class KfdLikeDriver(MemoryIoctls, EventQueueIoctls):
         "DRM_IOCTL_KFD_DESTROY_EVENT": {},
         "DRM_IOCTL_KFD_WAIT_EVENTS": {"num_events": 1, "timeout": 10},
     }
-    example_setup = _example_setup()
+    example_setup = {k: v for k, v in _example_setup().items() if k != BO_SETUP}
+    #: A GEM handle on the accel file: VRAM from /dev/kfd, exported, imported,
+    #: the KFD allocation freed (the handle is then its only owner).
+    bo_setup = _example_setup()[BO_SETUP]
     #: amdkfd never checked these pads (a uAPI older than the rules); the
     #: negative matrix leaves them out and says so.
     legacy_ignored_fields = {

@@ -28,7 +28,7 @@ from ...pci import PciFunction
 from ...uapi import CORE, IoctlDef, Uapi
 from ...userspace import Process
 from .payloads import decode_fields, example_bytes, set_fields
-from .steps import Call, Open, Setup, UserArray, Value, Write
+from .steps import Call, Close, Open, Setup, Unique, UserArray, Value, Write
 
 __all__ = [
     "IDLE_LIMIT",
@@ -261,7 +261,9 @@ class Rig:
         held: list[str] = []
         feats = self.driver.features
         try:
-            if DriverFeature.GEM in feats and self.driver.bo_create is not None:
+            if DriverFeature.GEM in feats and (
+                self.driver.bo_create is not None or getattr(self.driver, "bo_setup", None)
+            ):
                 held.append(f"buffer handle {self.create_bo(proc, fd)}")
             if DriverFeature.PRIME in feats and self.peer is not None:
                 imp = CORE.new("struct drm_prime_handle", fd=self._peer_dmabuf(proc))
@@ -305,6 +307,35 @@ class Rig:
         dfd = eproc.send_fd(int(exp.fd), to)
         eproc.close(int(exp.fd))
         return dfd
+
+    def context_example(self) -> str | None:
+        """An example whose run leaves its file with a compute context: an ``OWNER``
+        ioctl on the accel node (one without setup first), else any example whose
+        setup or call creates one (KFD's ACQUIRE_VM). Each candidate is tried in a
+        process of its own that exits."""
+        table = {d.name: d for d in self.devices[0].ioctls.values()}
+
+        def owner(n: str) -> bool:
+            d = table.get(n)
+            return self.on_accel(n) and d is not None and bool(d.flags & IoctlFlags.OWNER)
+
+        names = sorted(
+            self.examples(),
+            key=lambda n: (not owner(n), example_setup(self.driver, n) is not None),
+        )
+        for name in names:
+            proc = self.process()
+            base = self.subsystem.accounting()["contexts"]
+            try:
+                self.run_example(proc, self.open(proc), name)
+            except (OSError, SetupError):
+                continue
+            finally:
+                made = self.subsystem.accounting()["contexts"] > base
+                proc.exit()
+            if made:
+                return name
+        return None
 
     def hold_context(self, proc: Process, fd: int) -> None:
         """Give accel file ``fd`` its compute context now, as its first ``OWNER``
@@ -376,6 +407,13 @@ class Rig:
                 m.view[: len(step.data)] = step.data
             finally:
                 proc.munmap(m)
+        elif isinstance(step, Unique):
+            counters: dict[str, int] = self.__dict__.setdefault("_unique", {})
+            n = counters.get(step.label, 0)
+            counters[step.label] = n + 1
+            results[step.label] = {"value": step.base + n * step.stride}
+        elif isinstance(step, Close):
+            proc.close(self._resolve(step.fd, results))
         else:
             raise TypeError(f"unknown setup step {step!r}")
 
@@ -392,8 +430,24 @@ class Rig:
         return args
 
     def create_bo(self, proc: Process, fd: int) -> int:
-        """A buffer object made with the driver's ``bo_create`` declaration."""
-        assert self.driver.bo_create is not None
+        """A buffer object made with the driver's ``bo_create`` declaration (or
+        its ``bo_setup`` steps); its handle on accel file ``fd``.
+
+        Raises:
+            SetupError: a ``bo_setup`` step failed.
+        """
+        if self.driver.bo_create is None:
+            setup: Setup | None = getattr(self.driver, "bo_setup", None)
+            assert setup is not None, f"driver {self.name} declares no bo_create or bo_setup"
+            results: dict[str, Any] = {"accel": {"fd": fd}}
+            for i, step in enumerate(setup.steps):
+                try:
+                    self._step(proc, step, results)
+                except (OSError, KeyError, IndexError, AttributeError, TypeError) as exc:
+                    raise SetupError(
+                        f"driver {self.name}: bo_setup step {i} ({step}) failed: {exc}"
+                    ) from exc
+            return self._resolve(setup.args["handle"], results)
         name, fields, handle_field = self.driver.bo_create
         args = self.run(proc, fd, name, fields)
         handle = getattr(args, handle_field)

@@ -10,8 +10,6 @@ resource still alive or any oops fails the test that caused it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import pytest
 
 from ...clock import Deadlock
@@ -86,11 +84,13 @@ class Conformance:
         if DriverFeature.PRIME not in self.driver_cls.features:
             pytest.skip(f"driver {self.name} declares no PRIME feature (no dma-buf export)")
 
-    def require_bo_create(self) -> tuple[str, Mapping[str, int], str]:
+    def require_bo_create(self) -> None:
         self.require_gem()
-        if self.driver_cls.bo_create is None:
-            pytest.skip(f"driver {self.name} declares no bo_create (how to make a buffer object)")
-        return self.driver_cls.bo_create
+        if self.driver_cls.bo_create is None and getattr(self.driver_cls, "bo_setup", None) is None:
+            pytest.skip(
+                f"driver {self.name} declares no bo_create (how to make a buffer object), "
+                f"nor bo_setup (the steps that make one)"
+            )
 
     def require_control_node(self) -> None:
         if DriverFeature.CONTROL_NODE not in self.driver_cls.features:

@@ -20,8 +20,13 @@ take values from those results::
 A value is an ``int`` or a *reference* ``"label.path"``: ``path`` is a dotted
 field path into the step's result, where a number indexes an array
 (``"ap.process_apertures.0.gpu_id"``). :class:`Open` results have ``fd``,
-:class:`UserArray` results ``addr`` and ``count``. The label ``accel`` is the
-test's own file on device 0's compute node, opened before the steps.
+:class:`UserArray` results ``addr`` and ``count``, :class:`Unique` results
+``value``. The label ``accel`` is the test's own file on device 0's compute
+node, opened before the steps.
+
+A driver that makes buffer objects only through steps (no single ioctl on the
+accel node does it) declares ``bo_setup``: a :class:`Setup` whose ``args`` has
+``"handle"``, the handle on the test's accel file.
 
 This module imports nothing from pytest, so drivers may import it.
 """
@@ -32,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-__all__ = ["Call", "Open", "Setup", "Step", "UserArray", "Value", "Write"]
+__all__ = ["Call", "Close", "Open", "Setup", "Step", "Unique", "UserArray", "Value", "Write"]
 
 #: A field value: a number, or ``"label.path"`` naming a step result's field.
 Value: TypeAlias = int | str
@@ -88,8 +93,28 @@ class Write:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Unique:
+    """A number no earlier use of this step on the machine got: ``base``, then
+    ``base + stride``… (GPU virtual addresses of successive allocations).
+
+    Result: ``label.value``.
+    """
+
+    label: str
+    base: int
+    stride: int
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the process's file descriptor ``fd`` (a dma-buf fd a step got)."""
+
+    fd: Value
+
+
 #: One setup step.
-Step: TypeAlias = Open | Call | UserArray | Write
+Step: TypeAlias = Open | Call | UserArray | Write | Unique | Close
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from accelcore.driver import IoctlFlags, OwnershipPolicy
+from accelcore.driver import OwnershipPolicy
 from accelcore.testing.conformance import check
-from accelcore.testing.conformance.rig import Rig, SetupError, example_setup
+from accelcore.testing.conformance.rig import SetupError
 from accelcore.testing.conformance.session import Conformance
 
 CYCLES = 200
@@ -51,32 +51,6 @@ def test_many_open_files(accel_conformance: Conformance) -> None:
 CHURN = 300
 
 
-def _context_example(rig: Rig) -> str | None:
-    """An example whose run leaves its file with a compute context: an ``OWNER``
-    ioctl on the accel node (one without setup first), else any example whose
-    setup or call creates one (KFD's ACQUIRE_VM)."""
-    names = list(rig.examples())
-    names.sort(key=lambda n: (not _owner(rig, n), example_setup(rig.driver, n) is not None))
-    for name in names:
-        proc = rig.process()
-        base = rig.subsystem.accounting()["contexts"]
-        try:
-            rig.run_example(proc, rig.open(proc), name)
-        except (OSError, SetupError):
-            continue
-        finally:
-            made = rig.subsystem.accounting()["contexts"] > base
-            proc.exit()
-        if made:
-            return name
-    return None
-
-
-def _owner(rig: Rig, name: str) -> bool:
-    desc = {d.name: d for d in rig.devices[0].ioctls.values()}.get(name)
-    return rig.on_accel(name) and desc is not None and IoctlFlags.OWNER in desc.flags
-
-
 @check(
     "open",
     f"{CHURN} cycles of open, an ioctl that needs the compute context, close: every one "
@@ -85,7 +59,7 @@ def _owner(rig: Rig, name: str) -> bool:
 )
 def test_context_churn(accel_conformance: Conformance) -> None:
     rig = accel_conformance.example_rig()
-    name = _context_example(rig)
+    name = rig.context_example()
     if name is None:
         pytest.skip(
             f"driver {rig.name}: no example makes a compute context (declare an `examples` "

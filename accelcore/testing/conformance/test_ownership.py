@@ -130,9 +130,12 @@ def test_per_process_contexts(accel_conformance: Conformance) -> None:
     fa, fb = rig.open(a), rig.open(b)
     got = _errno_of(a.ioctl, fa, CORE.DRM_IOCTL_SET_MASTER, 0)
     assert got == errno.EINVAL, f"SET_MASTER under per-process contexts: errno {got}, not EINVAL"
-    name = _compute_example(rig)
+    name = rig.context_example()
     if name is None:
-        pytest.skip(f"driver {rig.name} declares no example of a compute (OWNER) ioctl")
+        pytest.skip(
+            f"driver {rig.name} declares no example that makes a compute context (an OWNER "
+            f"ioctl, or one whose `example_setup` acquires a context)"
+        )
     for proc, fd, who in ((a, fa, "first"), (b, fb, "second")):
         got = _errno_of(rig.run_example, proc, fd, name)
         assert got == 0, f"{name} by the {who} of two files: errno {got}"
