@@ -265,6 +265,19 @@ class WaitNotRestartable(VAccelDriver):
         call.args.status = 0
 
 
+class LegacyDeclarations(VAccelDriver):
+    """A *conforming* driver declared the old way: examples of the ioctls that work
+    on a fresh file, no ``example_setup``. The suite passes, and says what to
+    declare for the waits it could not reach."""
+
+    name = "legacy_declarations"
+    examples = {
+        "DRM_IOCTL_VACCEL_CREATE_BO": {"size": 4096},
+        "DRM_IOCTL_VACCEL_NOP": {"value": 1},
+    }
+    example_setup = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Broken:
     """What must catch a broken driver: the failing check and words of its message."""
@@ -320,4 +333,4 @@ BROKEN: tuple[Broken, ...] = (
     ),
 )
 
-__all__ = ["BROKEN", "Broken", "MultiDevice"]
+__all__ = ["BROKEN", "Broken", "LegacyDeclarations", "MultiDevice"]
