@@ -73,7 +73,7 @@ def check(area: str, what: str, catches: str | None = None) -> Callable[[F], F]:
     Args:
         area: One of :data:`AREAS`.
         what: One line: what a conforming driver does.
-        catches: The kind of driver bug it catches (default: its area's, :data:`CATCHES`).
+        catches: The kind of driver bug it catches (default: its area's, from ``CATCHES``).
 
     Raises:
         ValueError: an unknown area, or two checks with one name.
