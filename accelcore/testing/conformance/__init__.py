@@ -11,8 +11,9 @@ what a driver declares (:class:`~accelcore.driver.AccelDriver`'s ``device_model`
 ``examples``, ``bo_create``, ``ownership``, ``features``, the ioctl flags
 ``waits``/``multi_device``, and the optional ``example_setup`` / ``bo_setup``
 steps (``accelcore.testing.conformance.steps``), ``legacy_ignored_fields`` and
-``inject_failure`` hook); collection never opens a device. A check skips only when the driver declares the capability
-absent, and says so; anything else that goes wrong fails with what was wrong.
+``inject_failure`` hook); collection never opens a device. A check skips only
+when the driver declares the capability absent, and says so; anything else that
+goes wrong fails with what was wrong.
 After every check all processes exit, and a leaked resource or any oops fails it;
 after every negative case the whole named snapshot of the machine
 (``Rig.snapshot``) must be unchanged.
