@@ -24,7 +24,7 @@ from ..fence import Fence, FenceContext
 from ..gem import BufferObject
 from ..sysfs import Attribute, AttributeGroup
 from ..uapi import CORE, load_uapi
-from .conformance.steps import Call, Setup
+from .conformance.steps import Call, Fails, Setup
 
 if TYPE_CHECKING:
     from ..file import AccelFile
@@ -86,6 +86,15 @@ class VAccelDriver(AccelDriver):
         ),
     }
     bo_create = ("DRM_IOCTL_VACCEL_CREATE_BO", {"size": 4096}, "handle")
+    #: Calls that must fail (after each example's setup) and change nothing.
+    failing_examples = {
+        "DRM_IOCTL_VACCEL_CREATE_BO": (Fails({"size": 0}, errno.EINVAL, "empty buffer"),),
+        "DRM_IOCTL_VACCEL_SUBMIT": (
+            Fails({"fill": 0x100}, errno.EINVAL, "fill is not a byte"),
+            Fails({"handle": 0x7777}, errno.ENOENT, "no such buffer"),
+        ),
+        "DRM_IOCTL_VACCEL_WAIT": (Fails({"seqno": 0xFFFF}, errno.ENOENT, "no such job"),),
+    }
 
     def probe(self, dev: AccelDevice) -> None:
         dev.private = VAccelState(FenceContext(dev.subsystem.clock, self.name, "fill"))

@@ -63,7 +63,7 @@ from accelcore import (
 from accelcore.clock import NSEC_PER_MSEC, NSEC_PER_USEC
 from accelcore.memory import PAGE_SIZE, page_align
 from accelcore.pci import IrqType, PciDeviceId, PciFunction
-from accelcore.testing.conformance.steps import Call, Setup, UserArray, Write
+from accelcore.testing.conformance.steps import Call, Fails, Setup, UserArray, Write
 
 from .context import (
     CommandBuffer,
@@ -114,6 +114,17 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
         "DRM_IOCTL_HLK_MEMORY": {"input.op": 0, "input.args.alloc.mem_size": 1 << 21},
         "DRM_IOCTL_HLK_CS": {"input.num_chunks_execute": 1},
         "DRM_IOCTL_HLK_WAIT_CS": {"input.timeout_us": 1_000_000},
+    }
+    #: Calls that must fail (after each example's setup) and change nothing.
+    failing_examples = {
+        "DRM_IOCTL_HLK_CB": (
+            Fails({"input.op": 1, "input.cb_handle": 999}, errno.EINVAL, "no such CB"),
+        ),
+        "DRM_IOCTL_HLK_CS": (
+            Fails({"input.num_chunks_execute": 0}, errno.EINVAL, "no chunks"),
+            Fails({"input.chunks_execute": 0x10}, errno.EFAULT, "chunk array unmapped"),
+        ),
+        "DRM_IOCTL_HLK_WAIT_CS": (Fails({"input.seq": 1000}, errno.EINVAL, "never submitted"),),
     }
     #: Stateful examples: a CS needs a command buffer (one NOP packet) and its
     #: chunk array; WAIT_CS waits for such a CS.

@@ -10,6 +10,7 @@ every GPU; map and unmap act on several GPUs in one call (seed 004).
 
 from __future__ import annotations
 
+import errno
 import itertools
 import zlib
 from typing import Any
@@ -31,7 +32,15 @@ from accelcore import (
     ioctl,
 )
 from accelcore.pci import PciDeviceId, PciFunction
-from accelcore.testing.conformance.steps import Call, Close, Open, Setup, Unique, UserArray
+from accelcore.testing.conformance.steps import (
+    Call,
+    Close,
+    Fails,
+    Open,
+    Setup,
+    Unique,
+    UserArray,
+)
 from accelcore.uapi import CORE
 
 from .abi import KFD_UAPI, split_mmap_offset
@@ -197,6 +206,16 @@ class KfdLikeDriver(MemoryIoctls, EventQueueIoctls):
     #: A GEM handle on the accel file: VRAM from /dev/kfd, exported, imported,
     #: the KFD allocation freed (the handle is then its only owner).
     bo_setup = _example_setup()[BO_SETUP]
+    #: Calls that must fail (after each example's setup) and change nothing.
+    failing_examples = {
+        "DRM_IOCTL_KFD_ACQUIRE_VM": (Fails({"gpu_id": 0}, errno.EINVAL, "no such GPU"),),
+        "DRM_IOCTL_KFD_ALLOC_MEMORY_OF_GPU": (Fails({"size": 0}, errno.EINVAL, "empty"),),
+        "DRM_IOCTL_KFD_FREE_MEMORY_OF_GPU": (
+            Fails({"handle": 0x7777}, errno.EINVAL, "no such memory"),
+        ),
+        "DRM_IOCTL_KFD_MAP_MEMORY_TO_GPU": (Fails({"n_devices": 0}, errno.EINVAL, "no GPUs"),),
+        "DRM_IOCTL_KFD_WAIT_EVENTS": (Fails({"num_events": 0}, errno.EINVAL, "no events"),),
+    }
     #: amdkfd never checked these pads (a uAPI older than the rules); the
     #: negative matrix leaves them out and says so.
     legacy_ignored_fields = {

@@ -28,7 +28,7 @@ from ...pci import PciFunction
 from ...uapi import CORE, IoctlDef, Uapi
 from ...userspace import Process
 from .payloads import decode_fields, example_bytes, set_fields
-from .steps import Call, Close, Open, Setup, Unique, UserArray, Value, Write
+from .steps import Call, Close, Fails, Open, Setup, Unique, UserArray, Value, Write
 
 __all__ = [
     "IDLE_LIMIT",
@@ -41,6 +41,7 @@ __all__ = [
     "diff_snapshots",
     "example_devices",
     "example_setup",
+    "failing_examples",
     "legacy_ignored_fields",
 ]
 
@@ -76,6 +77,12 @@ def example_devices(driver: type[AccelDriver] | AccelDriver) -> int:
     """Devices a machine needs to run every declared example (``Setup.devices``)."""
     table: Mapping[str, Setup] = getattr(driver, "example_setup", {}) or {}
     return max([1, *(s.devices for s in table.values())])
+
+
+def failing_examples(driver: type[AccelDriver] | AccelDriver) -> Mapping[str, Sequence[Fails]]:
+    """The driver's ``failing_examples``: per ioctl, calls declared to fail."""
+    table: Mapping[str, Sequence[Fails]] = getattr(driver, "failing_examples", {}) or {}
+    return table
 
 
 def legacy_ignored_fields(driver: type[AccelDriver] | AccelDriver) -> Mapping[str, Sequence[str]]:
@@ -196,9 +203,16 @@ class Rig:
         setup = example_setup(self.driver, name)
         return setup.devices if setup is not None else 1
 
-    def prepare(self, proc: Process, name: str, fd: int | None = None) -> Prepared:
+    def prepare(
+        self,
+        proc: Process,
+        name: str,
+        fd: int | None = None,
+        overlay: Mapping[str, Value] | None = None,
+    ) -> Prepared:
         """Make ioctl ``name``'s example valid in ``proc``: open device 0 (unless
-        ``fd`` is given), run its declared setup steps, fill the argument.
+        ``fd`` is given), run its declared setup steps, fill the argument, then
+        apply ``overlay`` (fields whose values may name setup results).
 
         Raises:
             SetupError: a step failed, or a reference names no result.
@@ -225,6 +239,11 @@ class Rig:
                     f"driver {self.name}: {name}'s example: {setup.args} or file "
                     f"{setup.file!r} names no setup result: {exc}"
                 ) from exc
+        if overlay:
+            try:
+                fields.update({k: self._resolve(v, results) for k, v in overlay.items()})
+            except (KeyError, IndexError, AttributeError, TypeError) as exc:
+                raise SetupError(f"driver {self.name}: {name}: {overlay}: {exc}") from exc
         desc = self.devices[0].ioctls.get(self.ioctl_def(name).nr)
         if desc is not None and desc.flags & IoctlFlags.OWNER:
             self.hold_context(proc, target)
@@ -539,6 +558,12 @@ class Rig:
             for name, value in fields.items():
                 if name != "client_id":
                     out[f"{base}.{name}"] = value
+
+    def observe(self) -> None:
+        """Open the observer files now (a snapshot opens them on first use), so
+        accounting taken next already counts them."""
+        for i in range(len(self.devices)):
+            self._observer(i)
 
     def snapshot(self) -> dict[str, Any]:
         """The whole observable state of the machine, as named values.

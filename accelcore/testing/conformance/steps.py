@@ -37,7 +37,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-__all__ = ["Call", "Close", "Open", "Setup", "Step", "Unique", "UserArray", "Value", "Write"]
+__all__ = [
+    "Call",
+    "Close",
+    "Fails",
+    "Open",
+    "Setup",
+    "Step",
+    "Unique",
+    "UserArray",
+    "Value",
+    "Write",
+]
 
 #: A field value: a number, or ``"label.path"`` naming a step result's field.
 Value: TypeAlias = int | str
@@ -111,6 +122,19 @@ class Close:
     """Close the process's file descriptor ``fd`` (a dma-buf fd a step got)."""
 
     fd: Value
+
+
+@dataclass(frozen=True, slots=True)
+class Fails:
+    """A declared failing call: the prepared example with ``fields`` changed
+    (values may name setup results) must fail with ``errno`` and change nothing.
+
+    Declared per ioctl in the driver's ``failing_examples``.
+    """
+
+    fields: Mapping[str, Value]
+    errno: int
+    why: str = ""
 
 
 #: One setup step.

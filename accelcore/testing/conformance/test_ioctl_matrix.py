@@ -9,7 +9,7 @@ perfectly valid data"). Each case runs on a fresh file.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -17,8 +17,14 @@ import pytest
 from accelcore.driver import DRM_COMMAND_BASE, DRM_COMMAND_END
 from accelcore.testing.conformance import check
 from accelcore.testing.conformance.payloads import Field, flag_fields, pad_fields, poke
-from accelcore.testing.conformance.rig import Rig, diff_snapshots, legacy_ignored_fields
+from accelcore.testing.conformance.rig import (
+    Rig,
+    diff_snapshots,
+    failing_examples,
+    legacy_ignored_fields,
+)
 from accelcore.testing.conformance.session import Conformance
+from accelcore.testing.conformance.steps import Value
 from accelcore.uapi import ioc
 
 #: An address no process maps (below the first page).
@@ -44,6 +50,8 @@ class Case:
     name: str | None
     cmd: int
     mutate: Mutation | None = None
+    #: Fields set on the prepared example (values may name setup results).
+    overlay: Mapping[str, Value] | None = None
 
 
 def _call(rig: Rig, case: Case) -> tuple[int, str, list[str]]:
@@ -53,13 +61,17 @@ def _call(rig: Rig, case: Case) -> tuple[int, str, list[str]]:
     named state changes the failed call made (failure atomicity), and what its
     process left behind once it exited.
     """
+    rig.observe()
+    rig.settle()
+    base = rig.subsystem.accounting()
     proc = rig.process()
     cmd, payload = case.cmd, b""
+    effects: list[str] = []
     try:
         if case.name is None:
             fd = rig.open(proc)
         else:
-            prep = rig.prepare(proc, case.name)
+            prep = rig.prepare(proc, case.name, overlay=case.overlay)
             fd, payload = prep.fd, prep.payload
         arg: bytes | bytearray | int = payload
         if case.mutate is not None:
@@ -73,10 +85,20 @@ def _call(rig: Rig, case: Case) -> tuple[int, str, list[str]]:
                 proc.ioctl(fd, cmd, bytearray(arg) if arg else 0)
         except OSError as exc:
             rig.settle()
-            return exc.errno or 0, str(exc.strerror), diff_snapshots(before, rig.snapshot())
+            effects = diff_snapshots(before, rig.snapshot())
+            got, msg = exc.errno or 0, str(exc.strerror)
+        else:
+            got, msg = 0, ""
     finally:
         proc.exit()
-    return 0, "", []
+    rig.settle()
+    after = rig.subsystem.accounting()
+    left = [
+        f"{k}: {base[k]} -> {after.get(k)} after its process exited"
+        for k in base
+        if k not in {"shared_memory", "oopses"} and after.get(k) != base[k]
+    ]
+    return got, msg, effects + left
 
 
 def _name(e: int) -> str:
@@ -95,6 +117,8 @@ def _expect(rig: Rig, cases: Sequence[Case], want: int) -> list[str]:
                 f"{case.what}: failed with {_name(got)} but changed the state (a failed "
                 f"ioctl must have no visible effect): " + "; ".join(effects)
             )
+        elif effects:
+            wrong.append(f"{case.what}: left resources behind: " + "; ".join(effects))
     return wrong
 
 
@@ -246,4 +270,32 @@ def test_short_struct_no_oops(accel_conformance: Conformance) -> None:
                 f"{case.what}: failed with {_name(got)} but changed the state: "
                 + "; ".join(effects)
             )
+    _fail(rig, wrong)
+
+
+@check(
+    "ioctl-matrix",
+    "every call the driver declares to fail (failing_examples) gets its errno and changes nothing",
+    catches="a failed call with a visible effect on live objects (a reference or handle "
+    "taken before validating)",
+)
+def test_declared_failures(accel_conformance: Conformance) -> None:
+    conf = accel_conformance
+    table = failing_examples(conf.driver)
+    if not table:
+        pytest.skip(
+            f"driver {conf.name} declares no failing_examples (calls that must fail, "
+            f"as Fails(fields, errno), per ioctl)"
+        )
+    rig = _rig(conf)
+    wrong = []
+    count = 0
+    for name, fails in sorted(table.items()):
+        cmd = rig.ioctl_def(name).cmd
+        for f in fails:
+            why = f" ({f.why})" if f.why else ""
+            case = Case(f"{name} with {dict(f.fields)}{why}", name, cmd, overlay=f.fields)
+            wrong += _expect(rig, [case], f.errno)
+            count += 1
+    conf.report(f"declared failures: {count} call(s) over {len(table)} ioctl(s)")
     _fail(rig, wrong)
