@@ -573,9 +573,10 @@ class Rig:
         INFO answers (``info.status``, ``info.engines[<name>].<field>``,
         ``info.memory[<name>].<field>``, ``info.clients[<i>].<field>``, client
         ids left out: they are unique per open), every INFO query the driver
-        declares (``info.<method>.<field>``) and every readable sysfs attribute of
-        the node and its parents (``sysfs <devpath>/<name>``). Taken through an
-        INFO-only observer file per device.
+        declares (``info.<method>.<field>``); and every readable sysfs attribute
+        of the machine (``sysfs <devpath>/<name>``: the devices, their PCI
+        parents, a driver's own nodes such as KFD's topology). INFO is asked
+        through an INFO-only observer file per device.
         """
         out: dict[str, Any] = {}
         observers = [self._observer(i) for i in range(len(self.devices))]
@@ -639,23 +640,15 @@ class Rig:
                     self._info_fields(
                         f"{pre}.{q.name}", proc, fd, op, q.answer_type, self.uapi, None, out
                     )
-            for node in self._sysfs_nodes(i):
-                for name, attr in sorted(node.attributes.items()):
-                    if attr.readable:
-                        try:
-                            text = node.read(name).rstrip("\n")
-                        except OSError as exc:
-                            text = f"<errno {exc.errno}>"
-                        out[f"sysfs {node.devpath}/{name}"] = text
+        for node in self.subsystem.sysfs.nodes():
+            for name, attr in sorted(node.attributes.items()):
+                if attr.readable:
+                    try:
+                        text = node.read(name).rstrip("\n")
+                    except OSError as exc:
+                        text = f"<errno {exc.errno}>"
+                    out[f"sysfs {node.devpath}/{name}"] = text
         return out
-
-    def _sysfs_nodes(self, index: int) -> list[Any]:
-        dev = self.devices[index]
-        nodes: list[Any] = []
-        for start in (dev.sysfs, dev.control_sysfs):
-            if start is not None:
-                nodes += [n for n in start.ancestry() if n not in nodes]
-        return nodes
 
     def unplug(self, index: int = 0) -> None:
         """Hot-unplug device ``index``: PCI surprise removal, or unbind a virtual device."""
