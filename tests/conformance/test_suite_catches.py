@@ -97,7 +97,9 @@ def test_restart_matrix_reaches_the_reference_drivers_waits(
 @pytest.mark.parametrize("broken", BROKEN, ids=[b.cls.__name__ for b in BROKEN])
 def test_suite_catches_broken_driver(pytester: pytest.Pytester, broken: object) -> None:
     name = broken.cls.__name__  # type: ignore[attr-defined]
-    result = _run(pytester, "--accel-driver", f"broken_drivers:{name}")
+    # Only the check that must catch it: the whole suite on vaccel's variants costs
+    # CI minutes and proves nothing more about this bug.
+    result = _run(pytester, "--accel-driver", f"broken_drivers:{name}", "-k", broken.check)  # type: ignore[attr-defined]
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, out
     assert any(
