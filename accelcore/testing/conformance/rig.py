@@ -127,6 +127,12 @@ class Rig:
     expect: dict[str, int] = field(default_factory=dict)
     #: Shared-memory regions the build itself left alive (device memory…).
     built_memory: int = 0
+    #: INFO-only observer files by device index (``None``: none can be opened).
+    observers: dict[int, tuple[Process, int] | None] = field(default_factory=dict, repr=False)
+    #: The process and file that export the vaccel peer's dma-bufs.
+    exporter: tuple[Process, int] | None = field(default=None, repr=False)
+    #: Uses of each :class:`~.steps.Unique` step label on this machine.
+    unique: dict[str, int] = field(default_factory=dict, repr=False)
 
     # -- identity --------------------------------------------------------------
     @property
@@ -308,11 +314,11 @@ class Rig:
         from ..vaccel import VACCEL_UAPI
 
         assert self.peer is not None
-        exporter: tuple[Process, int] | None = self.__dict__.get("_exporter")
+        exporter = self.exporter
         if exporter is None:
             eproc = self.process(comm="exporter")
             exporter = (eproc, eproc.open(self.peer.node_path, os.O_RDWR | os.O_CLOEXEC))
-            self.__dict__["_exporter"] = exporter
+            self.exporter = exporter
         eproc, pfd = exporter
         made = VACCEL_UAPI.new("struct vaccel_create_bo", size=8192)
         eproc.ioctl(pfd, VACCEL_UAPI.DRM_IOCTL_VACCEL_CREATE_BO, made)
@@ -427,9 +433,8 @@ class Rig:
             finally:
                 proc.munmap(m)
         elif isinstance(step, Unique):
-            counters: dict[str, int] = self.__dict__.setdefault("_unique", {})
-            n = counters.get(step.label, 0)
-            counters[step.label] = n + 1
+            n = self.unique.get(step.label, 0)
+            self.unique[step.label] = n + 1
             results[step.label] = {"value": step.base + n * step.stride}
         elif isinstance(step, Close):
             proc.close(self._resolve(step.fd, results))
@@ -515,7 +520,7 @@ class Rig:
         """A process with an INFO-only file on device ``index`` (the control node
         when there is one), opened once per machine; ``None`` when opening one
         would change what it observes (an exclusive-open device, no control node)."""
-        cache: dict[int, tuple[Process, int] | None] = self.__dict__.setdefault("_observers", {})
+        cache = self.observers
         if index in cache:
             return cache[index]
         dev = self.devices[index]
