@@ -153,22 +153,31 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
-    """Start a session: the sender becomes a task (pid and creds from SO_PEERCRED)."""
+    """Start a session: the sender becomes a task (pid and creds from SO_PEERCRED).
+
+    Flags: bit 0 ``restart`` (``SA_RESTART``); bit 1 ``native``: user addresses
+    outside the session's arenas are the client's own memory, which the server
+    reads and writes with ``process_vm_readv``/``process_vm_writev``, and
+    descriptor numbers in ioctl arguments are the client's, fetched with
+    ``pidfd_getfd`` (the ``accelctl run`` preload library speaks this mode).
+    """
 
     TYPE: ClassVar[MsgType] = MsgType.HELLO
     _FIXED: ClassVar[struct.Struct] = struct.Struct("<I")
     restart: bool = False
     comm: str = ""
+    native: bool = False
 
     def body(self) -> bytes:
-        return self._FIXED.pack(int(self.restart)) + self.comm.encode()
+        flags = int(self.restart) | (int(self.native) << 1)
+        return self._FIXED.pack(flags) + self.comm.encode()
 
     @classmethod
     def parse(cls, body: bytes) -> Hello:
         (flags,) = _unpack(cls._FIXED, body, "HELLO", exact=False)
-        if flags & ~1:
+        if flags & ~3:
             raise ProtocolError(f"HELLO flags {flags:#x} has unknown bits")
-        return cls(bool(flags & 1), _text(body[cls._FIXED.size :], "HELLO comm"))
+        return cls(bool(flags & 1), _text(body[cls._FIXED.size :], "HELLO comm"), bool(flags & 2))
 
 
 @dataclass(frozen=True, slots=True)

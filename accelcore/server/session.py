@@ -183,6 +183,15 @@ class Session:
             self._fail(rid, exc)
 
     def _hello(self, rid: int, msg: p.Hello) -> None:
+        mm = None
+        if msg.native:  # the client's own memory and descriptors (accelcore.native)
+            from ..native.remote import NativeFdTable, open_native
+
+            try:
+                mm = open_native(self.pid)
+            except OSError as exc:
+                self._fail(rid, exc)
+                return
         with self.clock.lock:
             sub = self.server.machine.subsystem
             task = sub.new_task(
@@ -194,6 +203,11 @@ class Session:
                 restart_syscalls=msg.restart,
             )
             task.files = ServerFdTable(self._room)
+            if mm is not None:
+                task.mm = mm
+                task.files = NativeFdTable(
+                    self._room, mm.pidfd, lambda fd: self._resolve([fd])[0], self._put
+                )
             self.task = task
         self.server.add_session(self)
         from .. import __version__
