@@ -16,6 +16,7 @@ from ..errors import AccelError
 from .cmd_activity import dmabuf_cmd, monitor_cmd, ps_cmd, top_cmd
 from .cmd_admin import demo_cmd, reset_cmd, version_cmd
 from .cmd_devices import attrs_cmd, info_cmd, list_cmd, topology_cmd
+from .cmd_run import run_cmd
 from .cmd_sim import sim_group
 from .options import CliState, source_mode
 from .selectors import NoDeviceError
@@ -97,6 +98,7 @@ for _cmd in (
     version_cmd,
     demo_cmd,
     sim_group,
+    run_cmd,
 ):
     _dev = next((p for p in _cmd.params if p.name == "device"), None)
     if _dev is not None:
