@@ -51,10 +51,11 @@
 #define PLACEHOLDER_BASE 0x7ACC0000
 #define HEADER_SIZE 24
 enum {
-	T_HELLO = 1, T_OPEN = 3, T_IOCTL = 4, T_MMAP = 5, T_MUNMAP = 6, T_READ = 7,
+	T_HELLO = 1, T_ADD_ARENA = 2, T_OPEN = 3, T_IOCTL = 4, T_MMAP = 5, T_MUNMAP = 6, T_READ = 7,
 	T_POLL = 8, T_SIGNAL = 9, T_WELCOME = 64, T_RESULT = 65, T_MAPPED = 66, T_DATA = 67,
 };
 #define HELLO_NATIVE 2u
+#define ARENA_BIT (1ULL << 63)
 
 struct hdr {
 	char magic[4];
@@ -759,6 +760,61 @@ int ioctl(int fd, unsigned long request, ...)
 	return (int)ret;
 }
 
+static void remember(char *user, char *base, size_t total, uint64_t id)
+{
+	struct mapping *m = malloc(sizeof(*m));
+	if (!m)
+		return;
+	m->user = user;
+	m->base = base;
+	m->total = total;
+	m->id = id;
+	m->gen = generation;
+	pthread_mutex_lock(&g_lock);
+	m->next = mappings;
+	mappings = m;
+	pthread_mutex_unlock(&g_lock);
+}
+
+/* MAP_SHARED|MAP_ANONYMOUS memory made while a session is open is a memfd the
+ * server maps too (an arena), so a driver can pin it (USERPTR) without copies.
+ * Private memory (malloc) can be read and written by the server, not pinned. */
+static void *shared_anon(void *addr, size_t len, int prot, int flags)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	size_t size = (len + page - 1) / page * page;
+	uint64_t body[2];
+	struct waiter w;
+	struct result r;
+	char reply[4096 + 128];
+	void *p;
+	int mfd = memfd_create("accel-shared", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (mfd < 0)
+		return REAL(mmap)(addr, len, prot, flags, -1, 0);
+	if (ftruncate(mfd, (off_t)size) < 0 ||
+	    REAL(fcntl)(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+		REAL(close)(mfd);
+		return REAL(mmap)(addr, len, prot, flags, -1, 0);
+	}
+	p = REAL(mmap)(addr, size, prot, flags & ~MAP_ANONYMOUS, mfd, 0);
+	if (p == MAP_FAILED) {
+		REAL(close)(mfd);
+		return p;
+	}
+	body[0] = (uint64_t)(uintptr_t)p;
+	body[1] = size;
+	w.body = reply;
+	w.cap = sizeof(reply);
+	if (call(T_ADD_ARENA, body, sizeof(body), &mfd, 1, &w) == 0) {
+		close_fds(w.fds, w.nfds);
+		w.nfds = 0;
+		if (parse_result(&w, &r) == 0 && !r.err)
+			remember(p, p, size, ARENA_BIT | (uint64_t)(uintptr_t)p);
+	}
+	REAL(close)(mfd);
+	return p;
+}
+
 void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	struct {
@@ -773,6 +829,8 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 	char *p;
 	struct mapping *m;
 
+	if ((flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_SHARED && sess_fd >= 0 && len)
+		return shared_anon(addr, len, prot, flags);
 	if (fd < 0 || (flags & MAP_ANONYMOUS) || !is_ours(fd))
 		return REAL(mmap)(addr, len, prot, flags, fd, off);
 	if (len == 0) {
@@ -822,16 +880,9 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 		errno = e;
 		return MAP_FAILED;
 	}
-	m->user = p + delta;
-	m->base = p;
-	m->total = len + delta;
-	m->id = mid;
-	m->gen = generation;
-	pthread_mutex_lock(&g_lock);
-	m->next = mappings;
-	mappings = m;
-	pthread_mutex_unlock(&g_lock);
-	return m->user;
+	free(m);
+	remember(p + delta, p, len + delta, mid);
+	return p + delta;
 }
 void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 	__attribute__((alias("mmap")));

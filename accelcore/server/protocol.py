@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = [
+    "ARENA_BIT",
     "HEADER",
     "MAGIC",
     "MAX_FDS",
@@ -69,6 +70,8 @@ MAX_FDS = 16
 #: Longest text field (command names, error messages).
 MAX_TEXT = 4096
 TOKEN_SIZE = 16
+#: In MUNMAP's ``mapping_id``: the rest is the address of an arena to remove.
+ARENA_BIT = 1 << 63
 
 
 class ProtocolError(ValueError):
@@ -294,7 +297,8 @@ class Mmap(Message):
 
 @dataclass(frozen=True, slots=True)
 class Munmap(Message):
-    """Drop a mapping made by MMAP."""
+    """Drop a mapping made by MMAP; or, with :data:`ARENA_BIT` set in ``mapping_id``,
+    the arena added at that address (the client unmapped its memory)."""
 
     TYPE: ClassVar[MsgType] = MsgType.MUNMAP
     _FIXED: ClassVar[struct.Struct] = struct.Struct("<Q")

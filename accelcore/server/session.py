@@ -417,6 +417,18 @@ class Session:
             os.close(memfd)
 
     def _munmap(self, rid: int, msg: p.Munmap, fds: list[int]) -> None:
+        if msg.mapping_id & p.ARENA_BIT:
+            addr = msg.mapping_id & ~p.ARENA_BIT
+            mem = self._arenas.pop(addr, None)
+            if mem is None:
+                raise OSError(errno.EINVAL, f"no arena at {addr:#x}")
+            with self.clock.lock:
+                assert self.task is not None
+                with contextlib.suppress(AccelError):
+                    self.task.mm.unmap(addr)
+                mem.close()  # pages a device pinned stay alive with its view
+            self.send(p.Result(), rid)
+            return
         mapping = self._mappings.pop(msg.mapping_id, None)
         if mapping is None:
             raise OSError(errno.EINVAL, f"no mapping {msg.mapping_id}")

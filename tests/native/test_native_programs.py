@@ -1,0 +1,102 @@
+"""Unmodified C programs on the simulated devices, under ``accelctl run``.
+
+Each program is compiled with the system C compiler in the test run and run
+through the CLI against a server on a private runtime directory; what it prints
+is checked against the engine (through accelcore's Python client where a value
+is the engine's to choose), and the server's accounting returns to its baseline
+once the program has exited.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from accelcore.machine import Machine
+from accelcore.server import Server, connect
+from accelcore.uapi import CORE
+
+from .conftest import Run, compile_c, has_header, settled
+
+needs_libdrm = pytest.mark.skipif(
+    not has_header("xf86drm.h"), reason="libdrm headers not installed (libdrm-dev)"
+)
+
+
+@needs_libdrm
+def test_libdrm_version_getcap_and_drmioctl(
+    run_native: Callable[..., Run], server: Server, machine: Machine
+) -> None:
+    baseline = machine.subsystem.accounting()
+    res = run_native("drm_version.c", libs=("drm",))
+    assert res.returncode == 0, res.stderr
+    out = res.lines()
+    # The same answers the Python client gets through the same server.
+    proc = connect(server.runtime_dir)
+    try:
+        fd = proc.open("/dev/accel/accel0")
+        cap = CORE.new("struct drm_get_cap", capability=CORE.DRM_CAP_PRIME)
+        proc.ioctl(fd, CORE.DRM_IOCTL_GET_CAP, cap)
+        proc.close(fd)
+    finally:
+        proc.exit()
+    dev = machine.subsystem.devices[0]
+    assert out["name"] == dev.driver.name == "habana_like"
+    assert out["getcap_prime"] == "0"
+    assert out["prime_value"] == str(cap.value)
+    assert out["getcap_bad"] == "-1 errno=EINVAL"
+    assert out["drmioctl_getcap"] == f"0 value={cap.value}"
+    assert out["gem_close_unknown"].startswith("-1 errno=E")  # an errno from the engine
+    assert out["devnull_ioctl"] == "-1 errno=ENOTTY"  # not ours: the kernel's answer
+    assert out["close"] == "0"
+    assert settled(machine, baseline) == baseline
+
+
+def test_core_info_return_pointer_and_efault(
+    run_native: Callable[..., Run], machine: Machine
+) -> None:
+    baseline = machine.subsystem.accounting()
+    res = run_native("core_info.c")
+    assert res.returncode == 0, res.stderr
+    out = res.lines()
+    dev = next(d for d in machine.subsystem.devices if d.minor == 0)
+    assert out["info"] == "0"
+    assert int(out["actual_size"]) == CORE.ffi.sizeof("struct accel_info_device")
+    assert out["driver"] == dev.driver.name
+    assert out["minor"] == "0"
+    assert out["short"] == f"0 driver4={dev.driver.name[:4]} after=0x5a"
+    assert out["bad_return"] == "-1 errno=EFAULT"
+    assert out["bad_arg"] == "-1 errno=EFAULT"
+    assert out["readonly_return"] == "-1 errno=EFAULT"
+    assert out["bad_fd"] == "-1 errno=EBADF"
+    assert settled(machine, baseline) == baseline
+
+
+def test_habana_like_memory_userptr_cb_cs_wait(
+    run_native: Callable[..., Run], machine: Machine
+) -> None:
+    baseline = machine.subsystem.accounting()
+    res = run_native("habana_flow.c")
+    assert res.returncode == 0, res.stderr
+    out = res.lines()
+    for key in ("alloc", "map_device", "map_host", "cb_create", "cb_mmap", "cs", "wait"):
+        assert out[key] == "0", (key, res.stdout)
+    assert out["map_private"] == "-1 errno=EFAULT"  # private memory cannot be pinned
+    assert out["seq_nonzero"] == "1"
+    assert out["wait_status"] == "0"  # HLK_WAIT_CS_STATUS_COMPLETED
+    assert out["host_filled"] == "1"  # the device's DMA reached this process's pages
+    assert out["cb_munmap"] == out["unmap_host"] == out["host_munmap"] == "0"
+    assert settled(machine, baseline) == baseline
+
+
+def test_without_a_server_node_opens_fall_through(tmp_path: Path, shim: Path) -> None:
+    """No socket for the node in the runtime directory: open() is libc's (ENOENT
+    here), and nothing else in the program changes."""
+    exe = compile_c("core_info.c", tmp_path / "core_info")
+    env = dict(os.environ, ACCEL_RUNTIME_DIR=str(tmp_path), LD_PRELOAD=str(shim))
+    res = subprocess.run([str(exe)], env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 2  # its open() failed
