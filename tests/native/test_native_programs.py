@@ -100,3 +100,28 @@ def test_without_a_server_node_opens_fall_through(tmp_path: Path, shim: Path) ->
     env = dict(os.environ, ACCEL_RUNTIME_DIR=str(tmp_path), LD_PRELOAD=str(shim))
     res = subprocess.run([str(exe)], env=env, capture_output=True, text=True, check=False)
     assert res.returncode == 2  # its open() failed
+
+
+def test_dmabufs_are_real_fds_across_dup_fork_and_poll(
+    run_native: Callable[..., Run], machine: Machine
+) -> None:
+    baseline = machine.subsystem.accounting()
+    res = run_native("dmabuf_fork.c")
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    out = res.lines()
+    assert out["export"] == "0"
+    assert out["fd_is_open"] == out["fd_cloexec"] == "1"
+    assert out["hlk_dmabuf_mmap_errno"] == "EOPNOTSUPP"  # device memory: no CPU mapping
+    # UDMABUF_CREATE read the memfd's number from the program's argument (the
+    # server took its own copy with pidfd_getfd) and returned a real dma-buf fd.
+    assert out["udmabuf_create_is_fd"] == "1"
+    assert out["udmabuf_mmap"] == "0"
+    assert out["memfd_sees_write"] == "1"  # the mapping is the memfd's pages
+    assert out["dup_close_original"] == "0"
+    assert out["poll_dmabuf"] == "1 revents_in=1"
+    assert out["poll_device_idle"] == "0"  # no event: poll times out
+    assert out["poll_mixed"] == "1 device=0 pipe=1"
+    assert out["child_status"] == "0"  # mapped, saw the parent's bytes, made an ioctl
+    assert out["child_wrote"] == "1"
+    assert out["munmap"] == out["close_copy"] == out["close_udmabuf"] == "0"
+    assert settled(machine, baseline) == baseline
