@@ -125,3 +125,27 @@ def test_dmabufs_are_real_fds_across_dup_fork_and_poll(
     assert out["child_wrote"] == "1"
     assert out["munmap"] == out["close_copy"] == out["close_udmabuf"] == "0"
     assert settled(machine, baseline) == baseline
+
+
+def test_kfd_like_acquire_vm_and_map_on_two_gpus(
+    run_native: Callable[..., Run], machine: Machine
+) -> None:
+    baseline = machine.subsystem.accounting()
+    drv = next(d.driver for d in machine.subsystem.devices if d.driver.name == "kfd_like")
+    gpus = sorted(drv.gpus)
+    args = [f"{g}:{drv.gpus[g].dev.node_path}" for g in gpus]
+    res = run_native("kfd_two_gpus.c", *args)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    out = res.lines()
+    assert out["version"] == "0 1.12"
+    assert out["nodes"] == "0 2"
+    assert out["apertures"] == "0 " + " ".join(map(str, gpus))  # through an embedded pointer
+    # ACQUIRE_VM's drm_fd is a descriptor number of the program: the server takes
+    # its own copy (pidfd_getfd), so no table of fd fields is needed.
+    assert out["acquire_vm0"] == out["acquire_vm1"] == "0 ok"
+    assert out["acquire_vm_bad_fd"] == "-1 EINVAL"  # kfd: drm_fd not open → EINVAL
+    assert out["alloc_gtt"] == "0"
+    assert out["map_two"] == "0 n_success=2"
+    assert out["alloc_vram"] == out["vram_mmap"] == "0"
+    assert out["alloc_userptr"] == "0 ok"
+    assert settled(machine, baseline) == baseline
