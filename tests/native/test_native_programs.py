@@ -10,6 +10,7 @@ once the program has exited.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -148,4 +149,22 @@ def test_kfd_like_acquire_vm_and_map_on_two_gpus(
     assert out["map_two"] == "0 n_success=2"
     assert out["alloc_vram"] == out["vram_mmap"] == "0"
     assert out["alloc_userptr"] == "0 ok"
+    assert settled(machine, baseline) == baseline
+
+
+@pytest.mark.skipif(shutil.which("umockdev-run") is None, reason="umockdev-run not installed")
+@pytest.mark.skipif(not has_header("libudev.h"), reason="libudev headers not installed")
+def test_libudev_enumeration_under_udev(run_native: Callable[..., Run], machine: Machine) -> None:
+    baseline = machine.subsystem.accounting()
+    res = run_native("udev_enum.c", libs=("udev",), udev=True)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    out = res.lines()
+    found = {v.split()[0]: v.split()[1:] for k, v in out.items() if k.startswith("dev")}
+    for dev in machine.subsystem.devices:
+        # libudev finds each node, and the node it names opens on the simulated device.
+        node, driver, major = found[dev.name]
+        assert node == dev.node_path
+        assert driver == dev.driver.name
+        assert major == "261"
+    assert int(out["count"]) == len(found)
     assert settled(machine, baseline) == baseline
