@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 
-from . import crossprocess, gemm, inprocess, load, scaling
+from . import crossprocess, gemm, inprocess, load, native, scaling
 from .harness import Figure
 
 SUITES = [
     inprocess.ioctl_inprocess,
     *crossprocess.SUITES,
+    *native.SUITES,
     inprocess.dmabuf_read_bw,
     *load.SUITES,
     *scaling.SUITES,

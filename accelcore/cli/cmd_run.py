@@ -100,7 +100,17 @@ def run_cmd(
             if udev:
                 description = status.get("machine") if status else None
                 testbed = _umockdev_file(description, Path(tmp))
-                argv = ["umockdev-run", "--device", str(testbed), "--", "sh", "-c", _REORDER, str(lib), *argv]
+                argv = [
+                    "umockdev-run",
+                    "--device",
+                    str(testbed),
+                    "--",
+                    "sh",
+                    "-c",
+                    _REORDER,
+                    str(lib),
+                    *argv,
+                ]
             else:
                 env["LD_PRELOAD"] = ":".join(p for p in (str(lib), env.get("LD_PRELOAD")) if p)
             try:

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from ..errors import AccelError
 
-__all__ = ["SHIM_SOURCE", "CompilerMissing", "ShimBuildFailed", "cache_dir", "find_compiler", "shim_library"]
+__all__ = [
+    "SHIM_SOURCE",
+    "CompilerMissing",
+    "ShimBuildFailed",
+    "cache_dir",
+    "find_compiler",
+    "shim_library",
+]
 
 #: The library's C source, shipped in the package.
 SHIM_SOURCE = Path(__file__).with_name("shim.c")

@@ -119,7 +119,9 @@ class NativeAddressSpace(AddressSpace):
         err = ctypes.get_errno() if done < 0 else errno.EFAULT
         what = "write" if write else "read"
         if err == errno.EPERM:
-            raise BadAddress(f"cannot {what} user memory at {addr:#x}: {_permission_hint(self.pid)}")
+            raise BadAddress(
+                f"cannot {what} user memory at {addr:#x}: {_permission_hint(self.pid)}"
+            )
         if err == errno.ESRCH:
             raise BadAddress(f"pid {self.pid} has exited: its memory at {addr:#x} is gone")
         raise BadAddress(
@@ -187,7 +189,10 @@ class NativeAddressSpace(AddressSpace):
                 if write
                 else (_libc.process_vm_readv,)
             ):
-                if chunk[-1] + 1 > _ADDR_END or fn(self.pid, ctypes.byref(local), 1, remote, n, 0) != n:
+                if (
+                    chunk[-1] + 1 > _ADDR_END
+                    or fn(self.pid, ctypes.byref(local), 1, remote, n, 0) != n
+                ):
                     raise BadAddress(
                         f"user range [{addr:#x}, {end:#x}) is not "
                         f"{'mapped writable' if write else 'mapped'} in pid {self.pid}"
@@ -298,9 +303,9 @@ def open_native(pid: int) -> NativeAddressSpace:
             buf = ctypes.create_string_buffer(1)
             local = _Iovec(ctypes.addressof(buf), 1)
             remote = _Iovec(addr, 1)
-            if _libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) < 0:
-                if ctypes.get_errno() == errno.EPERM:
-                    raise NotPermitted(f"native client mode refused: {_permission_hint(pid)}")
+            done = _libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+            if done < 0 and ctypes.get_errno() == errno.EPERM:
+                raise NotPermitted(f"native client mode refused: {_permission_hint(pid)}")
     except BaseException:
         os.close(pidfd)
         raise

@@ -114,7 +114,14 @@ def run_native(server: Server, tmp_path: Path) -> Callable[..., Run]:
 
     def run(source: str, *args: str, libs: tuple[str, ...] = (), udev: bool = False) -> Run:
         exe = compile_c(source, tmp_path / Path(source).stem, libs=libs)
-        cmd = [sys.executable, "-m", "accelcore.cli", "run", "--runtime-dir", str(server.runtime_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelcore.cli",
+            "run",
+            "--runtime-dir",
+            str(server.runtime_dir),
+        ]
         if udev:
             cmd.append("--udev")
         res = subprocess.run(
