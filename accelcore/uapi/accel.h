@@ -14,7 +14,9 @@
  * and release the device's compute context.
  *
  * The region between the cffi markers is what accelcore's loader hands to
- * cffi; it holds no macros.  Everything else is plain C for C programs.
+ * cffi; it holds no macros, only #if guards (the loader drops preprocessor
+ * lines, so it always sees every layout).  Everything else is plain C for C
+ * programs.
  */
 #ifndef _ACCELCORE_ACCEL_H
 #define _ACCELCORE_ACCEL_H
@@ -22,6 +24,25 @@
 #include <linux/types.h>
 #include <linux/ioctl.h>
 
+/*
+ * The DRM core definitions come from drm.h when the program has it -- the
+ * kernel's <drm/drm.h>, or libdrm's copy (on -I/usr/include/libdrm, as
+ * xf86drm.h is used), both guarded by _DRM_H_ -- so that a program can include
+ * xf86drm.h and this header (or a driver's) together, as with the kernel's
+ * accel headers.  Without drm.h the same layouts (LP64) are defined here.
+ */
+#if !defined(_DRM_H_) && defined(__has_include)
+#if __has_include(<drm.h>)
+#include <drm.h>
+#elif __has_include(<drm/drm.h>)
+#include <drm/drm.h>
+#endif
+#endif
+#ifdef _DRM_H_
+#define ACCEL_DRM_CORE_FROM_DRM_H	1
+#endif
+
+#ifndef ACCEL_DRM_CORE_FROM_DRM_H
 #define DRM_IOCTL_BASE			'd'
 #define DRM_IO(nr)			_IO(DRM_IOCTL_BASE, nr)
 #define DRM_IOR(nr, type)		_IOR(DRM_IOCTL_BASE, nr, type)
@@ -31,11 +52,13 @@
 /* The driver-specific range; generic ioctls restart at DRM_COMMAND_END. */
 #define DRM_COMMAND_BASE		0x40
 #define DRM_COMMAND_END			0xA0
+#endif
 
 #define ACCEL_MAJOR			261
 #define ACCEL_MAX_MINORS		256
 
 /* cffi:begin */
+#ifndef ACCEL_DRM_CORE_FROM_DRM_H
 struct drm_version {
 	int version_major;
 	int version_minor;
@@ -64,15 +87,22 @@ struct drm_prime_handle {
 	__s32 fd;
 };
 
+#endif
+
+#ifndef DRM_IOCTL_SET_CLIENT_NAME	/* newer than some libdrm copies of drm.h */
 struct drm_set_client_name {
 	__u64 name_len;
 	__u64 name;
 };
 
+#endif
+
+#ifndef ACCEL_DRM_CORE_FROM_DRM_H
 struct drm_event {
 	__u32 type;
 	__u32 length;
 };
+#endif
 
 /* The common INFO ioctl. */
 struct accel_info {
@@ -170,6 +200,7 @@ struct udmabuf_create {
 };
 /* cffi:end */
 
+#ifndef ACCEL_DRM_CORE_FROM_DRM_H
 #define DRM_CLOEXEC			02000000	/* O_CLOEXEC */
 #define DRM_RDWR			02		/* O_RDWR */
 
@@ -177,8 +208,11 @@ struct udmabuf_create {
 #define DRM_PRIME_CAP_IMPORT		0x1
 #define DRM_PRIME_CAP_EXPORT		0x2
 #define DRM_CAP_TIMESTAMP_MONOTONIC	0x6
+#endif
 
+#ifndef DRM_CLIENT_NAME_MAX_LEN
 #define DRM_CLIENT_NAME_MAX_LEN		64
+#endif
 
 #define ACCEL_INFO_DEVICE		0x00
 #define ACCEL_INFO_STATUS		0x01
@@ -212,6 +246,7 @@ struct udmabuf_create {
 #define ACCEL_CLIENT_ADMIN		(1 << 2)
 
 /* Core ioctls. */
+#ifndef ACCEL_DRM_CORE_FROM_DRM_H
 #define DRM_IOCTL_VERSION		DRM_IOWR(0x00, struct drm_version)
 #define DRM_IOCTL_GEM_CLOSE		DRM_IOW(0x09, struct drm_gem_close)
 #define DRM_IOCTL_GET_CAP		DRM_IOWR(0x0c, struct drm_get_cap)
@@ -219,7 +254,10 @@ struct udmabuf_create {
 #define DRM_IOCTL_DROP_MASTER		DRM_IO(0x1f)	/* accel: release it */
 #define DRM_IOCTL_PRIME_HANDLE_TO_FD	DRM_IOWR(0x2d, struct drm_prime_handle)
 #define DRM_IOCTL_PRIME_FD_TO_HANDLE	DRM_IOWR(0x2e, struct drm_prime_handle)
+#endif
+#ifndef DRM_IOCTL_SET_CLIENT_NAME
 #define DRM_IOCTL_SET_CLIENT_NAME	DRM_IOWR(0xD1, struct drm_set_client_name)
+#endif
 #define ACCEL_IOCTL_INFO		DRM_IOWR(0xE0, struct accel_info)
 
 /* dma-buf ioctls (on dma-buf fds). */

@@ -168,3 +168,22 @@ def test_libudev_enumeration_under_udev(run_native: Callable[..., Run], machine:
         assert major == "261"
     assert int(out["count"]) == len(found)
     assert settled(machine, baseline) == baseline
+
+
+@needs_libdrm
+def test_xf86drm_and_a_driver_header_in_one_program(
+    run_native: Callable[..., Run], machine: Machine
+) -> None:
+    """accel.h takes the DRM core from drm.h when the program has it, so xf86drm.h
+    and habana_like.h compile together (-Werror) and the kernel's struct drm_version
+    (with its char pointers) works as well as the driver's ioctls."""
+    baseline = machine.subsystem.accounting()
+    res = run_native("drm_with_driver_header.c", libs=("drm",))
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    out = res.lines()
+    assert out["libdrm_name"] == "habana_like"
+    assert out["kernel_struct_version"] == "0 name=habana_like"
+    assert out["cb_create"] == "0"
+    assert out["info"] == "0 driver=habana_like"
+    assert out["cloexec_is_drm_h"] == "1"
+    assert settled(machine, baseline) == baseline
