@@ -95,6 +95,10 @@ nitpick_ignore = [
     # The TypeVar of the ioctl/info_query decorators: an implementation detail.
     ("py:class", "accelcore.driver.F"),
     ("py:class", "accelcore.testing.conformance.registry.F"),
+    # The server's per-call descriptor table, internal: the base of the documented
+    # accelcore.native.remote.NativeFdTable.
+    ("py:class", "accelcore.server.fdtable.ServerFdTable"),
+    ("py:class", "accelcore.server.fdtable.CallFds"),
 ]
 nitpick_ignore_regex: list[tuple[str, str]] = []
 

@@ -15,7 +15,7 @@ each with ``pidfd_getfd(2)`` (same permission check) when the engine looks one u
 
 This module is the server's side of that mode; it does I/O on another process
 and so lives outside the sans-I/O engine, which only sees an
-:class:`~accelcore.task.AddressSpace` and an :class:`~accelcore.task.FdTable`.
+:class:`~accelcore.task.AddressSpace` and a descriptor table (``task.files``).
 """
 
 from __future__ import annotations
@@ -226,11 +226,11 @@ def pidfd_getfd(pidfd: int, fd: int) -> int:
 
 
 class NativeFdTable(ServerFdTable):
-    """``task.files`` of a native client: descriptors a call did not carry are the
+    """``task.files`` of a native client (a ``ServerFdTable``): descriptors a call did not carry are the
     client's own, fetched with :func:`pidfd_getfd` when the engine looks them up.
 
     Args:
-        room: As :class:`~accelcore.server.fdtable.ServerFdTable`.
+        room: As for the server's ``ServerFdTable``: files the client may still be given.
         pidfd: The client's pidfd (borrowed).
         resolve: Turns a descriptor of the server into its open file with a
             reference, closing the descriptor.
@@ -251,6 +251,7 @@ class NativeFdTable(ServerFdTable):
 
     @contextmanager
     def call(self, ctx: CallFds) -> Iterator[CallFds]:
+        """The call's descriptors for the block; those fetched are released after."""
         fetched: list[OpenFile] = []
         prev = getattr(self._local, "fetched", None)
         self._local.fetched = fetched
@@ -277,6 +278,7 @@ class NativeFdTable(ServerFdTable):
         return file
 
     def copy(self) -> ServerFdTable:
+        """The table of a forked task: the same client, nothing fetched."""
         return NativeFdTable(self._room, self._pidfd, self._resolve, self._put_files)
 
 
