@@ -226,8 +226,9 @@ def pidfd_getfd(pidfd: int, fd: int) -> int:
 
 
 class NativeFdTable(ServerFdTable):
-    """``task.files`` of a native client (a ``ServerFdTable``): descriptors a call did not carry are the
-    client's own, fetched with :func:`pidfd_getfd` when the engine looks them up.
+    """``task.files`` of a native client (a ``ServerFdTable``): descriptors a call
+    did not carry are the client's own, fetched with :func:`pidfd_getfd` when the
+    engine looks them up.
 
     Args:
         room: As for the server's ``ServerFdTable``: files the client may still be given.
