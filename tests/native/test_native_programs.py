@@ -187,3 +187,22 @@ def test_xf86drm_and_a_driver_header_in_one_program(
     assert out["info"] == "0 driver=habana_like"
     assert out["cloexec_is_drm_h"] == "1"
     assert settled(machine, baseline) == baseline
+
+
+def test_threads_share_the_session_while_one_blocks(
+    run_native: Callable[..., Run], machine: Machine
+) -> None:
+    """A thread blocked in a wait ioctl holds up no other thread's calls: the
+    program sets the event only after 1200 INFO calls on other threads returned
+    (a program that deadlocked would time out)."""
+    baseline = machine.subsystem.accounting()
+    gpu = next(d for d in machine.subsystem.devices if d.driver.name == "kfd_like")
+    res = run_native("threads.c", gpu.node_path)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    out = res.lines()
+    assert out["create_event"] == "0"
+    assert out["info_good"] == "1200 of 1200"  # every answer reached its own thread
+    assert out["waiter_still_blocked"] == "1"
+    assert out["set_event"] == "0"
+    assert out["wait"] == "0 result=0"  # KFD_IOC_WAIT_RESULT_COMPLETE
+    assert settled(machine, baseline) == baseline
