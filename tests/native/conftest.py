@@ -97,7 +97,16 @@ def server(machine: Machine, rt: Path, shim: Path) -> Iterator[Server]:
 def compile_c(source: str, out: Path, *, libs: tuple[str, ...] = ()) -> Path:
     """Compile ``programs/<source>`` to ``out`` with the uAPI headers on the path."""
     assert CC is not None
-    cmd = [*CC.split(), "-O1", "-Wall", "-Werror", "-pthread", "-o", str(out), str(PROGRAMS / source)]
+    cmd = [
+        *CC.split(),
+        "-O1",
+        "-Wall",
+        "-Werror",
+        "-pthread",
+        "-o",
+        str(out),
+        str(PROGRAMS / source),
+    ]
     cmd += [f"-I{d}" for d in INCLUDES]
     if "drm" in libs:
         cmd += ["-I/usr/include/libdrm", "-ldrm"]
