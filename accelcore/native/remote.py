@@ -169,8 +169,10 @@ class NativeAddressSpace(AddressSpace):
     def check(self, addr: int, length: int, *, write: bool = False) -> None:
         """``EFAULT`` unless the whole range is mapped in the client: one byte of
         every page is read (written back unchanged when ``write``)."""
-        if length <= 0 or self._local(addr, length) is not None:
-            super().check(addr, length, write=write) if length > 0 else None
+        if length <= 0:
+            return
+        if self._local(addr, length) is not None:
+            super().check(addr, length, write=write)
             return
         end = addr + length
         pages = []

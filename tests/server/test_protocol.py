@@ -13,6 +13,7 @@ from accelcore.server import protocol as p
 
 MESSAGES: list[p.Message] = [
     p.Hello(True, "bench"),
+    p.Hello(False, "native", native=True),
     p.Welcome(b"t" * 16, 1, 2, "0.1.0"),
     p.AddArena(0x7F00_0000_0000, 64 << 20),
     p.Open(2, b"k" * 16),
@@ -66,7 +67,7 @@ BAD_RECORDS = {
     "ioctl fd count lies": _record(p.MsgType.IOCTL, struct.pack("<IIQi", 1, 2, 0, 3)),
     "ioctl too many fds": _record(p.MsgType.IOCTL, struct.pack("<IIQ", 1, 99, 0) + b"\0" * 396),
     "open pad": _record(p.MsgType.OPEN, struct.pack("<II16s", 0, 1, b"k" * 16)),
-    "hello unknown flag": _record(p.MsgType.HELLO, struct.pack("<I", 2)),
+    "hello unknown flag": _record(p.MsgType.HELLO, struct.pack("<I", 4)),  # bit 1 is native
     "hello bad utf8": _record(p.MsgType.HELLO, struct.pack("<I", 0) + b"\xff\xfe"),
     "control not json": _record(p.MsgType.CONTROL, b"{nope"),
     "control not object": _record(p.MsgType.CONTROL, b"[1]"),
