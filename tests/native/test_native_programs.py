@@ -206,3 +206,15 @@ def test_threads_share_the_session_while_one_blocks(
     assert out["set_event"] == "0"
     assert out["wait"] == "0 result=0"  # KFD_IOC_WAIT_RESULT_COMPLETE
     assert settled(machine, baseline) == baseline
+
+
+def test_a_signal_interrupts_a_wait_blocked_in_the_server(
+    run_native: Callable[..., Run], machine: Machine
+) -> None:
+    baseline = machine.subsystem.accounting()
+    res = run_native("signal_wait.c")
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    out = res.lines()
+    assert out["handled"] == "1"
+    assert out["wait"] == "-1 errno=EINTR"
+    assert settled(machine, baseline) == baseline
