@@ -74,6 +74,7 @@ def test_core_info_return_pointer_and_efault(
     assert out["bad_arg"] == "-1 errno=EFAULT"
     assert out["readonly_return"] == "-1 errno=EFAULT"
     assert out["bad_fd"] == "-1 errno=EBADF"
+    assert out["read_nonblock"] == "-1 errno=EAGAIN"
     assert settled(machine, baseline) == baseline
 
 

@@ -53,5 +53,14 @@ int main(void)
 	errno = 0;
 	r = ioctl(fd + 100, ACCEL_IOCTL_INFO, &q);
 	printf("bad_fd=%d errno=%s\n", r, strerrorname_np(errno));
+
+	/* read(2) of events: none queued, so a non-blocking file says EAGAIN. */
+	{
+		char ev[64];
+		int nb = open("/dev/accel/accel0", O_RDWR | O_NONBLOCK);
+		ssize_t n = read(nb, ev, sizeof(ev));
+		printf("read_nonblock=%zd errno=%s\n", n, strerrorname_np(errno));
+		close(nb);
+	}
 	return close(fd) == 0 ? 0 : 4;
 }
