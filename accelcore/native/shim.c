@@ -486,6 +486,19 @@ static int parse_result(const struct waiter *w, struct result *r)
 }
 
 /* --- which descriptors are ours ----------------------------------------------------- */
+/* Whether a server serves the runtime directory (without connecting to it, so a
+ * program that never touches a device never starts a session). */
+static int server_running(void)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	if (sess_fd >= 0)
+		return 1;
+	if (snprintf(path, sizeof(path), "%s/control", rt_dir) >= (int)sizeof(path))
+		return 0;
+	return stat(path, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
 static int is_ours(int fd)
 {
 	unsigned char k;
@@ -503,7 +516,7 @@ static int is_ours(int fd)
 	ours = 0;
 	if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) &&
 	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 && fd != sess_fd &&
-	    ensure_session() == 0 && cred.pid == server_pid)
+	    server_running() && ensure_session() == 0 && cred.pid == server_pid)
 		ours = 1;
 	set_kind(fd, ours ? K_OURS : K_OTHER);
 	return ours;
