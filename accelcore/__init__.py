@@ -49,7 +49,7 @@ from .errors import (
     TooManyFiles,
     TryAgain,
 )
-from .fence import Fence, FenceContext, ReservationObject, SyncFile, Usage
+from .fence import Fence, FenceArray, FenceContext, ReservationObject, SyncFile, Usage
 from .file import AccelFile
 from .gem import BufferObject, GemDmaBufOps, HandleTable
 from .memory import PAGE_SIZE, SharedMemory
@@ -91,6 +91,7 @@ __all__ = [
     "DriverFeature",
     "EngineInfo",
     "Fence",
+    "FenceArray",
     "FenceContext",
     "GemDmaBufOps",
     "HandleTable",

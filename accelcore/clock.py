@@ -14,6 +14,13 @@ driver code runs:
 The clock also owns the engine's lock (``clock.lock``). Every entry point of the
 engine holds it; a wait releases it while it sleeps, like the kernel's
 ``wait_event_interruptible`` drops the caller's locks.
+
+A scheduled callback runs on behalf of the device, not of whoever happens to be
+waiting when it falls due (in virtual time, a waiter runs it). So an exception
+escaping one is an oops of the code that scheduled it: it goes to
+:attr:`Clock.oops_handler` (the subsystem records it), the other callbacks still
+run, and the waiter's call is not failed by it — as a crashing interrupt handler
+or work item does not fail an unrelated ``ioctl`` in the kernel.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +45,8 @@ __all__ = [
     "VirtualClock",
     "WaitResult",
 ]
+
+log = logging.getLogger(__name__)
 
 NSEC_PER_USEC = 1_000
 NSEC_PER_MSEC = 1_000_000
@@ -87,6 +97,10 @@ class Clock:
         self._timers: list[Timer] = []
         self._n_cancelled = 0
         self._seq = itertools.count()
+        #: Where exceptions escaping scheduled callbacks and fence callbacks go:
+        #: ``handler(where, exc)``. The :class:`~accelcore.subsystem.Subsystem`
+        #: owning the clock sets it to its ``record_oops``; unset, they are logged.
+        self.oops_handler: Callable[[str, BaseException], object] | None = None
 
     # -- time ---------------------------------------------------------------
     def now(self) -> int:
@@ -126,6 +140,24 @@ class Clock:
 
     def _scheduled(self) -> None:
         """Hook: a timer was added."""
+
+    def report_oops(self, where: str, exc: BaseException) -> None:
+        """Record an exception that escaped code run for the device (a timer, a
+        fence callback) through :attr:`oops_handler`, or log it."""
+        if self.oops_handler is not None:
+            self.oops_handler(where, exc)
+        else:
+            log.error("oops in %s: %r", where, exc, exc_info=exc)
+
+    def _fire(self, timer: Timer) -> None:
+        """Run a due timer; an exception escaping it is an oops of the timer's code."""
+        try:
+            timer.callback()
+        except Deadlock:
+            raise
+        except Exception as exc:
+            name = getattr(timer.callback, "__qualname__", repr(timer.callback))
+            self.report_oops(f"timer {name}", exc)
 
     def _drop_cancelled_top(self) -> None:
         while self._timers and self._timers[0].cancelled:
@@ -187,7 +219,7 @@ class VirtualClock(Clock):
         with self.lock:
             while (timer := self._pop_due(when)) is not None:
                 self._now = max(self._now, timer.when)
-                timer.callback()
+                self._fire(timer)
             self._now = max(self._now, when)
             self.notify()
 
@@ -203,7 +235,7 @@ class VirtualClock(Clock):
                 timer = self._pop_due(when)
                 assert timer is not None
                 self._now = max(self._now, timer.when)
-                timer.callback()
+                self._fire(timer)
                 ran += 1
                 if ran > limit:
                     raise Deadlock(f"more than {limit} callbacks ran; a timer keeps rescheduling")
@@ -231,7 +263,7 @@ class VirtualClock(Clock):
                 timer = self._pop_due(nxt)
                 assert timer is not None
                 self._now = max(self._now, timer.when)
-                timer.callback()
+                self._fire(timer)
 
 
 class RealClock(Clock):
@@ -283,7 +315,7 @@ class RealClock(Clock):
                     continue
                 timer = self._pop_due(now)
                 if timer is not None:
-                    timer.callback()
+                    self._fire(timer)
                     self.notify()
 
     def wait_until(

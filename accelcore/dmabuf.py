@@ -434,7 +434,7 @@ class DmaBuf(OpenFile):
         mask = 0
         if not self.resv.fences(Usage.WRITE):
             mask |= POLLIN
-        if not self.resv.fences(Usage.BOOKKEEP):
+        if not self.resv.fences(Usage.READ):  # BOOKKEEP is never implicit sync
             mask |= POLLOUT
         return mask
 
@@ -473,9 +473,11 @@ class DmaBuf(OpenFile):
                     f"EXPORT_SYNC_FILE flags {args.flags:#x} are not a "
                     "non-empty subset of DMA_BUF_SYNC_RW"
                 )
-            usage = Usage.BOOKKEEP if args.flags & CORE.DMA_BUF_SYNC_WRITE else Usage.WRITE
-            fences = self.resv.fences(usage)
-            fence = fences[-1] if fences else self._stub()
+            # dma_resv_usage_rw(write): a writer waits for readers and writers, a
+            # reader for writers; BOOKKEEP fences are never implicit sync.
+            usage = Usage.READ if args.flags & CORE.DMA_BUF_SYNC_WRITE else Usage.WRITE
+            # Every fence of that usage, merged (dma_resv_get_singleton), not one.
+            fence = self.resv.get_singleton(usage) or self._stub()
             args.fd = task.files.install(SyncFile(fence), cloexec=True)
             task.mm.copy_to_user(argp, CORE.to_bytes(args))
             return 0
@@ -492,7 +494,10 @@ class DmaBuf(OpenFile):
             if not isinstance(sync, SyncFile):
                 raise InvalidArgument(f"fd {args.fd} is not a sync file")
             usage = Usage.WRITE if args.flags & CORE.DMA_BUF_SYNC_WRITE else Usage.READ
-            self.resv.add_fence(sync.fence, usage)
+            # dma_fence_unwrap_for_each: each component of a merged fence is added
+            # on its own, so none is lost to add_fence's per-timeline replacement.
+            for fence in sync.fence.unwrap():
+                self.resv.add_fence(fence, usage)
             return 0
         raise NotTTY(f"dma-buf has no ioctl {cmd:#010x}")
 

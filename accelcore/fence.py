@@ -5,27 +5,46 @@ set before it signals (``-EIO`` for work aborted by a reset, ``-ENODEV`` after
 unplug); callbacks run at the signal. Fences of one engine share a
 :class:`FenceContext`, whose sequence numbers order them.
 
+Callbacks run in the signalling path, on behalf of whoever signalled (an
+engine's completion, a reset, a context teardown). As in ``dma_fence_signal``,
+every callback runs and waiters are woken whatever one callback does: an
+exception escaping a callback is an **oops of the signaller** — recorded
+through the fence context's oops handler (the device that owns the timeline),
+never raised into the signaller's caller nor into an unrelated waiter's ioctl.
+
+A :class:`FenceArray` (``dma_fence_array``) is one fence standing for several:
+it signals when every component has, with the first component error.
+
 A :class:`ReservationObject` (``dma_resv``) holds the fences of a buffer with a
 usage class each: ``KERNEL`` (memory management), ``WRITE``, ``READ``,
 ``BOOKKEEP``. Asking for a usage returns the fences of that class and the
-stronger ones, as ``dma_resv_iter`` does.
+stronger ones, as ``dma_resv_iter`` does; :meth:`ReservationObject.get_singleton`
+merges them into one fence as ``dma_resv_get_singleton`` does.
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from .clock import Clock, WaitResult
+from .clock import Clock, Deadlock, WaitResult
 from .errors import InvalidArgument, NoEntry, RestartSyscall
 from .vfs import POLLIN, OpenFile
 
 if TYPE_CHECKING:
     from .task import Task
 
-__all__ = ["Fence", "FenceContext", "ReservationObject", "SyncFile", "Usage", "wait_fences"]
+__all__ = [
+    "Fence",
+    "FenceArray",
+    "FenceContext",
+    "ReservationObject",
+    "SyncFile",
+    "Usage",
+    "wait_fences",
+]
 
 _contexts = itertools.count(1)
 
@@ -46,14 +65,34 @@ class FenceContext:
         clock: The device clock (waits use it; signals wake its waiters).
         driver: The driver name (``dma_fence_ops.get_driver_name``).
         timeline: The engine name (``get_timeline_name``).
+        oops: Where an exception escaping a callback of this timeline's fences is
+            recorded, as ``oops(where, exc)`` — typically the owning device's
+            :meth:`~accelcore.device.AccelDevice.record_oops`, so that the device
+            that signalled is tainted. ``None``: the clock's
+            :attr:`~accelcore.clock.Clock.oops_handler` (the subsystem's record).
     """
 
-    def __init__(self, clock: Clock, driver: str, timeline: str) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        driver: str,
+        timeline: str,
+        *,
+        oops: Callable[[str, BaseException], object] | None = None,
+    ) -> None:
         self.clock = clock
         self.driver = driver
         self.timeline = timeline
         self.context = next(_contexts)
         self._seqno = 0
+        self._oops = oops
+
+    def report_oops(self, where: str, exc: BaseException) -> None:
+        """Record an exception raised by code run when one of our fences signalled."""
+        if self._oops is not None:
+            self._oops(where, exc)
+        else:
+            self.clock.report_oops(where, exc)
 
     def create(self) -> Fence:
         """A new unsignalled fence, next in this timeline."""
@@ -93,16 +132,39 @@ class Fence:
         self.error = error
 
     def signal(self) -> bool:
-        """Signal the fence and run its callbacks; ``False`` if it already was."""
+        """Signal the fence, run its callbacks and wake waiters (``dma_fence_signal``).
+
+        Every callback runs, in the order added. One that raises does not stop the
+        others nor the wake-up, and does not propagate: it is an oops of this
+        fence's timeline, recorded through :meth:`FenceContext.report_oops`.
+
+        Returns:
+            ``False`` if the fence had already signalled (nothing is done).
+        """
         if self.signalled:
             return False
         self.signalled = True
         self.timestamp = self.context.clock.now()
         callbacks, self._callbacks = self._callbacks, []
-        for cb in callbacks:
-            cb(self)
-        self.context.clock.notify()
+        deadlock: Deadlock | None = None
+        try:
+            for cb in callbacks:
+                try:
+                    cb(self)
+                except Deadlock as exc:  # a test harness error, not a driver bug
+                    deadlock = exc
+                except Exception as exc:
+                    name = getattr(cb, "__qualname__", repr(cb))
+                    self.context.report_oops(f"callback {name} of {self!r}", exc)
+        finally:
+            self.context.clock.notify()
+        if deadlock is not None:
+            raise deadlock
         return True
+
+    def unwrap(self) -> list[Fence]:
+        """The plain fences this one stands for (``dma_fence_unwrap_for_each``)."""
+        return [self]
 
     def status(self) -> int:
         """``dma_fence_get_status``: 0 pending, 1 signalled, negative errno on error."""
@@ -138,6 +200,47 @@ class Fence:
     def __repr__(self) -> str:
         state = "signalled" if self.signalled else "unsignalled"
         return f"<Fence {self.context.driver}:{self.context.timeline} seq {self.seqno} {state}>"
+
+
+class FenceArray(Fence):
+    """One fence for several (``dma_fence_array``, signal-on-all).
+
+    It signals when the last component signals; its error is the first error
+    a component reported (``dma_fence_array_set_pending_error``). It has a
+    timeline of its own (``dma_fence_context_alloc(1)``), as the kernel's.
+
+    Args:
+        fences: The components (at least one); nested arrays are flattened.
+
+    Raises:
+        InvalidArgument: ``fences`` is empty.
+    """
+
+    __slots__ = ("fences", "_pending")
+
+    def __init__(self, fences: Sequence[Fence]) -> None:
+        flat = [c for f in fences for c in f.unwrap()]
+        if not flat:
+            raise InvalidArgument("a fence array needs at least one fence")
+        first = flat[0].context
+        super().__init__(FenceContext(first.clock, "dma_fence_array", "unbound"), 1)
+        self.fences: tuple[Fence, ...] = tuple(flat)
+        self._pending = len(flat)
+        for f in flat:
+            try:
+                f.add_callback(self._component_done)
+            except NoEntry:
+                self._component_done(f)
+
+    def _component_done(self, fence: Fence) -> None:
+        if fence.error and not self.error and not self.signalled:
+            self.error = fence.error
+        self._pending -= 1
+        if self._pending == 0:
+            self.signal()
+
+    def unwrap(self) -> list[Fence]:
+        return list(self.fences)
 
 
 def wait_fences(
@@ -185,6 +288,20 @@ class ReservationObject:
         """The unsignalled fences of ``usage`` and every stronger class."""
         self._fences = [(f, u) for f, u in self._fences if not f.signalled]
         return [f for f, u in self._fences if u <= usage]
+
+    def get_singleton(self, usage: Usage) -> Fence | None:
+        """The fences of ``usage`` and stronger as one fence (``dma_resv_get_singleton``).
+
+        Returns:
+            ``None`` when there are none, the fence itself when there is one, else
+            a :class:`FenceArray` of all of them (it signals when the last does).
+        """
+        fences = self.fences(usage)
+        if not fences:
+            return None
+        if len(fences) == 1:
+            return fences[0]
+        return FenceArray(fences)
 
     def describe(self) -> list[tuple[Fence, Usage]]:
         """Every attached fence with its usage (for bufinfo)."""

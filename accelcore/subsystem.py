@@ -83,6 +83,10 @@ class Subsystem:
 
     def __init__(self, clock: Clock | None = None, sysfs: SysfsTree | None = None) -> None:
         self.clock = clock if clock is not None else VirtualClock()
+        if self.clock.oops_handler is None:
+            # Timers and fence callbacks run for the device, not for the waiter
+            # that happens to run them: their oopses are recorded here.
+            self.clock.oops_handler = self.record_oops
         self.sysfs = sysfs if sysfs is not None else SysfsTree()
         self.minors: MinorAllocator[AccelDevice] = MinorAllocator()
         self.nodes: dict[str, DevNode] = {}

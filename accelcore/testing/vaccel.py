@@ -97,7 +97,8 @@ class VAccelDriver(AccelDriver):
     }
 
     def probe(self, dev: AccelDevice) -> None:
-        dev.private = VAccelState(FenceContext(dev.subsystem.clock, self.name, "fill"))
+        fences = FenceContext(dev.subsystem.clock, self.name, "fill", oops=dev.record_oops)
+        dev.private = VAccelState(fences)
 
     def state(self, dev: AccelDevice) -> VAccelState:
         st: VAccelState = dev.private
@@ -167,8 +168,11 @@ class VAccelDriver(AccelDriver):
                 st.completed += 1
                 st.busy_ns += delay
                 call_file.engine_time_ns += delay
-            fence.signal()
+            # The job's reference goes before the signal (drm_sched frees a job's
+            # resources whatever its fence's callbacks do); a callback that raises
+            # is the fence core's oops to record, not this job's to leak.
             bo.put()
+            fence.signal()
 
         a_fill, call_file = int(a.fill), call.file
         ctx.inflight[fence.seqno] = (call.clock.call_later(delay, complete), bo)

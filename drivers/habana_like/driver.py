@@ -178,7 +178,7 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
             fn,
             model,
             model.dram,
-            FenceContext(dev.subsystem.clock, self.name, f"{dev.name}-cs"),
+            FenceContext(dev.subsystem.clock, self.name, f"{dev.name}-cs", oops=dev.record_oops),
         )
         for vector in range(HLK.HLK_QUEUE_ID_SIZE):
             fn.request_irq(vector, partial(self._irq, st))

@@ -385,6 +385,7 @@ EXPECTED_API = {
     "DriverFeature",
     "EngineInfo",
     "Fence",
+    "FenceArray",
     "FenceContext",
     "GemDmaBufOps",
     "HandleTable",
