@@ -368,11 +368,36 @@ def _get_cap(call: IoctlCall) -> None:
         raise InvalidArgument(f"unknown capability {cap:#x}")
 
 
+def _master_check_perm(call: IoctlCall) -> None:
+    """``drm_master_check_perm``: only the file's opener, or ``CAP_SYS_ADMIN``.
+
+    The kernel lets a task without ``CAP_SYS_ADMIN`` set or drop master only on a
+    file it opened itself (``file_priv->pid == task_tgid(current)``) that was
+    master before; anyone else who got the descriptor (passed, inherited over
+    ``fork``) gets ``EACCES``, so a passed fd cannot revoke its owner's context.
+    Under the lazy-owner model any opener may become owner with its first
+    ``OWNER`` ioctl, so accelcore does not also require ``was_master`` (see the
+    deviations table of the guide).
+
+    Raises:
+        PermissionDenied: the caller is not the opener and lacks ``CAP_SYS_ADMIN``.
+    """
+    file, task = call.file, call.task
+    if task.pid == file.pid or task.creds.is_admin:
+        return
+    raise PermissionDenied(
+        f"{call.desc.name}: pid {task.pid} is not the opener (pid {file.pid}) of client "
+        f"{file.client_id} on {call.device.name} and lacks CAP_SYS_ADMIN"
+    )
+
+
 def _set_master(call: IoctlCall) -> None:
+    _master_check_perm(call)
     call.device.ownership.acquire(call.file)
 
 
 def _drop_master(call: IoctlCall) -> None:
+    _master_check_perm(call)
     call.device.ownership.drop(call.file)
 
 

@@ -126,11 +126,17 @@ class AccelFile(OpenFile):
             m.zap()
 
     def read(self, task: Task, size: int, *, nonblock: bool = False) -> bytes:
-        """Read whole events (``drm_read``): at least one, as many as fit in ``size``.
+        """Read whole events (``drm_read``): as many as fit in ``size``.
+
+        Only whole events are copied. If the next event does not fit, it stays
+        queued and the read returns what fitted before it — nothing (``b""``, a
+        read of 0 bytes) when the first one does not fit, as ``drm_read`` does.
+        With no event queued the read blocks (interruptibly) or, with
+        ``nonblock``, fails.
 
         Raises:
-            TryAgain: no event and ``nonblock``.
-            InvalidArgument: the next event does not fit in ``size``.
+            TryAgain: no event and ``nonblock`` (``EAGAIN``).
+            RestartSyscall: a signal interrupted the blocking wait.
         """
         clock = self.device.subsystem.clock
         with clock.lock:
@@ -150,10 +156,6 @@ class AccelFile(OpenFile):
                 ev = self._events.popleft()
                 self._event_bytes -= len(ev)
                 out += ev
-            if not out:
-                raise InvalidArgument(
-                    f"read size {size} is smaller than the next event ({len(self._events[0])})"
-                )
             return out
 
     def poll(self) -> int:

@@ -23,6 +23,7 @@ import mmap
 import os
 import signal as _signal
 import socket
+import stat
 import threading
 import weakref
 from collections.abc import Sequence
@@ -393,12 +394,23 @@ class ClientProcess:
 
     def close(self, fd: int) -> None:
         """``close(2)``; the file is released when its last descriptor, in every
-        process, is closed."""
+        process, is closed — and if this was the last, before ``close`` returns
+        (the server is told, and releases it, before replying), so that what the
+        release frees (a buffer's export, an ownership pin) is free to use at once.
+
+        Raises:
+            BadFd: ``fd`` is not open.
+        """
         try:
+            st = os.fstat(fd)
             os.close(fd)
         except OSError as exc:
             raise BadFd(f"file descriptor {fd} is not open") from exc
         self._fds.pop(fd, None)
+        if stat.S_ISSOCK(st.st_mode) and not self._exited:
+            reply, rfds = self._session().call(p.Close(st.st_dev, st.st_ino))
+            close_all(rfds)
+            _raise_for(reply)
 
     def dup(self, fd: int) -> int:
         """``dup(2)``: another descriptor for the same open file."""

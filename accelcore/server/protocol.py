@@ -37,6 +37,7 @@ __all__ = [
     "MAX_MESSAGE",
     "PROTOCOL_VERSION",
     "AddArena",
+    "Close",
     "Control",
     "ControlReply",
     "Data",
@@ -91,6 +92,7 @@ class MsgType(enum.IntEnum):
     POLL = 8
     SIGNAL = 9
     CONTROL = 10
+    CLOSE = 11
     WELCOME = 64
     RESULT = 65
     MAPPED = 66
@@ -349,6 +351,25 @@ class Signal(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Close(Message):
+    """The client closed a descriptor whose file is ``(st_dev, st_ino)``: if that
+    was the last copy anywhere, release the file before replying, so that
+    ``close(2)`` returns only after the release (as the kernel's last ``fput``)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CLOSE
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<QQ")
+    dev: int
+    ino: int
+
+    def body(self) -> bytes:
+        return self._FIXED.pack(self.dev, self.ino)
+
+    @classmethod
+    def parse(cls, body: bytes) -> Close:
+        return cls(*_unpack(cls._FIXED, body, "CLOSE"))
+
+
+@dataclass(frozen=True, slots=True)
 class Result(Message):
     """The outcome of a request: a return value, or an errno and a message.
 
@@ -485,6 +506,7 @@ _TYPES: dict[int, type[Message]] = {
         Poll,
         Signal,
         Control,
+        Close,
         Result,
         Mapped,
         Data,

@@ -25,6 +25,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import selectors
 import socket
 import stat
@@ -126,6 +127,8 @@ class Server:
         self._listeners: dict[str, socket.socket] = {}
         self._control: socket.socket | None = None
         self._ends: dict[int, _FileEnd] = {}
+        #: Ends released by a client's CLOSE whose sockets the selector has yet to forget.
+        self._closing_ends: set[_FileEnd] = set()
         self._by_key: dict[tuple[int, int], _FileEnd] = {}
         self._sessions: dict[bytes, Session] = {}
         self._threads: set[threading.Thread] = set()
@@ -210,7 +213,9 @@ class Server:
             if t is not threading.current_thread():
                 t.join(15)
         with self.clock.lock:
-            ends = set(self._ends.values()) | set(self._by_key.values())
+            ends = (
+                set(self._ends.values()) | set(self._by_key.values()) | set(self._closing_ends)
+            )
         for end in ends:
             self._release_end(end)
         for path, lsock in list(self._listeners.items()):
@@ -395,26 +400,59 @@ class Server:
             conn.close()
 
     def _watch(self, end: _FileEnd) -> None:
-        if self._stopping:
+        if self._stopping or end.closed:
             self._release_end(end)
             return
         self._ends[end.sock.fileno()] = end
         self._sel.register(end.sock, selectors.EVENT_READ, end)
 
     def _release_end(self, end: _FileEnd) -> None:
-        with self.clock.lock:
-            if end.closed:
-                return
-            end.closed = True
-            if self._by_key.get(end.key) is end:
-                del self._by_key[end.key]
+        """Selector thread: release the file (if not yet) and forget its socket."""
+        self._release_file(end)
         fileno = end.sock.fileno()
         if fileno >= 0 and self._ends.pop(fileno, None) is not None:
             with contextlib.suppress(KeyError, ValueError, RuntimeError):
                 self._sel.unregister(end.sock)
         end.sock.close()
         with self.clock.lock:
+            self._closing_ends.discard(end)
+
+    def _release_file(self, end: _FileEnd) -> None:
+        """Drop the open file's reference once (any thread)."""
+        with self.clock.lock:
+            if end.closed:
+                return
+            end.closed = True
+            if self._by_key.get(end.key) is end:
+                del self._by_key[end.key]
             end.file.put()
+
+    def release_if_closed(self, key: tuple[int, int]) -> bool:
+        """Release now the file whose client end is ``key`` if every copy of that
+        end is closed (the server end has hung up), instead of when the selector
+        thread notices; the socket itself is forgotten on the selector thread.
+
+        A client calls this (through ``CLOSE``) right after closing a descriptor,
+        so that its ``close()`` returns after the last reference's release, as the
+        kernel's does. Returns whether the file was released by this call.
+        """
+        with self.clock.lock:
+            end = self._by_key.get(key)
+        if end is None or end.closed:
+            return False
+        poller = select.poll()
+        poller.register(end.sock, select.POLLHUP)
+        try:
+            hung_up = any(ev & select.POLLHUP for _, ev in poller.poll(0))
+        except OSError:
+            return False
+        if not hung_up:
+            return False
+        with self.clock.lock:
+            self._closing_ends.add(end)
+        self._release_file(end)
+        self.post(lambda: self._release_end(end))
+        return True
 
     def files_of(self, pid: int) -> int:
         """How many open files client process ``pid`` holds (charged to it)."""

@@ -86,6 +86,8 @@ class Session:
         self.task: Task | None = None
         self.token = secrets.token_bytes(p.TOKEN_SIZE)
         self._send_lock = threading.Lock()
+        #: Held while a reply hands out descriptors and our copies are closed.
+        self._handing_out = threading.Lock()
         self._workers: ThreadPoolExecutor | None = None
         self._inflight: set[Future[None]] = set()
         self._arenas: dict[int, SharedMemory] = {}
@@ -171,6 +173,8 @@ class Session:
             self._guard(rid, self._munmap, msg, fds)
         elif isinstance(msg, p.Poll):
             self._guard(rid, self._poll, msg, fds)
+        elif isinstance(msg, p.Close):
+            self._guard(rid, self._close, msg, fds)
         else:
             close_all(fds)
             raise p.ProtocolError(f"{msg.TYPE.name} is not a request")
@@ -360,10 +364,13 @@ class Session:
             return
         ends = [self.server.export_file(f, self.pid) for f, _ in ctx.installed]
         placeholders = tuple(PLACEHOLDER_BASE + i for i in range(len(ends)))
-        try:
-            self.send(p.Result(ret=ret, placeholders=placeholders), rid, ends)
-        finally:
-            close_all(ends)
+        # Our copies of the client ends go before a CLOSE of this session is
+        # served, so that the client's last close() finds the end hung up.
+        with self._handing_out:
+            try:
+                self.send(p.Result(ret=ret, placeholders=placeholders), rid, ends)
+            finally:
+                close_all(ends)
 
     # -- quick requests ------------------------------------------------------------
     def _add_arena(self, rid: int, msg: p.AddArena, fds: list[int]) -> None:
@@ -444,6 +451,14 @@ class Session:
         finally:
             self._put([file])
         self.send(p.Result(ret=mask), rid)
+
+    def _close(self, rid: int, msg: p.Close, fds: list[int]) -> None:
+        # The client closed its descriptor before sending this: if that was the
+        # last copy, the server end has hung up and the file is released now.
+        with self._handing_out:
+            pass  # a descriptor just handed out by a worker: its sender's copy is closed
+        self.server.release_if_closed((msg.dev, msg.ino))
+        self.send(p.Result(), rid)
 
     # -- the end -------------------------------------------------------------------
     def interrupt(self) -> None:
