@@ -216,7 +216,7 @@ class FenceArray(Fence):
         InvalidArgument: ``fences`` is empty.
     """
 
-    __slots__ = ("fences", "_pending")
+    __slots__ = ("_pending", "fences")
 
     def __init__(self, fences: Sequence[Fence]) -> None:
         flat = [c for f in fences for c in f.unwrap()]

@@ -213,9 +213,7 @@ class Server:
             if t is not threading.current_thread():
                 t.join(15)
         with self.clock.lock:
-            ends = (
-                set(self._ends.values()) | set(self._by_key.values()) | set(self._closing_ends)
-            )
+            ends = set(self._ends.values()) | set(self._by_key.values()) | set(self._closing_ends)
         for end in ends:
             self._release_end(end)
         for path, lsock in list(self._listeners.items()):

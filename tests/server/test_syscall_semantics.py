@@ -128,7 +128,11 @@ def test_last_close_does_not_wait_for_the_servers_selector_thread(
     fd = client.open("/dev/accel/accel0")
     nxt = client.open("/dev/accel/accel0")
     gate = threading.Event()
-    server.post(lambda: None if gate.wait(30) else None)
+
+    def stall() -> None:
+        gate.wait(30)
+
+    server.post(stall)
     try:
         bo = V.new("struct vaccel_create_bo", size=4096)
         client.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
