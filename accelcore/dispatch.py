@@ -319,8 +319,10 @@ def _oops(node: IoctlNode, desc: IoctlDesc, exc: Exception) -> DeviceIOError:
 # -- the core ioctls -------------------------------------------------------------
 
 
-def _copy_field(call: IoctlCall, value: str, len_field: str, ptr_field: str) -> None:
-    data = value.encode()
+def _copy_field(call: IoctlCall, value: str | None, len_field: str, ptr_field: str) -> None:
+    # drm_copy_field: a NULL string is reported as empty (the kernel's 2022 fix
+    # of exactly this oops); registration also refuses a driver without a name.
+    data = (value or "").encode()
     args = call.args
     n = min(len(data), getattr(args, len_field))
     ptr = getattr(args, ptr_field)

@@ -332,6 +332,37 @@ class AccelDriver:
             table[op] = InfoDesc(op, attr, getattr(self, attr), mark.answer_type, mark.unplugged_ok)
         return table
 
+    def check_identity(self) -> None:
+        """Refuse an identity the core cannot report (``DRM_IOCTL_VERSION``, INFO,
+        fdinfo, sysfs, listings): a name that is not a non-empty string of
+        printable ASCII without spaces, a description that is not a string (use
+        ``""`` for none), or a version that is not three integers in [0, 2**31).
+        (``DRM_IOCTL_VERSION`` itself also reports a missing string as ``""``, as
+        the kernel has since its 2022 fix of ``drm_copy_field``.)
+
+        Raises:
+            InvalidArgument: the message names the attribute and its value.
+        """
+        name = self.name
+        if not isinstance(name, str) or not name or any(not 0x21 <= ord(c) <= 0x7E for c in name):
+            raise InvalidArgument(
+                f"driver {type(self).__name__}: name {name!r} must be a non-empty string "
+                "of printable ASCII without spaces"
+            )
+        desc: object = self.desc
+        if not isinstance(desc, str):
+            raise InvalidArgument(f"driver {name}: desc {desc!r} must be a string ('' for none)")
+        version = self.version
+        if (
+            not isinstance(version, tuple)
+            or len(version) != 3
+            or not all(type(v) is int and 0 <= v < 1 << 31 for v in version)
+        ):
+            raise InvalidArgument(
+                f"driver {name}: version {version!r} must be (major, minor, patchlevel) "
+                "with each in [0, 2**31)"
+            )
+
     def check_uapi(self) -> None:
         """Refuse a header that breaks the uAPI rules, naming struct and field.
 
@@ -355,6 +386,14 @@ class AccelDriver:
 
     def unregistered(self, subsystem: Subsystem) -> None:
         """The driver is going away (module exit): remove what :meth:`registered` made."""
+
+    def in_use(self) -> list[str]:
+        """What user space still holds of this driver beyond its devices' files and
+        buffers, which the core counts itself: files of driver-wide nodes such as
+        KFD's ``/dev/kfd``. One line per holder kind; while any is returned,
+        :meth:`~accelcore.subsystem.Subsystem.unregister_driver` refuses with
+        ``EBUSY`` (the module reference count of ``rmmod``)."""
+        return []
 
     def probe(self, dev: AccelDevice) -> None:
         """Set up a newly allocated device (before it is registered).

@@ -33,7 +33,7 @@ from typing import Any
 from .clock import Clock, RealClock, VirtualClock
 from .device import AccelDevice, DeviceState
 from .driver import AccelDriver
-from .errors import AccelError, InvalidArgument, NoEntry
+from .errors import AccelError, Busy, InvalidArgument, NoEntry
 from .pci import PciBus, PciDeviceId, PciFunction
 from .subsystem import Subsystem
 from .sysfs import SysfsTree
@@ -153,8 +153,16 @@ class Machine:
         return driver
 
     def remove_driver(self, name: str) -> None:
-        """Unbind and unregister a driver (``rmmod``)."""
+        """Unbind and unregister a driver (``rmmod``).
+
+        Raises:
+            Busy: the driver is in use (open files, mappings, buffers, dma-bufs:
+                :meth:`~accelcore.subsystem.Subsystem.driver_users`); nothing changed.
+        """
         with self.clock.lock:
+            users = self.subsystem.driver_users(self._glue[name].driver)
+            if users:
+                raise Busy(f"driver {name} is in use: {'; '.join(users)}")
             glue = self._glue.pop(name)
             if glue.driver.pci_ids:
                 self.bus.unregister_driver(glue)

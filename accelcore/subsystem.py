@@ -113,11 +113,14 @@ class Subsystem:
         """Check and register ``driver`` (``drm_dev_init``'s checks, plus the uAPI rules).
 
         Raises:
-            InvalidArgument: a driver of that name exists, its ioctl table or INFO
-                queries are inconsistent, or its uAPI breaks the rules (the message
-                names the struct and field).
+            InvalidArgument: its name, description or version cannot be reported
+                (:meth:`~accelcore.driver.AccelDriver.check_identity`), a driver
+                of that name exists, its ioctl table or INFO queries are
+                inconsistent, or its uAPI breaks the rules (the message names the
+                struct and field).
         """
         with self.clock.lock:
+            driver.check_identity()
             if driver.name in self._drivers:
                 raise InvalidArgument(f"a driver named {driver.name!r} is already registered")
             driver.check_uapi()
@@ -132,9 +135,43 @@ class Subsystem:
                 del self._drivers[driver.name]
                 raise
 
+    def driver_users(self, driver: AccelDriver) -> list[str]:
+        """What holds ``driver`` (its module reference count), one line per kind.
+
+        Counted by the core: open files of its devices (a CPU mapping holds its
+        file), and every other reference on one of its devices — buffer objects,
+        and the dma-bufs that hold them — including devices already unplugged but
+        not yet released. Added by the driver: :meth:`AccelDriver.in_use` (files
+        of driver-wide nodes).
+        """
+        users = []
+        for dev in self.devices:
+            if dev.driver is not driver:
+                continue
+            files = len(dev.files)
+            others = dev.refcount - files - (dev.state is DeviceState.REGISTERED)
+            if files:
+                users.append(f"{files} open file(s) of {dev.name}")
+            if others > 0:
+                users.append(f"{others} buffer or dma-buf reference(s) on {dev.name}")
+        return users + driver.in_use()
+
     def unregister_driver(self, driver: AccelDriver) -> None:
-        """Remove every device of ``driver``, then forget it."""
+        """``rmmod``: remove every device of ``driver``, then forget it.
+
+        Refused while anything of the driver is in use (:meth:`driver_users`), as
+        the kernel's module reference count refuses ``rmmod``: no open file,
+        mapping or dma-buf is ever left pointing at a driver that is gone. Close
+        them (or end their processes) and try again; a device hot-unplug
+        (:meth:`remove_device`) is the way to take hardware away under users.
+
+        Raises:
+            Busy: the driver is in use (the message says by what).
+        """
         with self.clock.lock:
+            users = self.driver_users(driver)
+            if users:
+                raise Busy(f"driver {driver.name} is in use: {'; '.join(users)}")
             for dev in [
                 d for d in self.devices if d.driver is driver and d.state is DeviceState.REGISTERED
             ]:

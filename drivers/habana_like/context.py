@@ -51,6 +51,8 @@ class DeviceState:
     max_power_mw: int = 350_000
     exported: int = 0
     cs_timeouts: int = 0
+    #: Resets because a context was closed with the device not idle.
+    release_resets: int = 0
 
 
 @dataclass

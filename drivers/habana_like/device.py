@@ -181,6 +181,10 @@ class HabanaLikeDevice(SimDevice):
         self._jobs.clear()
         self.sobs = [0] * HLK.HLK_SOB_COUNT
 
+    def is_idle(self) -> bool:
+        """``is_device_idle``: no engine has a queued, running or stalled job."""
+        return not any(e.busy or e.stalled for e in self.engines)
+
     # -- registers -----------------------------------------------------------------
     def busy_mask(self) -> int:
         return sum(1 << i for i, e in enumerate(self.engines) if e.busy)

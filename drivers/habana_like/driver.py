@@ -221,6 +221,24 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
         for block in ctx.allocs.values():
             block.put()
         ctx.allocs.clear()
+        self._reset_if_not_idle(file.device, st)
+
+    def _reset_if_not_idle(self, dev: AccelDevice, st: DeviceState) -> None:
+        """``hpriv_release``: "device not idle after user context is closed, must
+        reset". Work the owner left queued, or an engine stalled on a FENCE it never
+        signalled, must not reach the next owner: the device is hard-reset now,
+        before anyone can own it again (so the next owner never loses memory to a
+        reset its predecessor caused). Not while a reset or unplug is tearing the
+        context down: that one already stops the hardware.
+        """
+        if dev.status != DeviceStatus.OPERATIONAL or st.model.is_idle():
+            return
+        log.warning("%s: device not idle after user context is closed, must reset", dev.name)
+        st.release_resets += 1
+        try:
+            dev.reset("device not idle after context release")
+        except AccelError as exc:
+            log.error("%s: reset after context release failed: %s", dev.name, exc)
 
     def _abort(self, st: DeviceState, cs: CommandSubmission, err: int) -> None:
         if cs.tdr is not None:

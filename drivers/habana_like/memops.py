@@ -215,11 +215,13 @@ class MemoryMixin:
         block = m.block.get()
         m.exported += 1
         st.exported += 1
+        dev = call.device.get()  # the exported memory is the device's: it lives on
 
         def released() -> None:
             m.exported -= 1
             st.exported -= 1
             block.put()
+            dev.put()
 
         try:
             dmabuf = DmaBuf(

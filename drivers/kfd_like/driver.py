@@ -238,6 +238,12 @@ class KfdLikeDriver(MemoryIoctls, EventQueueIoctls):
             DevNode("/dev/kfd", 0o666, 0, 0, self._open_kfd, (KFD_CHAR_MAJOR, 0), "misc")
         )
 
+    def in_use(self) -> list[str]:
+        """Processes with ``/dev/kfd`` open hold the module (as ``kfd_open`` does)."""
+        if not self.processes:
+            return []
+        return [f"/dev/kfd open by pid(s) {sorted(self.processes)}"]
+
     def unregistered(self, subsystem: Subsystem) -> None:
         subsystem.remove_node("/dev/kfd")
         if self.topology is not None:
