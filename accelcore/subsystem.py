@@ -17,11 +17,20 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .clock import Clock, VirtualClock
+from .clock import Clock, VirtualClock, WaitResult
 from .device import ACCEL_MAJOR, AccelDevice, BusDevice, DeviceState, DeviceStatus, Oops
 from .dmabuf import DmaBufRegistry
 from .driver import AccelDriver, DriverFeature, InfoDesc, IoctlDesc, OwnershipPolicy
-from .errors import AccelError, Busy, DeviceIOError, InvalidArgument, NoEntry, PermissionDenied
+from .errors import (
+    AccelError,
+    Busy,
+    DeviceIOError,
+    Interrupted,
+    InvalidArgument,
+    NoEntry,
+    PermissionDenied,
+    RestartSyscall,
+)
 from .fence import FenceContext
 from .file import AccelFile
 from .memory import LIVE
@@ -353,25 +362,72 @@ class Subsystem:
     def open(self, task: Task, path: str, flags: int = os.O_RDWR) -> OpenFile:
         """``open(path, flags)`` by ``task``: a new open file description.
 
+        A driver's open may sleep at an interruptible wait point
+        (:meth:`interruptible_wait`); a signal then restarts the open (the task
+        has ``SA_RESTART``) or fails it with ``EINTR``, as for an ioctl. An open
+        interrupted this way must have had no visible effect.
+
         Raises:
             NoEntry: no such node.
             PermissionDenied: the node's mode, owner and group refuse the task.
             Busy: ``O_EXCL`` (accel has no exclusive opens), or an exclusive-open
                 device already has its owner.
             NoDevice: the device was unplugged meanwhile.
+            Interrupted: a signal interrupted the driver's wait (``EINTR``).
         """
         with self.clock.lock:
-            node = self.nodes.get(path)
-            if node is None:
-                raise NoEntry(f"no device node {path}")
-            if not node.permits(task.creds, flags):
-                raise PermissionDenied(
-                    f"{path} (mode {stat.filemode(stat.S_IFCHR | node.mode)}, uid {node.uid}, "
-                    f"gid {node.gid}) refuses uid {task.creds.uid} gid {task.creds.gid}"
-                )
-            if flags & os.O_EXCL:
-                raise Busy(f"{path}: no exclusive opens (O_EXCL)")
-            return node.opener(task, flags)
+            while True:
+                node = self.nodes.get(path)
+                if node is None:
+                    raise NoEntry(f"no device node {path}")
+                if not node.permits(task.creds, flags):
+                    raise PermissionDenied(
+                        f"{path} (mode {stat.filemode(stat.S_IFCHR | node.mode)}, uid "
+                        f"{node.uid}, gid {node.gid}) refuses uid {task.creds.uid} "
+                        f"gid {task.creds.gid}"
+                    )
+                if flags & os.O_EXCL:
+                    raise Busy(f"{path}: no exclusive opens (O_EXCL)")
+                try:
+                    file = node.opener(task, flags)
+                except RestartSyscall:
+                    task.deliver_signal()
+                    if task.restart_syscalls:
+                        continue
+                    raise Interrupted(f"open of {path} interrupted by a signal") from None
+                return file
+
+    def interruptible_wait(
+        self,
+        task: Task,
+        predicate: Callable[[], bool],
+        timeout_ns: int | None = None,
+        *,
+        what: str = "open",
+    ) -> bool:
+        """An interruptible wait point outside an ioctl — in a driver's ``open``
+        (``wait_event_interruptible`` in a file operation), as
+        :meth:`~accelcore.dispatch.IoctlCallBase.wait` is in an ioctl.
+
+        Args:
+            task: The caller (its signals interrupt the wait).
+            predicate: Checked with the engine lock held.
+            timeout_ns: Relative timeout; ``None`` waits for ever.
+            what: Names the wait in the restart's message.
+
+        Returns:
+            ``True`` if the predicate holds, ``False`` on timeout.
+
+        Raises:
+            RestartSyscall: a signal arrived; let it propagate, with nothing done
+                yet that the restarted call would repeat.
+        """
+        deadline = None if timeout_ns is None else self.clock.now() + timeout_ns
+        task.enter_wait()
+        result = self.clock.wait_until(predicate, deadline, lambda: task.signal_pending)
+        if result is WaitResult.INTERRUPTED:
+            raise RestartSyscall(f"{what} interrupted while waiting")
+        return result is WaitResult.DONE
 
     def _open_accel(self, dev: AccelDevice, task: Task, flags: int, control: bool) -> AccelFile:
         with dev.enter():

@@ -228,6 +228,7 @@ class KfdLikeDriver(MemoryIoctls, EventQueueIoctls):
         super().__init__()
         self.kfd_ioctls: dict[int, Any] = {}
         self.topology: Topology | None = None
+        self._locked = 0
 
     # -- module init / exit -------------------------------------------------------------
     def registered(self, subsystem: Subsystem) -> None:
@@ -324,7 +325,35 @@ class KfdLikeDriver(MemoryIoctls, EventQueueIoctls):
         return None
 
     # -- /dev/kfd -------------------------------------------------------------------------
+    # -- /dev/kfd lock (kfd_locked: suspend, GPU reset) -------------------------------
+    def lock(self) -> None:
+        """Lock KFD (``kgd2kfd_suspend`` / a GPU reset in progress): new opens of
+        ``/dev/kfd`` wait, interruptibly, until :meth:`unlock`. Nests."""
+        self._locked += 1
+
+    def unlock(self) -> None:
+        """Undo one :meth:`lock`; at the last, waiting opens go on.
+
+        Raises:
+            InvalidArgument: KFD is not locked.
+        """
+        if not self._locked:
+            raise InvalidArgument("kfd_like is not locked")
+        self._locked -= 1
+        self.subsystem.clock.notify()
+
+    @property
+    def locked(self) -> bool:
+        return self._locked > 0
+
     def _open_kfd(self, task: Task, flags: int) -> KfdFile:
+        # Upstream kfd_open fails with EAGAIN while KFD is locked; this model
+        # sleeps instead, interruptibly (EINTR, or a restart with SA_RESTART), so
+        # that user space's retry on EINTR (libhsakmt's open loop) is testable.
+        # Nothing is created before the wait: a restarted open starts afresh.
+        self.subsystem.interruptible_wait(
+            task, lambda: not self._locked, what="open of /dev/kfd (KFD locked)"
+        )
         process = self.processes.get(task.pid)
         if process is None:
             process = self.processes[task.pid] = KfdProcess(task.pid)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from accelcore import Mapping, Process, UserBuffer
+from accelcore import Interrupted, Mapping, Process, UserBuffer
 from accelcore.machine import Machine
 
 from .abi import KFD_UAPI
@@ -79,12 +79,20 @@ class Kfd:
         self.m = m
         self.p = proc if proc is not None else Process(m.subsystem)
         self.drv = driver_of(m)
-        self.fd = self.p.open("/dev/kfd")
+        self.fd = self._open_kfd()
         self.gpu_ids = list(self.drv.gpus)
         self.accel_fds: dict[int, int] = {}
         self.mappings: list[Mapping] = []
         self.buffers: list[UserBuffer] = []
         self.queues: list[Queue] = []
+
+    def _open_kfd(self) -> int:
+        # hsaKmtOpenKFD: an open interrupted by a signal is simply tried again.
+        while True:
+            try:
+                return self.p.open("/dev/kfd")
+            except Interrupted:
+                continue
 
     def ioctl(self, name: str, **fields: Any) -> Any:
         arg_type = U.ioctls[name].arg_type

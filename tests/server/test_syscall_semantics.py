@@ -18,12 +18,13 @@ import pytest
 from accelcore.machine import Machine
 from accelcore.server import Server, connect, send_fds, spawn_server, stop_server
 from accelcore.server.client import ClientProcess
-from accelcore.server.daemon import control_request
+from accelcore.server.daemon import control_request, load_machine
 from accelcore.testing.vaccel import VACCEL_UAPI as V
 from accelcore.uapi import CORE
 from drivers.habana_like.userlib import HlkClient
+from drivers.kfd_like.driver import KfdLikeDriver
 
-from .conftest import Child
+from .conftest import Child, wait_for
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.timeout(120)]
 
@@ -206,3 +207,48 @@ def test_passed_fd_cannot_drop_its_owners_master(
     assert machine.subsystem.device(0).ownership.owner is not None
     client.ioctl(fd, CORE.DRM_IOCTL_DROP_MASTER)  # the opener still may
     client.close(fd)
+
+
+# -- a driver's open that sleeps: EINTR through the server ---------------------------
+
+KFD_MACHINE: dict[str, Any] = {
+    "machine": {"clock": "real", "drivers": ["kfd_like"]},
+    "pci": [{"model": "kfd_like", "options": {"vram_mb": 16}}],
+}
+
+
+def test_signal_interrupts_an_open_of_kfd_through_the_server(rt: Path) -> None:
+    m = load_machine(KFD_MACHINE)
+    srv = Server(m, rt)
+    srv.start()
+    try:
+        drv = m.subsystem.drivers["kfd_like"]
+        assert isinstance(drv, KfdLikeDriver)
+        with m.clock.lock:
+            drv.lock()
+        proc = connect(rt)
+        result: list[int] = []
+
+        def opener() -> None:
+            try:
+                result.append(proc.open("/dev/kfd"))
+            except OSError as exc:
+                result.append(-(exc.errno or 0))
+
+        t = threading.Thread(target=opener)
+        t.start()
+        assert wait_for(lambda: m.subsystem.tasks[os.getpid()].wait_points_seen >= 1)
+        proc.signal()
+        t.join(10)
+        assert result == [-errno.EINTR]
+        assert drv.processes == {}
+        with m.clock.lock:
+            drv.unlock()
+        fd = proc.open("/dev/kfd")  # what the thunk's retry does
+        assert list(drv.processes) == [os.getpid()]
+        proc.close(fd)
+        assert drv.processes == {}  # released by the close itself
+        proc.exit()
+    finally:
+        srv.stop()
+        m.shutdown()
