@@ -69,7 +69,7 @@ class FenceContext:
             recorded, as ``oops(where, exc)`` — typically the owning device's
             :meth:`~accelcore.device.AccelDevice.record_oops`, so that the device
             that signalled is tainted. ``None``: the clock's
-            :attr:`~accelcore.clock.Clock.oops_handler` (the subsystem's record).
+            ``Clock.oops_handler`` (the subsystem's record).
     """
 
     def __init__(
