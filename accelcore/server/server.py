@@ -439,10 +439,10 @@ class Server:
         if end is None or end.closed:
             return False
         poller = select.poll()
-        poller.register(end.sock, select.POLLHUP)
-        try:
+        try:  # the selector thread may have closed the socket meanwhile
+            poller.register(end.sock, select.POLLHUP)
             hung_up = any(ev & select.POLLHUP for _, ev in poller.poll(0))
-        except OSError:
+        except (OSError, ValueError):
             return False
         if not hung_up:
             return False
