@@ -606,20 +606,29 @@ class ClientProcess:
 
     # -- exit --------------------------------------------------------------------------
     def exit(self) -> None:
-        """End the session: descriptors this object made and still open are closed,
-        mappings dropped, the server-side task exits. Idempotent."""
+        """End the session: descriptors this object made and still open are closed
+        (files they were the last copies of are released before this returns, as
+        by :meth:`close`), mappings dropped, the server-side task exits. Idempotent."""
         if self._exited:
             return
         for m in list(self._mappings.values()):
             m.unmap()
+        closed = []
         for fd, key in list(self._fds.items()):
             try:
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) == key:
                     os.close(fd)
+                    closed.append(key)
             except OSError:
                 pass
         self._fds.clear()
+        if self._chan is not None and os.getpid() == self._pid:
+            # As close(): what these were the last copies of is released before
+            # exit() returns (the server may be gone already: nothing to release).
+            for key in closed:
+                with contextlib.suppress(OSError, ConnectionError, p.ProtocolError):
+                    self._chan.call(p.Close(*key))
         self._exited = True
         if self._chan is not None:
             self._chan.close()

@@ -148,6 +148,27 @@ def test_last_close_does_not_wait_for_the_servers_selector_thread(
         gate.set()
 
 
+def test_exit_releases_the_files_it_closes_before_returning(
+    server: Server, machine: Machine, client: ClientProcess
+) -> None:
+    owner = connect(server.runtime_dir)
+    ofd = owner.open("/dev/accel/accel0")
+    owner.ioctl(ofd, CORE.DRM_IOCTL_SET_MASTER)
+    nxt = client.open("/dev/accel/accel0")
+    gate = threading.Event()
+
+    def stall() -> None:
+        gate.wait(30)
+
+    server.post(stall)
+    try:
+        owner.exit()
+        client.ioctl(nxt, CORE.DRM_IOCTL_SET_MASTER)  # no retry
+    finally:
+        gate.set()
+    client.close(nxt)
+
+
 # -- read() of events (in-process server: the test queues the events) --------------
 
 
