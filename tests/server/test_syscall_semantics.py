@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ from accelcore.server.client import ClientProcess
 from accelcore.server.daemon import control_request, load_machine
 from accelcore.testing.vaccel import VACCEL_UAPI as V
 from accelcore.uapi import CORE
+from drivers.habana_like import HLK
+from drivers.habana_like.packets import encode_lin_dma
 from drivers.habana_like.userlib import HlkClient
 from drivers.kfd_like.driver import KfdLikeDriver
 
@@ -269,6 +272,62 @@ def test_signal_interrupts_an_open_of_kfd_through_the_server(rt: Path) -> None:
         assert list(drv.processes) == [os.getpid()]
         proc.close(fd)
         assert drv.processes == {}  # released by the close itself
+        proc.exit()
+    finally:
+        srv.stop()
+        m.shutdown()
+
+
+# -- habana_like: an owner killed with an engine stalled ------------------------------
+
+HABANA_MACHINE: dict[str, Any] = {
+    "machine": {"clock": "real", "drivers": ["habana_like"]},
+    "pci": [{"model": "habana_like", "options": {"dram_mb": 4, "cs_timeout_ms": 60_000}}],
+}
+
+STALLER_SCRIPT = """
+from drivers.habana_like import HLK
+from drivers.habana_like.packets import encode_fence, encode_lin_dma
+from drivers.habana_like import HLK
+from drivers.habana_like.packets import encode_lin_dma
+from drivers.habana_like.userlib import HlkClient
+proc = connect(RT)
+hl = HlkClient(proc, proc.open("/dev/accel/accel0"))
+dva = hl.map_device(hl.mem_alloc(4096))
+cb = encode_fence(0, 1) + encode_lin_dma(1, dva, 4096, HLK.HLK_DMA_DRAM_TO_DRAM, memset=True)
+hl.submit([(hl.cb_with(cb), HLK.HLK_QUEUE_ID_DMA_0)])
+say("SUBMITTED")
+sys.stdin.readline()
+"""
+
+
+def test_owner_killed_with_a_stalled_engine_leaves_an_idle_device(
+    rt: Path, children: Callable[..., Child]
+) -> None:
+    m = load_machine(HABANA_MACHINE)
+    srv = Server(m, rt)
+    srv.start()
+    try:
+        dev = m.subsystem.device(0)
+        model = dev.private.model
+        staller = children(STALLER_SCRIPT, rt)
+        staller.expect("SUBMITTED")
+        assert wait_for(lambda: model.engines[0].stalled)
+        os.kill(staller.pid, signal.SIGKILL)
+        staller.finish()
+        # SIGKILL is asynchronous: the server learns of it when the descriptors close.
+        assert wait_for(lambda: dev.ownership.owner is None)
+        assert dev.reset_count == 1 and model.is_idle()
+        proc = connect(rt)
+        hl = HlkClient(proc, proc.open("/dev/accel/accel0"))  # type: ignore[arg-type]
+        handle = hl.mem_alloc(4096)
+        dva = hl.map_device(handle)
+        memset = encode_lin_dma(2, dva, 4096, HLK.HLK_DMA_DRAM_TO_DRAM, memset=True)
+        seq = hl.submit([(hl.cb_with(memset), HLK.HLK_QUEUE_ID_DMA_0)])
+        assert hl.wait(seq) == HLK.HLK_WAIT_CS_STATUS_COMPLETED  # well before any timeout
+        assert dev.reset_count == 1
+        hl.unmap(dva)
+        hl.mem_free(handle)
         proc.exit()
     finally:
         srv.stop()
