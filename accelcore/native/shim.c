@@ -52,7 +52,7 @@
 #define HEADER_SIZE 24
 enum {
 	T_HELLO = 1, T_ADD_ARENA = 2, T_OPEN = 3, T_IOCTL = 4, T_MMAP = 5, T_MUNMAP = 6, T_READ = 7,
-	T_POLL = 8, T_SIGNAL = 9, T_WELCOME = 64, T_RESULT = 65, T_MAPPED = 66, T_DATA = 67,
+	T_POLL = 8, T_SIGNAL = 9, T_CLOSE = 11, T_WELCOME = 64, T_RESULT = 65, T_MAPPED = 66, T_DATA = 67,
 };
 #define HELLO_NATIVE 2u
 #define ARENA_BIT (1ULL << 63)
@@ -647,12 +647,30 @@ int __open64_2(const char *path, int flags) __attribute__((alias("__open_2")));
 
 int close(int fd)
 {
+	struct stat st;
+	int ours, r, saved;
 	if (fd >= 0 && fd == sess_fd) {
 		errno = EBADF; /* the program never opened it */
 		return -1;
 	}
+	/* Only descriptors already known to be ours (no server check on close). */
+	ours = fd >= 0 && fd < FD_TABLE && (fdk[fd] & K_MASK) == K_OURS && fstat(fd, &st) == 0;
 	set_kind(fd, K_UNKNOWN);
-	return REAL(close)(fd);
+	r = REAL(close)(fd);
+	if (r == 0 && ours) {
+		/* CLOSE: if that was the last copy, the server releases the file before
+		 * replying, so close() returns after the release, as the kernel's. */
+		uint64_t body[2] = { (uint64_t)st.st_dev, (uint64_t)st.st_ino };
+		char reply[4096 + 128];
+		struct waiter w;
+		saved = errno;
+		w.body = reply;
+		w.cap = sizeof(reply);
+		if (call(T_CLOSE, body, sizeof(body), NULL, 0, &w) == 0)
+			close_fds(w.fds, w.nfds);
+		errno = saved;
+	}
+	return r;
 }
 
 static void copy_kind(int from, int to)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -219,3 +221,44 @@ def test_a_signal_interrupts_a_wait_blocked_in_the_server(
     assert out["handled"] == "1"
     assert out["wait"] == "-1 errno=EINTR"
     assert settled(machine, baseline) == baseline
+
+
+def test_last_close_releases_before_returning(
+    server: Server, machine: Machine, tmp_path: Path
+) -> None:
+    exe = compile_c("close_then_own.c", tmp_path / "close_then_own")
+    cmd = [sys.executable, "-m", "accelcore.cli", "run", "--runtime-dir", str(server.runtime_dir)]
+    proc = subprocess.Popen(
+        [*cmd, "--", str(exe)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    gate = threading.Event()
+    try:
+        lines = []
+        while (line := proc.stdout.readline()) and line.strip() != "READY":
+            lines.append(line)
+        assert line.strip() == "READY", (lines, proc.stderr.read() if proc.stderr else "")
+
+        def stall() -> None:  # the selector thread would notice the hang-up late
+            gate.wait(30)
+
+        server.post(stall)
+        proc.stdin.write("g")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    res = Run(proc.returncode, "".join(lines) + out, err)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    got = res.lines()
+    assert got["owner_set_master"] == "0"
+    assert got["busy"] == "-1 errno=EBUSY"
+    assert got["close"] == "0"
+    assert got["next_set_master"] == "0 errno=0"
