@@ -217,6 +217,8 @@ class DmaBuf(OpenFile):
         registry: Where the buffer is listed while alive.
         priv: The exporter's private data (its buffer object).
         flags: File flags (``O_RDWR``, ``O_CLOEXEC``).
+        resv: The exporter's reservation object to share (a buffer object's, as
+            ``drm_gem_prime_export`` passes ``obj->resv``); a new one when ``None``.
 
     Raises:
         InvalidArgument: offset or size not page-aligned, or outside ``memory``.
@@ -235,6 +237,7 @@ class DmaBuf(OpenFile):
         registry: DmaBufRegistry,
         priv: Any = None,
         flags: int = 0,
+        resv: ReservationObject | None = None,
     ) -> None:
         if size <= 0 or size % PAGE_SIZE or offset % PAGE_SIZE:
             raise InvalidArgument(
@@ -253,7 +256,8 @@ class DmaBuf(OpenFile):
         self.exporter = exporter
         self.priv = priv
         self.name = ""
-        self.resv = ReservationObject()
+        #: The fences of the buffer, shared with the exporter's buffer object.
+        self.resv = resv if resv is not None else ReservationObject()
         self.attachments: list[Attachment] = []
         self.cpu_mappings: list[Mapping] = []
         self.revoked = False
@@ -431,6 +435,8 @@ class DmaBuf(OpenFile):
         return self.ops.mmap(self, 0, self.size)
 
     def poll(self) -> int:
+        """``dma_buf_poll``: ``POLLIN`` once writers (and kernel fences) are done,
+        ``POLLOUT`` once readers are done too; ``BOOKKEEP`` fences are ignored."""
         mask = 0
         if not self.resv.fences(Usage.WRITE):
             mask |= POLLIN

@@ -454,7 +454,9 @@ class AccelDriver:
         return import_dmabuf(file.device, dmabuf)
 
     def prime_export(self, file: AccelFile, bo: BufferObject, flags: int) -> DmaBuf:
-        """Export ``bo`` as a dma-buf; the default shares its memory."""
+        """Export ``bo`` as a dma-buf; the default shares its memory and its
+        reservation object (``drm_gem_prime_export``), so the job fences a driver
+        adds to ``bo.resv`` are the dma-buf's fences too."""
         from .dmabuf import DmaBuf
         from .gem import GemDmaBufOps
 
@@ -467,6 +469,7 @@ class AccelDriver:
             registry=file.device.subsystem.dmabufs,
             priv=bo,
             flags=flags,
+            resv=bo.resv,
         )
         bo.get()  # the dma-buf's reference, dropped by GemDmaBufOps.release
         return dmabuf

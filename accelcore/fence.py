@@ -43,6 +43,7 @@ __all__ = [
     "ReservationObject",
     "SyncFile",
     "Usage",
+    "usage_rw",
     "wait_fences",
 ]
 
@@ -56,6 +57,15 @@ class Usage(enum.IntEnum):
     WRITE = 1
     READ = 2
     BOOKKEEP = 3
+
+
+def usage_rw(write: bool) -> Usage:
+    """``dma_resv_usage_rw``: the fences a new access must wait for.
+
+    A writer waits for every reader and writer (``READ`` and stronger), a
+    reader only for writers (``WRITE`` and stronger).
+    """
+    return Usage.READ if write else Usage.WRITE
 
 
 class FenceContext:
@@ -276,13 +286,20 @@ class ReservationObject:
         self._fences: list[tuple[Fence, Usage]] = []
 
     def add_fence(self, fence: Fence, usage: Usage) -> None:
-        """Attach ``fence``; a later fence of the same timeline replaces an earlier one."""
-        self._fences = [
-            (f, u)
-            for f, u in self._fences
-            if not (f.context is fence.context and u == usage and fence.seqno >= f.seqno)
-        ]
-        self._fences.append((fence, usage))
+        """Attach ``fence`` (``dma_resv_add_fence``).
+
+        A later fence of the same timeline replaces an earlier one of the same or
+        a weaker usage (the later fence signals after it); re-adding a fence with a
+        stronger usage promotes it, and fences are never demoted.
+        """
+        kept: list[tuple[Fence, Usage]] = []
+        for f, u in self._fences:
+            if f is fence:
+                usage = min(usage, u)
+            elif not (f.context is fence.context and u >= usage and fence.seqno >= f.seqno):
+                kept.append((f, u))
+        kept.append((fence, usage))
+        self._fences = kept
 
     def fences(self, usage: Usage = Usage.BOOKKEEP) -> list[Fence]:
         """The unsignalled fences of ``usage`` and every stronger class."""

@@ -10,19 +10,29 @@ one file gets one handle per buffer however often it imports it.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .dmabuf import Attachment, DmaBuf, DmaBufOps, DmaMapping
-from .errors import InvalidArgument, NoEntry, NoMemory
+from .errors import InvalidArgument, NoEntry, NoMemory, error_for_errno
+from .fence import ReservationObject, usage_rw
 from .memory import MAX_LFS_FILESIZE, MemoryBlock, SharedMemory, page_align
 from .vfs import Mapping
 
 if TYPE_CHECKING:
     from .device import AccelDevice
+    from .dispatch import IoctlCallBase
     from .vfs import OpenFile
 
-__all__ = ["BufferObject", "GemDmaBufOps", "HandleTable", "import_dmabuf"]
+__all__ = [
+    "BufferObject",
+    "GemDmaBufOps",
+    "HandleTable",
+    "dma_resv_wait",
+    "import_dmabuf",
+    "wait_bo",
+]
 
 #: Fake mmap offsets of buffer objects start here (``DRM_FILE_PAGE_OFFSET_START``).
 MMAP_OFFSET_START = 0x1_0000_0000
@@ -45,7 +55,8 @@ class BufferObject:
         region: The memory region it counts against (``system``, ``dram``…).
         name: A label for listings.
         on_free: Called when the last reference goes.
-        import_attach: Set when the object wraps an imported dma-buf.
+        import_attach: Set when the object wraps an imported dma-buf; the
+            object then shares the dma-buf's reservation object.
         block: Device memory from :meth:`accelcore.memory.DeviceMemory.alloc`
             to back the object (its own memfd); the object takes over the
             caller's reference and drops it when freed.
@@ -55,6 +66,30 @@ class BufferObject:
             :data:`~accelcore.memory.MAX_LFS_FILESIZE` (a ``__u64`` near 2**64),
             or the range is outside ``memory``.
         NoMemory: no memory could be made for ``size`` bytes.
+
+    Attributes:
+        size: Bytes, a whole number of pages.
+        device: The :class:`~accelcore.device.AccelDevice` it belongs to.
+        memory: The backing :class:`~accelcore.memory.SharedMemory`; the object
+            is ``[offset, offset + size)`` of it.
+        offset: Where the object starts in ``memory``.
+        region: The memory region it counts against (``system``, ``dram``…).
+        name: A label for listings.
+        block: The device-memory block backing it, if any.
+        resv: Its :class:`~accelcore.fence.ReservationObject` (``obj->resv``):
+            the fences of the jobs that use it. Exporting the object shares this
+            very object with the dma-buf, and importing a dma-buf shares the
+            dma-buf's, so importers, ``poll``, ``EXPORT_SYNC_FILE`` and bufinfo
+            see every job fence a driver adds (implicit sync).
+        dma_buf: The dma-buf it is exported as, while one lives (export is
+            cached: a second export returns the same dma-buf).
+        import_attach: The attachment, for an object wrapping an imported dma-buf.
+        mmap_offset: Its fake mmap offset once
+            :meth:`AccelDevice.mmap_offset <accelcore.device.AccelDevice.mmap_offset>`
+            assigned one, else ``None``.
+        refcount: References (handles, dma-bufs, kernel users, CPU mappings).
+        handle_count: Handles naming it, over all files.
+        priv: Free for the driver's per-object state.
     """
 
     def __init__(
@@ -98,6 +133,7 @@ class BufferObject:
         self.import_mapping: DmaMapping | None = None
         self.mmap_offset: int | None = None
         self.priv: Any = None
+        self.resv = import_attach.dmabuf.resv if import_attach is not None else ReservationObject()
         self._on_free = on_free
         device.get()
         device.buffers.add(self)
@@ -161,6 +197,77 @@ class BufferObject:
 
     def __repr__(self) -> str:
         return f"<BufferObject {self.name} size={self.size:#x} refs={self.refcount}>"
+
+
+def wait_bo(
+    call: IoctlCallBase,
+    bo: BufferObject,
+    *,
+    wait_all: bool,
+    timeout_ns: int | None = None,
+    deadline: int | None = None,
+) -> None:
+    """Wait for a buffer's fences from an ioctl handler (the wait of
+    ``drm_gem_dma_resv_wait``): an interruptible, restartable wait point.
+
+    Args:
+        call: The ioctl call (declared with ``waits=True``).
+        bo: The buffer object.
+        wait_all: Wait for readers too (``KERNEL``, ``WRITE`` and ``READ``
+            fences), as before writing; ``False`` waits for writers only
+            (``KERNEL`` and ``WRITE``), as before reading. ``BOOKKEEP`` never.
+        timeout_ns: Relative timeout; ``0`` tests without waiting; ``None``
+            (and no ``deadline``) waits forever.
+        deadline: Absolute device time instead: a restarted call that passes
+            the same deadline does not start its timeout over.
+
+    Raises:
+        AccelError: ``ETIME`` when the fences are still busy at the timeout.
+        RestartSyscall: a signal arrived (the dispatcher restarts the call or
+            returns ``EINTR``); nothing was changed, so the call is safe to repeat.
+    """
+    fences = bo.resv.fences(usage_rw(wait_all))
+    if deadline is None and timeout_ns is not None:
+        deadline = call.clock.now() + max(0, timeout_ns)
+    if not fences:
+        return
+    if deadline is not None and deadline <= call.clock.now():
+        raise error_for_errno(errno.ETIME, f"{bo.name}: {len(fences)} fence(s) still busy")
+    remaining = None if deadline is None else deadline - call.clock.now()
+    if not call.wait_fences(fences, remaining):
+        raise error_for_errno(
+            errno.ETIME, f"{bo.name}: fences still busy at device time {deadline} ns"
+        )
+
+
+def dma_resv_wait(
+    call: IoctlCallBase,
+    handles: HandleTable,
+    handle: int,
+    *,
+    wait_all: bool,
+    timeout_ns: int | None = None,
+    deadline: int | None = None,
+) -> None:
+    """``drm_gem_dma_resv_wait``: wait on the fences of the object behind ``handle``.
+
+    Args:
+        call: The ioctl call (declared with ``waits=True``).
+        handles: The caller's handle table (``call.file.handles``).
+        handle: The object's handle.
+        wait_all, timeout_ns, deadline: As :func:`wait_bo`.
+
+    Raises:
+        InvalidArgument: ``handle`` names no object (``EINVAL``, as the kernel,
+            not ``ENOENT``).
+        AccelError: ``ETIME`` at the timeout.
+        RestartSyscall: a signal arrived.
+    """
+    try:
+        bo = handles.lookup(handle)
+    except NoEntry:
+        raise InvalidArgument(f"no buffer object with handle {handle} to wait on") from None
+    wait_bo(call, bo, wait_all=wait_all, timeout_ns=timeout_ns, deadline=deadline)
 
 
 class GemDmaBufOps(DmaBufOps):

@@ -1,10 +1,12 @@
 """vaccel: the vgem-sized in-tree driver the core's tests (and driver authors) use.
 
 It has everything a driver needs and nothing more: buffer objects with handles
-and mmap, a no-op ioctl, a one-engine job queue whose jobs fill a buffer after a
-delay in device time and signal a fence, an interruptible wait, a driver INFO
-query, sysfs attributes, and the lazy single-owner policy. Read it as the
-smallest complete example of the driver API.
+and mmap, a no-op ioctl, a one-engine job queue on the core's scheduler
+(:mod:`accelcore.sched`) whose jobs fill or copy buffers after a delay in device
+time, implicit sync through the buffers' reservation objects, an interruptible
+wait for a job and one for a buffer, a driver INFO query, sysfs attributes, and
+the lazy single-owner policy. Read it as the smallest complete example of the
+driver API.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from ..clock import Timer
+from ..clock import NSEC_PER_SEC, Timer
 from ..device import AccelDevice, DeviceStatus
 from ..dispatch import IoctlCall
 from ..driver import AccelDriver, EngineInfo, IoctlFlags, MemoryRegionInfo, info_query, ioctl
 from ..errors import AccelError, InvalidArgument, NoEntry, TimedOut
 from ..fence import Fence, FenceContext
-from ..gem import BufferObject
+from ..gem import BufferObject, dma_resv_wait
+from ..sched import SchedEntity, SchedJob, SchedStat, Scheduler, SchedulerOps
 from ..sysfs import Attribute, AttributeGroup
 from ..uapi import CORE, load_uapi
 from .conformance.steps import Call, Fails, Setup
@@ -36,9 +39,10 @@ VACCEL_UAPI = load_uapi(str(resources.files(__package__) / "vaccel.h"), include=
 
 @dataclass
 class VAccelState:
-    """Per-device state: the engine's timeline and counters."""
+    """Per-device state: the engine's scheduler and hardware timeline, and counters."""
 
     fences: FenceContext
+    sched: Scheduler
     submitted: int = 0
     completed: int = 0
     busy_ns: int = 0
@@ -46,11 +50,78 @@ class VAccelState:
 
 @dataclass
 class VAccelContext:
-    """Per-file compute context: the jobs by sequence number, and the engine timer
-    and buffer of each job still in flight (revoked at once when the context goes)."""
+    """Per-file compute context: its queue on the engine (a scheduler entity) and
+    the finished fence of each of its jobs by sequence number."""
 
+    entity: SchedEntity
     jobs: dict[int, Fence] = field(default_factory=dict)
-    inflight: dict[int, tuple[Timer, BufferObject]] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class VAccelJob:
+    """What the engine does for one job: fill ``dst`` with a byte, or copy
+    ``src`` into it, ``delay`` ns after the job starts."""
+
+    file: AccelFile
+    dst: BufferObject
+    delay: int
+    fill: int = 0
+    src: BufferObject | None = None
+    timer: Timer | None = None
+
+
+class _Engine(SchedulerOps):
+    """The scheduler's callbacks: the fill engine of one device."""
+
+    def __init__(self, driver: VAccelDriver, dev: AccelDevice) -> None:
+        self.driver = driver
+        self.dev = dev
+
+    def run_job(self, job: SchedJob) -> Fence | None:
+        st = self.driver.state(self.dev)
+        work: VAccelJob = job.priv
+        hw = st.fences.create()
+
+        def complete() -> None:
+            work.timer = None
+            try:
+                if work.src is not None:
+                    n = min(work.src.size, work.dst.size)
+                    work.dst.view(0, n)[:] = work.src.view(0, n)
+                else:
+                    work.dst.view()[:] = bytes([work.fill]) * work.dst.size
+            except AccelError as exc:  # the memory is gone: the job fails, it does not crash
+                hw.set_error(-(exc.errno or errno.EIO))
+            else:
+                st.completed += 1
+                st.busy_ns += work.delay
+                work.file.engine_time_ns += work.delay
+            hw.signal()
+
+        work.timer = self.dev.subsystem.clock.call_later(work.delay, complete)
+        return hw
+
+    def cancel_job(self, job: SchedJob) -> None:
+        work: VAccelJob = job.priv
+        if work.timer is not None:
+            work.timer.cancel()
+            work.timer = None
+
+    def timedout_job(self, job: SchedJob) -> SchedStat:
+        # The engine hung: fail the job, then reset the device, which aborts
+        # every context's work (context_destroy tears their entities down).
+        job.scheduler.cancel(job, -errno.ETIMEDOUT)
+        try:
+            self.dev.reset("job timeout")
+        except AccelError:
+            return SchedStat.ENODEV
+        return SchedStat.RESET
+
+    def free_job(self, job: SchedJob) -> None:
+        work: VAccelJob = job.priv
+        work.dst.put()
+        if work.src is not None:
+            work.src.put()
 
 
 class VAccelDriver(AccelDriver):
@@ -95,17 +166,32 @@ class VAccelDriver(AccelDriver):
         ),
         "DRM_IOCTL_VACCEL_WAIT": (Fails({"seqno": 0xFFFF}, errno.ENOENT, "no such job"),),
     }
+    #: How long a job may run before the engine counts as hung and the device
+    #: is reset (device time; ``None``: never). Set it on the instance before
+    #: its devices are created.
+    job_timeout_ns: int | None = 3600 * NSEC_PER_SEC
 
     def probe(self, dev: AccelDevice) -> None:
-        fences = FenceContext(dev.subsystem.clock, self.name, "fill", oops=dev.record_oops)
-        dev.private = VAccelState(fences)
+        clock = dev.subsystem.clock
+        sched = Scheduler(
+            clock,
+            _Engine(self, dev),
+            f"{dev.name}-fill",
+            driver=self.name,
+            timeout_ns=self.job_timeout_ns,
+            oops=dev.record_oops,
+        )
+        fences = FenceContext(clock, self.name, "fill", oops=dev.record_oops)
+        dev.private = VAccelState(fences, sched)
+        dev.add_action(sched.fini, "drm_sched_fini")
 
     def state(self, dev: AccelDevice) -> VAccelState:
         st: VAccelState = dev.private
         return st
 
     def context_create(self, file: AccelFile) -> Any:
-        return VAccelContext()
+        st = self.state(file.device)
+        return VAccelContext(SchedEntity(st.sched, f"client{file.client_id}"))
 
     def context_destroy(self, file: AccelFile, context: Any) -> None:
         dev = file.device
@@ -116,15 +202,9 @@ class VAccelDriver(AccelDriver):
             if dev.status == DeviceStatus.IN_RESET
             else -errno.ECANCELED
         )
-        for timer, bo in context.inflight.values():
-            timer.cancel()
-            bo.put()
-        context.inflight.clear()
-        for fence in context.jobs.values():
-            if not fence.signalled:
-                fence.set_error(err)
-                fence.signal()
-        context.jobs.clear()
+        ctx: VAccelContext = context
+        ctx.entity.fini(err)
+        ctx.jobs.clear()
 
     @ioctl("DRM_IOCTL_VACCEL_CREATE_BO", IoctlFlags.OWNER)
     def create_bo(self, call: IoctlCall) -> None:
@@ -146,37 +226,38 @@ class VAccelDriver(AccelDriver):
 
     @ioctl("DRM_IOCTL_VACCEL_SUBMIT", IoctlFlags.OWNER)
     def submit(self, call: IoctlCall) -> None:
+        """Queue a fill job. It writes its buffer, so it runs after the buffer's
+        readers and writers, and its fence joins the buffer's fences."""
         a = call.args
         if a.fill > 0xFF:
             raise InvalidArgument(f"fill value {a.fill} is not a byte")
         bo = call.file.handles.lookup(a.handle)
+        a.seqno = self._push(call, VAccelJob(call.file, bo.get(), int(a.delay_ns), int(a.fill)))
+
+    @ioctl("DRM_IOCTL_VACCEL_COPY", IoctlFlags.OWNER)
+    def copy(self, call: IoctlCall) -> None:
+        """Queue a copy job: it reads ``src`` once the writers of ``src`` are done
+        (on whatever device: implicit sync through the shared reservation) and
+        writes ``dst`` once its readers and writers are done."""
+        a = call.args
+        src = call.file.handles.lookup(a.src_handle)
+        dst = call.file.handles.lookup(a.dst_handle)
+        if src is dst:
+            raise InvalidArgument(f"copy of buffer {a.src_handle} onto itself")
+        work = VAccelJob(call.file, dst.get(), int(a.delay_ns), src=src.get())
+        a.seqno = self._push(call, work)
+
+    def _push(self, call: IoctlCall, work: VAccelJob) -> int:
         st = self.state(call.device)
         ctx: VAccelContext = call.file.context
-        fence = st.fences.create()
-        ctx.jobs[fence.seqno] = fence
-        bo.get()
+        job = SchedJob(ctx.entity, priv=work)
+        if work.src is not None:
+            job.add_buffer(work.src, write=False)
+        job.add_buffer(work.dst, write=True)
+        ctx.jobs[job.finished.seqno] = job.finished
         st.submitted += 1
-        delay = int(a.delay_ns)
-
-        def complete() -> None:
-            ctx.inflight.pop(fence.seqno, None)
-            try:
-                bo.view()[:] = bytes([a_fill]) * bo.size
-            except AccelError as exc:  # the memory is gone: the job fails, it does not crash
-                fence.set_error(-(exc.errno or errno.EIO))
-            else:
-                st.completed += 1
-                st.busy_ns += delay
-                call_file.engine_time_ns += delay
-            # The job's reference goes before the signal (drm_sched frees a job's
-            # resources whatever its fence's callbacks do); a callback that raises
-            # is the fence core's oops to record, not this job's to leak.
-            bo.put()
-            fence.signal()
-
-        a_fill, call_file = int(a.fill), call.file
-        ctx.inflight[fence.seqno] = (call.clock.call_later(delay, complete), bo)
-        a.seqno = fence.seqno
+        ctx.entity.push_job(job)
+        return job.finished.seqno
 
     @ioctl("DRM_IOCTL_VACCEL_WAIT", IoctlFlags.OWNER, waits=True)
     def wait(self, call: IoctlCall) -> None:
@@ -191,6 +272,28 @@ class VAccelDriver(AccelDriver):
         if not call.wait_fences([fence], timeout):
             raise TimedOut(f"job {a.seqno} not done after {a.timeout_ns} ns")
         a.status = self.uapi.VACCEL_WAIT_ABORTED if fence.error else self.uapi.VACCEL_WAIT_COMPLETED
+
+    @ioctl("DRM_IOCTL_VACCEL_WAIT_BO", IoctlFlags.NONE, waits=True)
+    def wait_bo(self, call: IoctlCall) -> None:
+        """Wait for a buffer's fences (``drm_gem_dma_resv_wait``): an unknown
+        handle is ``EINVAL``, still busy at the timeout ``ETIME``. After a signal
+        the time left is written back to ``timeout_ns``, so the restarted call
+        goes on waiting where it stopped (as ``v3d_wait_bo_ioctl``)."""
+        a = call.args
+        if a.flags & ~self.uapi.VACCEL_WAIT_BO_WRITE:
+            raise InvalidArgument(f"vaccel_wait_bo.flags {a.flags:#x} has unknown bits")
+        deadline = None if a.timeout_ns < 0 else call.clock.now() + int(a.timeout_ns)
+        try:
+            dma_resv_wait(
+                call,
+                call.file.handles,
+                a.handle,
+                wait_all=bool(a.flags & self.uapi.VACCEL_WAIT_BO_WRITE),
+                deadline=deadline,
+            )
+        finally:
+            if deadline is not None:
+                a.timeout_ns = max(0, deadline - call.clock.now())
 
     @info_query("VACCEL_INFO_COUNTERS", "struct vaccel_info_counters")
     def info_counters(self, call: IoctlCall, dev: AccelDevice) -> Any:
