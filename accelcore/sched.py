@@ -38,18 +38,26 @@ import errno
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import InvalidArgument, NoEntry
 from .fence import Fence, FenceContext, Usage, usage_rw
 
 if TYPE_CHECKING:
     from .clock import Clock, Timer
-    from .gem import BufferObject
+    from .fence import ReservationObject
 
-__all__ = ["SchedEntity", "SchedJob", "SchedStat", "Scheduler", "SchedulerOps"]
+__all__ = ["Reservable", "SchedEntity", "SchedJob", "SchedStat", "Scheduler", "SchedulerOps"]
 
 _push_order = itertools.count(1)
+
+
+class Reservable(Protocol):
+    """Anything with a reservation object: a buffer object, a driver's memory block."""
+
+    @property
+    def resv(self) -> ReservationObject: ...
 
 
 class SchedStat(enum.Enum):
@@ -134,7 +142,7 @@ class SchedJob:
         self.parent: Fence | None = None
         self.dependencies: list[Fence] = []
         self.error = 0
-        self._buffers: list[tuple[BufferObject, bool]] = []
+        self._buffers: list[tuple[Reservable, bool]] = []
         self._order = 0
         self._timer: Timer | None = None
         self._freed = False
@@ -162,7 +170,7 @@ class SchedJob:
         for f in fences:
             self.add_dependency(f)
 
-    def add_buffer(self, bo: BufferObject, *, write: bool) -> None:
+    def add_buffer(self, bo: Reservable, *, write: bool) -> None:
         """The job uses ``bo`` (implicit sync): it waits for the buffer's fences
         (a writer for readers and writers, a reader for writers —
         ``drm_sched_job_add_implicit_dependencies``) and, once pushed, its
@@ -359,7 +367,7 @@ class Scheduler:
             self._complete(job, job.error)
             return
         try:
-            parent.add_callback(lambda f, job=job: self._parent_done(job, f))
+            parent.add_callback(partial(self._parent_done, job))
         except NoEntry:
             self._parent_done(job, parent)
             return
@@ -453,7 +461,7 @@ class Scheduler:
             elif job._timer is None:
                 timeout = job.timeout_ns if job.timeout_ns is not None else self.timeout_ns
                 if timeout:
-                    job._timer = self.clock.call_later(timeout, lambda j=job: self._timed_out(j))
+                    job._timer = self.clock.call_later(timeout, partial(self._timed_out, job))
         self.schedule()
 
     def fini(self, error: int = -errno.ECANCELED) -> None:

@@ -1,7 +1,8 @@
 """Per-device, per-file and per-context state of the habana_like driver.
 
 * :class:`DeviceState` — one per device (``dev.private``): the model, its DRAM
-  (the allocator), the fence timeline, the jobs on the engines by tag.
+  (the allocator), the hardware fence timeline, the CS scheduler, the jobs on
+  the engines by tag.
 * :class:`FileState` — one per open file (``file.driver_priv``): the sequence
   counter and the outcomes of submissions of earlier contexts, so that sequence
   numbers stay unique per file across a reset and old ones still answer.
@@ -18,11 +19,11 @@ from typing import TYPE_CHECKING
 
 from accelcore import AccelDevice, Fence, FenceContext, SharedMemory
 from accelcore.memory import DeviceMemory
+from accelcore.sched import SchedEntity, Scheduler
 
 from .memory import DramBlock, VaMapping, VaSpace
 
 if TYPE_CHECKING:
-    from accelcore.clock import Timer
     from accelcore.pci import PciFunction
 
     from .device import HabanaLikeDevice
@@ -42,6 +43,7 @@ class DeviceState:
     model: HabanaLikeDevice
     allocator: DeviceMemory
     fences: FenceContext
+    sched: Scheduler
     jobs: dict[int, tuple[CommandSubmission, int]] = field(default_factory=dict)
     tags: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     asids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -92,16 +94,22 @@ class CommandBuffer:
 
 @dataclass(eq=False)
 class CommandSubmission:
-    """One CS: its fence, its outstanding jobs, and its timeout timer."""
+    """One CS: a job of the device's scheduler. ``fence`` is the job's finished
+    fence (what WAIT_CS waits on); ``hw`` the fence the engines' completion
+    interrupts signal; ``parsed`` the validated jobs, queued on the engines when
+    the scheduler runs the CS."""
 
     seq: int
     fence: Fence
     context: Context
+    parsed: list[tuple[int, bytes]] = field(default_factory=list)
     tags: set[int] = field(default_factory=set)
     mappings: list[VaMapping] = field(default_factory=list)
     error: int = 0
-    tdr: Timer | None = None
+    hw: Fence | None = None
     timed_out: bool = False
+    skip_reset: bool = False
+    limit_ms: int = 0
 
     def release_mappings(self) -> None:
         for m in self.mappings:
@@ -116,6 +124,8 @@ class Context:
     asid: int
     file_state: FileState
     space: VaSpace
+    #: The context's queue on the device's CS scheduler.
+    entity: SchedEntity
     cbs: dict[int, CommandBuffer] = field(default_factory=dict)
     allocs: dict[int, DramBlock] = field(default_factory=dict)
     submissions: OrderedDict[int, CommandSubmission] = field(default_factory=OrderedDict)

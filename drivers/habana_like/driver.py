@@ -18,7 +18,12 @@ Semantics (seed 000, habanalabs 2019):
   (status ``ABORTED``). A sequence number that was never issued on this file is
   ``EINVAL`` (habanalabs' choice, not ``ENOENT``); one issued long ago and
   forgotten is ``COMPLETED`` with ``HLK_WAIT_CS_STATUS_FLAG_GONE``.
-* **Hang and reset.** Each CS arms a timer of ``cs_timeout_ms`` device time (a
+* **Scheduling.** A CS is a job of the device's scheduler (:mod:`accelcore.sched`),
+  queued on its context's entity: its fence is the job's finished fence, and it
+  waits for the fences of the device memory it uses (implicit sync); the CS's
+  fence joins those buffers' reservations, so importers of an exported range,
+  ``poll`` and ``EXPORT_SYNC_FILE`` on the dma-buf wait for the CS.
+* **Hang and reset.** Each CS has a timeout of ``cs_timeout_ms`` device time (a
   device-model option, or ``HLK_CS_FLAGS_CUSTOM_TIMEOUT``). When it fires the CS
   completes with ``-ETIMEDOUT`` and the device is hard-reset
   (``dev.reset("cs timeout")``): every context is aborted through
@@ -48,6 +53,7 @@ from accelcore import (
     DeviceIOError,
     DeviceStatus,
     DriverFeature,
+    Fence,
     FenceContext,
     InvalidArgument,
     IoctlCall,
@@ -63,6 +69,7 @@ from accelcore import (
 from accelcore.clock import NSEC_PER_MSEC, NSEC_PER_USEC
 from accelcore.memory import PAGE_SIZE, page_align
 from accelcore.pci import IrqType, PciDeviceId, PciFunction
+from accelcore.sched import SchedEntity, SchedJob, SchedStat, Scheduler, SchedulerOps
 from accelcore.testing.conformance.steps import Call, Fails, Setup, UserArray, Write
 
 from .context import (
@@ -95,6 +102,55 @@ def device_state(dev: AccelDevice) -> DeviceState:
     """The driver's state of ``dev``."""
     st: DeviceState = dev.private
     return st
+
+
+class _CsOps(SchedulerOps):
+    """The CS scheduler's callbacks: queue a CS's jobs on the engines, stop them,
+    and handle a CS timeout with a hard reset (habanalabs' TDR)."""
+
+    def __init__(self, driver: HabanaLikeDriver, dev: AccelDevice) -> None:
+        self.driver = driver
+        self.dev = dev
+
+    def run_job(self, job: SchedJob) -> Fence | None:
+        st = device_state(self.dev)
+        cs: CommandSubmission = job.priv
+        cs.hw = st.fences.create()
+        for queue, patched in cs.parsed:
+            tag = next(st.tags)
+            st.jobs[tag] = (cs, queue)
+            cs.tags.add(tag)
+            st.model.submit(queue, patched + encode_msg_prot(CQ_ADDR_BASE + queue, tag), tag)
+        cs.parsed.clear()
+        return cs.hw
+
+    def cancel_job(self, job: SchedJob) -> None:
+        self.driver._stop_cs(device_state(self.dev), job.priv)
+
+    def timedout_job(self, job: SchedJob) -> SchedStat:
+        st = device_state(self.dev)
+        cs: CommandSubmission = job.priv
+        st.model.events[HLK.HLK_EVENT_CS_TIMEOUT] += 1
+        st.cs_timeouts += 1
+        log.warning(
+            "%s: command submission %d has not finished in %d ms!",
+            st.dev.name,
+            cs.seq,
+            cs.limit_ms,
+        )
+        if cs.skip_reset:
+            return SchedStat.NO_HANG
+        cs.timed_out = True
+        job.scheduler.cancel(job, -errno.ETIMEDOUT)
+        try:
+            st.dev.reset("cs timeout")
+        except AccelError as exc:
+            log.error("%s: reset after CS timeout failed: %s", st.dev.name, exc)
+            return SchedStat.ENODEV
+        except Exception as exc:  # a timer must not die; record it as an oops
+            st.dev.record_oops("reset after CS timeout", exc)
+            return SchedStat.ENODEV
+        return SchedStat.RESET
 
 
 class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
@@ -173,13 +229,23 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
         fn.set_dma_mask(DMA_MASK_BITS)
         fn.alloc_irq_vectors(HLK.HLK_QUEUE_ID_SIZE, HLK.HLK_QUEUE_ID_SIZE, IrqType.MSIX)
         dev.add_action(fn.free_irq_vectors, "pci_free_irq_vectors")
+        clock = dev.subsystem.clock
         st = DeviceState(
             dev,
             fn,
             model,
             model.dram,
-            FenceContext(dev.subsystem.clock, self.name, f"{dev.name}-cs", oops=dev.record_oops),
+            FenceContext(clock, self.name, f"{dev.name}-cs", oops=dev.record_oops),
+            Scheduler(
+                clock,
+                _CsOps(self, dev),
+                f"{dev.name}-cs",
+                driver=self.name,
+                credit_limit=HLK.HLK_MAX_PENDING_CS,
+                oops=dev.record_oops,
+            ),
         )
+        dev.add_action(st.sched.fini, "drm_sched_fini")
         for vector in range(HLK.HLK_QUEUE_ID_SIZE):
             fn.request_irq(vector, partial(self._irq, st))
         dev.private = st
@@ -202,15 +268,17 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
     # -- contexts ----------------------------------------------------------------------
     def context_create(self, file: AccelFile) -> Any:
         st = device_state(file.device)
-        return Context(next(st.asids), file.driver_priv, VaSpace(PAGE_SIZE))
+        asid = next(st.asids)
+        return Context(
+            asid, file.driver_priv, VaSpace(PAGE_SIZE), SchedEntity(st.sched, f"asid{asid}")
+        )
 
     def context_destroy(self, file: AccelFile, context: Any) -> None:
         ctx: Context = context
         st = device_state(file.device)
         err = -errno.ENODEV if file.device.status == DeviceStatus.UNPLUGGED else -errno.EIO
+        ctx.entity.fini(err)  # queued and running CSs complete with err
         for cs in ctx.submissions.values():
-            if not cs.fence.signalled:
-                self._abort(st, cs, err)
             ctx.file_state.remember(cs.seq, outcome(cs))
         ctx.submissions.clear()
         for cb in ctx.cbs.values():
@@ -240,16 +308,13 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
         except AccelError as exc:
             log.error("%s: reset after context release failed: %s", dev.name, exc)
 
-    def _abort(self, st: DeviceState, cs: CommandSubmission, err: int) -> None:
-        if cs.tdr is not None:
-            cs.tdr.cancel()
+    def _stop_cs(self, st: DeviceState, cs: CommandSubmission) -> None:
+        """Take a CS off the engines (its fences are the scheduler's to signal)."""
         for tag in cs.tags:
             st.jobs.pop(tag, None)
         st.model.cancel(cs.tags)
         cs.tags.clear()
         cs.release_mappings()
-        cs.fence.set_error(err)
-        cs.fence.signal()
 
     def mmap(self, file: AccelFile, offset: int, length: int, writable: bool) -> Mapping | None:
         ctx: Context | None = file.context
@@ -355,27 +420,24 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
         fs: FileState = call.file.driver_priv
         seq = fs.next_seq
         fs.next_seq += 1
-        cs = CommandSubmission(seq, st.fences.create(), ctx)
+        limit_ms = timeout_ms if flags & HLK.HLK_CS_FLAGS_CUSTOM_TIMEOUT else st.model.cs_timeout_ms
+        sched_job = SchedJob(ctx.entity, timeout_ns=limit_ms * NSEC_PER_MSEC)
+        cs = CommandSubmission(seq, sched_job.finished, ctx)
+        cs.limit_ms = limit_ms
+        cs.skip_reset = bool(flags & HLK.HLK_CS_FLAGS_SKIP_RESET_ON_TIMEOUT)
+        sched_job.priv = cs
         for cb, job in jobs:
-            tag = next(st.tags)
-            st.jobs[tag] = (cs, job.queue)
-            cs.tags.add(tag)
+            cs.parsed.append((job.queue, job.patched))
             for m in job.mappings:
                 m.inflight += 1
                 cs.mappings.append(m)
+                if m.block is not None:
+                    sched_job.add_buffer(m.block, write=True)
             cb.usage += 1
-            st.model.submit(
-                job.queue, job.patched + encode_msg_prot(CQ_ADDR_BASE + job.queue, tag), tag
-            )
-        limit_ms = timeout_ms if flags & HLK.HLK_CS_FLAGS_CUSTOM_TIMEOUT else st.model.cs_timeout_ms
-        if limit_ms:
-            skip = bool(flags & HLK.HLK_CS_FLAGS_SKIP_RESET_ON_TIMEOUT)
-            cs.tdr = call.clock.call_later(
-                limit_ms * NSEC_PER_MSEC, lambda: self._cs_timeout(st, cs, limit_ms, skip)
-            )
         ctx.submissions[seq] = cs
         ctx.inflight.add(seq)
         cs.fence.add_callback(lambda _fence: ctx.inflight.discard(seq))
+        ctx.entity.push_job(sched_job)
         ctx.forget_finished()
         return seq
 
@@ -411,34 +473,11 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
             cs.tags.discard(tag)
             if err and not cs.error:
                 cs.error = err
-            if not cs.tags:
-                if cs.tdr is not None:
-                    cs.tdr.cancel()
+            if not cs.tags and cs.hw is not None:
                 cs.release_mappings()
                 if cs.error:
-                    cs.fence.set_error(cs.error)
-                cs.fence.signal()
-
-    def _cs_timeout(
-        self, st: DeviceState, cs: CommandSubmission, limit_ms: int, skip_reset: bool
-    ) -> None:
-        if cs.fence.signalled:
-            return
-        st.model.events[HLK.HLK_EVENT_CS_TIMEOUT] += 1
-        st.cs_timeouts += 1
-        log.warning(
-            "%s: command submission %d has not finished in %d ms!", st.dev.name, cs.seq, limit_ms
-        )
-        if skip_reset:
-            return
-        cs.timed_out = True
-        self._abort(st, cs, -errno.ETIMEDOUT)
-        try:
-            st.dev.reset("cs timeout")
-        except AccelError as exc:
-            log.error("%s: reset after CS timeout failed: %s", st.dev.name, exc)
-        except Exception as exc:  # a timer must not die; record it as an oops
-            st.dev.record_oops("reset after CS timeout", exc)
+                    cs.hw.set_error(cs.error)
+                cs.hw.signal()
 
     # -- WAIT_CS --------------------------------------------------------------------------
     @ioctl("DRM_IOCTL_HLK_WAIT_CS", IoctlFlags.OWNER, waits=True)

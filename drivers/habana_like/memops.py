@@ -233,6 +233,7 @@ class MemoryMixin:
                 registry=call.device.subsystem.dmabufs,
                 priv=block,
                 flags=flags,
+                resv=block.resv,
             )
         except AccelError:
             released()

@@ -21,7 +21,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from accelcore import BadAddress, Busy, InvalidArgument, NoSpace
+from accelcore import BadAddress, Busy, InvalidArgument, NoSpace, ReservationObject
 from accelcore.memory import MemoryBlock
 
 from .uapi import HLK
@@ -40,6 +40,8 @@ class DramBlock:
     mem: MemoryBlock
     refs: int = 1
     mapped: int = 0
+    #: The fences of the CSs using the block, shared with its dma-bufs.
+    resv: ReservationObject = field(default_factory=ReservationObject)
 
     @property
     def offset(self) -> int:
