@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .driver import AccelDriver, InfoDesc, IoctlDesc
 from .errors import InvalidArgument, NoDevice
 from .ownership import Ownership
+from .resources import release_scope
 from .sysfs import SysfsNode
 
 if TYPE_CHECKING:
@@ -191,6 +192,7 @@ class AccelDevice:
                 action()
             except Exception as exc:  # a release action must not stop the others
                 self.record_oops(f"release action {name}", exc)
+        release_scope("device", self, self)
         self.subsystem.minors.release(self.minor)
         self.subsystem.devices_released(self)
         self.state = DeviceState.RELEASED

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .dispatch import IoctlCall, dispatch, permit
 from .errors import InvalidArgument, NoMemory, RestartSyscall, TryAgain
 from .gem import HandleTable
+from .resources import release_scope
 from .vfs import POLLIN, POLLOUT, Mapping, OpenFile
 
 if TYPE_CHECKING:
@@ -193,6 +194,7 @@ class AccelFile(OpenFile):
                 dev.driver.postclose(self)
             except Exception as exc:
                 dev.record_oops("postclose", exc)
+            release_scope("file", self, dev)
             if self in dev.files:
                 dev.files.remove(self)
             dev.put()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .driver import OwnershipPolicy
 from .errors import Busy, InvalidArgument
+from .resources import release_scope
 
 if TYPE_CHECKING:
     from .device import AccelDevice
@@ -152,7 +153,10 @@ class Ownership:
         """Destroy ``file``'s context through the driver, if it has one."""
         ctx, file.context = file.context, None
         if ctx is not None:
-            self.device.driver.context_destroy(file, ctx)
+            try:
+                self.device.driver.context_destroy(file, ctx)
+            finally:
+                release_scope("context", file, self.device)
 
     # -- exports -----------------------------------------------------------------
     def exported(self, file: AccelFile, buf: DmaBuf) -> None:

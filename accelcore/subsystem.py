@@ -36,6 +36,7 @@ from .file import AccelFile
 from .memory import LIVE
 from .minors import MinorAllocator
 from .ownership import OwnerState
+from .resources import ResourceRegistry
 from .sysfs import Attribute, SysfsNode, SysfsTree
 from .task import Credentials, Task
 from .udmabuf import UdmabufFile
@@ -103,6 +104,8 @@ class Subsystem:
         self.oopses: list[Oops] = []
         self.tasks: dict[int, Task] = {}
         self.dmabufs = DmaBufRegistry(FenceContext(self.clock, "accelcore", "stub"))
+        #: Managed resources of devices, files and contexts (``drmm_*``, ``xa_alloc``).
+        self.resources = ResourceRegistry()
         self._drivers: dict[str, _Registration] = {}
         self._pids = itertools.count(1000)
         self.add_node(
@@ -510,6 +513,7 @@ class Subsystem:
                 "oopses": len(self.oopses),
             }
             counts.update(self.dmabufs.counts())
+            counts.update(self.resources.counts())
             for name, reg in sorted(self._drivers.items()):
                 for key, value in reg.driver.accounting().items():
                     counts[f"{name}.{key}"] = value

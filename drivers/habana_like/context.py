@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from accelcore import AccelDevice, Fence, FenceContext, SharedMemory
 from accelcore.memory import DeviceMemory
+from accelcore.resources import IdTable
 from accelcore.sched import SchedEntity, Scheduler
 
 from .memory import DramBlock, VaMapping, VaSpace
@@ -126,13 +127,15 @@ class Context:
     space: VaSpace
     #: The context's queue on the device's CS scheduler.
     entity: SchedEntity
-    cbs: dict[int, CommandBuffer] = field(default_factory=dict)
-    allocs: dict[int, DramBlock] = field(default_factory=dict)
+    #: Command buffers and device-memory allocations by handle: managed ID
+    #: tables of the context (:mod:`accelcore.resources`), so a context torn
+    #: down with entries left is reported as a leak naming the table.
+    cbs: IdTable[CommandBuffer]
+    allocs: IdTable[DramBlock]
     submissions: OrderedDict[int, CommandSubmission] = field(default_factory=OrderedDict)
     #: Sequence numbers of CSs whose fence has not signalled (kept by a fence callback,
     #: so the in-flight limit costs O(1) per submission, not a scan of the history).
     inflight: set[int] = field(default_factory=set)
-    handles: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
     def dram_bytes(self) -> int:

@@ -69,6 +69,7 @@ from accelcore import (
 from accelcore.clock import NSEC_PER_MSEC, NSEC_PER_USEC
 from accelcore.memory import PAGE_SIZE, page_align
 from accelcore.pci import IrqType, PciDeviceId, PciFunction
+from accelcore.resources import context_scope
 from accelcore.sched import SchedEntity, SchedJob, SchedStat, Scheduler, SchedulerOps
 from accelcore.testing.conformance.steps import Call, Fails, Setup, UserArray, Write
 
@@ -269,8 +270,14 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
     def context_create(self, file: AccelFile) -> Any:
         st = device_state(file.device)
         asid = next(st.asids)
+        scope = context_scope(file)
         return Context(
-            asid, file.driver_priv, VaSpace(PAGE_SIZE), SchedEntity(st.sched, f"asid{asid}")
+            asid,
+            file.driver_priv,
+            VaSpace(PAGE_SIZE),
+            SchedEntity(st.sched, f"asid{asid}"),
+            scope.ids("cbs", cyclic=True),
+            scope.ids("dram_allocs", cyclic=True),
         )
 
     def context_destroy(self, file: AccelFile, context: Any) -> None:
@@ -281,14 +288,12 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
         for cs in ctx.submissions.values():
             ctx.file_state.remember(cs.seq, outcome(cs))
         ctx.submissions.clear()
-        for cb in ctx.cbs.values():
+        for cb in ctx.cbs.clear():
             cb.put()
-        ctx.cbs.clear()
         for m in ctx.space.mappings():
             ctx.space.remove_any(m)
-        for block in ctx.allocs.values():
+        for block in ctx.allocs.clear():
             block.put()
-        ctx.allocs.clear()
         self._reset_if_not_idle(file.device, st)
 
     def _reset_if_not_idle(self, dev: AccelDevice, st: DeviceState) -> None:
@@ -349,11 +354,13 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
                 raise InvalidArgument(f"CB size {size} is outside 8..{HLK.HLK_MAX_CB_SIZE}")
             st = device_state(call.device)
             nbytes = page_align(size)
-            cb = CommandBuffer(
-                next(ctx.handles), SharedMemory(nbytes, "hlk-cb"), nbytes, st.next_cb_offset
-            )
+            cb = CommandBuffer(0, SharedMemory(nbytes, "hlk-cb"), nbytes, st.next_cb_offset)
+            try:
+                cb.handle = ctx.cbs.alloc(cb)
+            except AccelError:
+                cb.put()
+                raise
             st.next_cb_offset += nbytes
-            ctx.cbs[cb.handle] = cb
             out.cb_handle, out.mmap_offset, out.size, out.usage_cnt = (
                 cb.handle,
                 cb.mmap_offset,
@@ -361,11 +368,11 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
                 0,
             )
             return
-        found = ctx.cbs.get(handle)
+        found = ctx.cbs.load(handle)
         if found is None:
             raise InvalidArgument(f"no CB with handle {handle} in this context")
         if op == HLK.HLK_CB_OP_DESTROY:
-            del ctx.cbs[handle]
+            ctx.cbs.erase(handle)
             found.put()
         elif op == HLK.HLK_CB_OP_INFO:
             out.cb_handle, out.mmap_offset, out.size, out.usage_cnt = (
@@ -451,7 +458,7 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
                 f"chunk {i}: queue index {chunk.queue_index} is invalid "
                 f"(0..{HLK.HLK_QUEUE_ID_SIZE - 1})"
             )
-        cb = ctx.cbs.get(chunk.cb_handle)
+        cb = ctx.cbs.load(chunk.cb_handle)
         if cb is None:
             raise InvalidArgument(f"chunk {i}: CB handle {chunk.cb_handle} is invalid")
         if not 8 <= chunk.cb_size <= cb.size:

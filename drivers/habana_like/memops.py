@@ -112,21 +112,21 @@ class MemoryMixin:
                 f"page size {page:#x} is not supported (only {st.allocator.page:#x})"
             )
         ctx: Context = call.file.context
-        handle = next(ctx.handles)
+        handle = ctx.allocs.next_id()
         # A new memfd: zeroed, so an earlier tenant's data never leaks.
         block = DramBlock(handle, st.allocator.alloc(size, f"hlk-dram-{handle}"))
-        ctx.allocs[block.handle] = block
+        ctx.allocs.alloc(block)
         call.args.output.handle = block.handle
 
     def _free(self, call: IoctlCall, u: Any, flags: int) -> None:
         ctx: Context = call.file.context
         handle = int(u.free.handle)
-        block = ctx.allocs.get(handle)
+        block = ctx.allocs.load(handle)
         if block is None:
             raise InvalidArgument(f"no device memory with handle {handle} in this context")
         if block.mapped:
             raise InvalidArgument(f"handle {handle} is mapped, cannot free")
-        del ctx.allocs[handle]
+        ctx.allocs.erase(handle)
         block.put()
 
     def _map(self, call: IoctlCall, u: Any, flags: int) -> None:
@@ -145,7 +145,7 @@ class MemoryMixin:
             )
         else:
             handle = int(u.map_device.handle)
-            block = ctx.allocs.get(handle)
+            block = ctx.allocs.load(handle)
             if block is None:
                 raise InvalidArgument(f"no device memory with handle {handle} in this context")
             va = ctx.space.reserve(
