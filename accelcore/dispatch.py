@@ -366,6 +366,10 @@ def _get_cap(call: IoctlCall) -> None:
         )
     elif cap == CORE.DRM_CAP_TIMESTAMP_MONOTONIC:
         call.args.value = 1
+    elif cap == CORE.DRM_CAP_SYNCOBJ:
+        call.args.value = int(DriverFeature.SYNCOBJ in feats)
+    elif cap == CORE.DRM_CAP_SYNCOBJ_TIMELINE:
+        call.args.value = int(DriverFeature.SYNCOBJ_TIMELINE in feats)
     else:
         raise InvalidArgument(f"unknown capability {cap:#x}")
 
@@ -500,6 +504,11 @@ def _core_table() -> dict[int, IoctlDesc]:
     for name, flags, func in rows:
         d = CORE.ioctls[name]
         table[d.nr] = IoctlDesc(d.cmd, name, flags, func, d.arg_type, uapi=CORE)
+    from .syncobj import syncobj_ioctls  # rows and handlers live with the syncobjs
+
+    for name, flags, func, waits in syncobj_ioctls():
+        d = CORE.ioctls[name]
+        table[d.nr] = IoctlDesc(d.cmd, name, flags, func, d.arg_type, waits, uapi=CORE)
     return table
 
 

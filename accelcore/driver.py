@@ -102,6 +102,12 @@ class DriverFeature(enum.Flag):
     PRIME = 2
     #: A second node per device, ``accel_controlD<N>``, that answers INFO only.
     CONTROL_NODE = 4
+    #: Binary syncobjs: the core's ``DRM_IOCTL_SYNCOBJ_*`` ioctls (``DRIVER_SYNCOBJ``);
+    #: without it they fail with ``EOPNOTSUPP``. See :mod:`accelcore.syncobj`.
+    SYNCOBJ = 8
+    #: Timeline syncobjs too (``DRIVER_SYNCOBJ_TIMELINE``): TIMELINE_WAIT,
+    #: TIMELINE_SIGNAL, QUERY, TRANSFER and timeline points in the others.
+    SYNCOBJ_TIMELINE = 16
 
 
 @dataclass(frozen=True, slots=True)

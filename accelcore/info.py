@@ -73,6 +73,12 @@ def _device(dev: AccelDevice) -> list[Any]:
         (CORE.ACCEL_FEATURE_GEM if DriverFeature.GEM in drv.features else 0)
         | (CORE.ACCEL_FEATURE_PRIME if DriverFeature.PRIME in drv.features else 0)
         | (CORE.ACCEL_FEATURE_CONTROL_NODE if DriverFeature.CONTROL_NODE in drv.features else 0)
+        | (CORE.ACCEL_FEATURE_SYNCOBJ if DriverFeature.SYNCOBJ in drv.features else 0)
+        | (
+            CORE.ACCEL_FEATURE_SYNCOBJ_TIMELINE
+            if DriverFeature.SYNCOBJ_TIMELINE in drv.features
+            else 0
+        )
     )
     return [a]
 

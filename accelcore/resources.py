@@ -168,7 +168,7 @@ class ResourceScope:
         self.driver = driver
         self.label = label
         self.tables: dict[str, IdTable[Any]] = {}
-        self._actions: list[tuple[str, Callable[[], None]]] = []
+        self._actions: list[tuple[str, Callable[[], object]]] = []
         self.released = False
 
     def ids(
@@ -188,7 +188,7 @@ class ResourceScope:
         self.tables[name] = table
         return table
 
-    def add_action(self, action: Callable[[], None], name: str | None = None) -> None:
+    def add_action(self, action: Callable[[], object], name: str | None = None) -> None:
         """Run ``action`` when the owner goes, before actions added earlier
         (``drmm_add_action``); free the scope's resources in it."""
         self._actions.append((name or str(getattr(action, "__name__", "action")), action))

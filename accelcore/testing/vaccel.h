@@ -28,6 +28,8 @@ struct vaccel_submit {
 	__u32 fill;		/* in: the byte (0..255) */
 	__u64 delay_ns;		/* in: how long the engine takes */
 	__u64 seqno;		/* out: the job's sequence number */
+	__u32 in_syncobj;	/* in: a syncobj to wait for first (0: none) */
+	__u32 out_syncobj;	/* in: a syncobj that gets the job's fence (0: none) */
 };
 
 struct vaccel_wait {

@@ -20,11 +20,20 @@ from typing import TYPE_CHECKING, Any
 from ..clock import NSEC_PER_SEC, Timer
 from ..device import AccelDevice, DeviceStatus
 from ..dispatch import IoctlCall
-from ..driver import AccelDriver, EngineInfo, IoctlFlags, MemoryRegionInfo, info_query, ioctl
+from ..driver import (
+    AccelDriver,
+    DriverFeature,
+    EngineInfo,
+    IoctlFlags,
+    MemoryRegionInfo,
+    info_query,
+    ioctl,
+)
 from ..errors import AccelError, InvalidArgument, NoEntry, TimedOut
 from ..fence import Fence, FenceContext
 from ..gem import BufferObject, dma_resv_wait
 from ..sched import SchedEntity, SchedJob, SchedStat, Scheduler, SchedulerOps
+from ..syncobj import lookup_syncobj, syncobj_find_fence
 from ..sysfs import Attribute, AttributeGroup
 from ..uapi import CORE, load_uapi
 from .conformance.steps import Call, Fails, Setup
@@ -131,6 +140,12 @@ class VAccelDriver(AccelDriver):
     desc = "virtual accelerator"
     version = (1, 0, 0)
     uapi = VACCEL_UAPI
+    features = (
+        DriverFeature.GEM
+        | DriverFeature.PRIME
+        | DriverFeature.SYNCOBJ
+        | DriverFeature.SYNCOBJ_TIMELINE
+    )
     examples = {
         "DRM_IOCTL_VACCEL_CREATE_BO": {"size": 4096},
         "DRM_IOCTL_VACCEL_NOP": {"value": 1},
@@ -227,12 +242,20 @@ class VAccelDriver(AccelDriver):
     @ioctl("DRM_IOCTL_VACCEL_SUBMIT", IoctlFlags.OWNER)
     def submit(self, call: IoctlCall) -> None:
         """Queue a fill job. It writes its buffer, so it runs after the buffer's
-        readers and writers, and its fence joins the buffer's fences."""
+        readers and writers, and its fence joins the buffer's fences. With
+        ``in_syncobj`` it also waits for that syncobj's fence (``ENOENT`` for an
+        unknown handle, ``EINVAL`` for an empty syncobj); ``out_syncobj`` gets
+        the job's finished fence, as ivpu and amdxdna report completion."""
         a = call.args
         if a.fill > 0xFF:
             raise InvalidArgument(f"fill value {a.fill} is not a byte")
         bo = call.file.handles.lookup(a.handle)
-        a.seqno = self._push(call, VAccelJob(call.file, bo.get(), int(a.delay_ns), int(a.fill)))
+        in_fence = syncobj_find_fence(call.file, a.in_syncobj) if a.in_syncobj else None
+        out = lookup_syncobj(call.file, a.out_syncobj) if a.out_syncobj else None
+        work = VAccelJob(call.file, bo.get(), int(a.delay_ns), int(a.fill))
+        a.seqno = self._push(call, work, in_fence)
+        if out is not None:
+            out.replace_fence(call.file.context.jobs[a.seqno])
 
     @ioctl("DRM_IOCTL_VACCEL_COPY", IoctlFlags.OWNER)
     def copy(self, call: IoctlCall) -> None:
@@ -247,10 +270,12 @@ class VAccelDriver(AccelDriver):
         work = VAccelJob(call.file, dst.get(), int(a.delay_ns), src=src.get())
         a.seqno = self._push(call, work)
 
-    def _push(self, call: IoctlCall, work: VAccelJob) -> int:
+    def _push(self, call: IoctlCall, work: VAccelJob, in_fence: Fence | None = None) -> int:
         st = self.state(call.device)
         ctx: VAccelContext = call.file.context
         job = SchedJob(ctx.entity, priv=work)
+        if in_fence is not None:
+            job.add_dependency(in_fence)
         if work.src is not None:
             job.add_buffer(work.src, write=False)
         job.add_buffer(work.dst, write=True)
