@@ -6,7 +6,7 @@ The public API for driver authors and tool authors. Layers (DESIGN §2):
   uAPI rules checker;
 * core engine — :class:`Subsystem`, :class:`AccelDriver`, :class:`AccelDevice`,
   :class:`AccelFile`, the dispatcher, INFO, ownership, buffer objects, dma-buf,
-  fences, sysfs — sans-I/O;
+  fences, the job scheduler, syncobjs, managed resources, sysfs — sans-I/O;
 * buses — :mod:`accelcore.pci`, the simulated PCI backend;
 * transports — :class:`Process` in one interpreter, :mod:`accelcore.server`
   across processes.
@@ -54,7 +54,10 @@ from .file import AccelFile
 from .gem import BufferObject, GemDmaBufOps, HandleTable
 from .memory import PAGE_SIZE, SharedMemory
 from .ownership import OwnerState
+from .resources import IdTable, ResourceScope, context_scope, device_scope, file_scope
+from .sched import SchedEntity, SchedJob, SchedStat, Scheduler, SchedulerOps
 from .subsystem import DevNode, Subsystem
+from .syncobj import Syncobj
 from .sysfs import Attribute, AttributeGroup, SysfsNode, SysfsTree, Uevent
 from .task import AddressSpace, Credentials, Task, UserBuffer
 from .uapi import CORE, Uapi, load_uapi
@@ -95,6 +98,7 @@ __all__ = [
     "FenceContext",
     "GemDmaBufOps",
     "HandleTable",
+    "IdTable",
     "ImporterOps",
     "Interrupted",
     "InvalidArgument",
@@ -119,11 +123,18 @@ __all__ = [
     "Process",
     "RealClock",
     "ReservationObject",
+    "ResourceScope",
     "RestartSyscall",
+    "SchedEntity",
+    "SchedJob",
+    "SchedStat",
+    "Scheduler",
+    "SchedulerOps",
     "SgEntry",
     "SharedMemory",
     "Subsystem",
     "SyncFile",
+    "Syncobj",
     "SysfsNode",
     "SysfsTree",
     "Task",
@@ -137,6 +148,9 @@ __all__ = [
     "VirtualClock",
     "WaitResult",
     "__version__",
+    "context_scope",
+    "device_scope",
+    "file_scope",
     "info_query",
     "ioctl",
     "load_uapi",

@@ -435,6 +435,17 @@ EXPECTED_API = {
     "ioctl",
     "load_uapi",
     "run_ioctl",
+    "IdTable",
+    "ResourceScope",
+    "SchedEntity",
+    "SchedJob",
+    "SchedStat",
+    "Scheduler",
+    "SchedulerOps",
+    "Syncobj",
+    "context_scope",
+    "device_scope",
+    "file_scope",
 }
 
 
