@@ -8,6 +8,7 @@ import pytest
 
 from accelcore import CORE
 from accelcore.memory import PAGE_SIZE
+from accelcore.testing.vaccel import VACCEL_UAPI as V
 from accelcore.testing.vaccel import VAccelDriver
 from drivers.habana_like import HLK
 from drivers.habana_like.packets import encode_lin_dma
@@ -94,3 +95,33 @@ def test_exported_buffer_has_no_cpu_mmap(client):
         owner.proc.mmap(fd, PAGE_SIZE)
     assert exc.value.errno == errno.EOPNOTSUPP
     owner.proc.close(fd)
+
+
+def test_importer_on_another_driver_waits_for_the_cs_writing_the_memory(
+    machine, client, procs, vaccel
+):
+    """Implicit sync across two drivers and two processes, no fence passed: a
+    habana_like CS writes device memory; another process imports the exported
+    range into a vaccel device and copies it; the copy runs after the CS."""
+    owner = client()
+    va = owner.map_device(owner.mem_alloc(PAGE_SIZE))
+    fd = owner.export(va, PAGE_SIZE)
+    reader = procs()
+    vfd = reader.open(vaccel.node_path)
+    src = CORE.new("struct drm_prime_handle", fd=owner.proc.send_fd(fd, reader))
+    reader.ioctl(vfd, CORE.DRM_IOCTL_PRIME_FD_TO_HANDLE, src)
+    dst = V.new("struct vaccel_create_bo", size=PAGE_SIZE)
+    reader.ioctl(vfd, V.DRM_IOCTL_VACCEL_CREATE_BO, dst)
+    cb = owner.cb_with(encode_lin_dma(0xC3, va, PAGE_SIZE, HLK.HLK_DMA_DRAM_TO_DRAM, memset=True))
+    seq = owner.submit([(cb, HLK.HLK_QUEUE_ID_DMA_0)])  # not waited for
+    buf = owner.proc.task.files.get(fd)
+    assert buf.poll() == 0  # the CS's fence is on the exported memory
+    cp = V.new("struct vaccel_copy", src_handle=src.handle, dst_handle=dst.handle, delay_ns=1)
+    reader.ioctl(vfd, V.DRM_IOCTL_VACCEL_COPY, cp)
+    w = V.new("struct vaccel_wait", seqno=cp.seqno, timeout_ns=-1)
+    reader.ioctl(vfd, V.DRM_IOCTL_VACCEL_WAIT, w)
+    assert w.status == V.VACCEL_WAIT_COMPLETED
+    m = reader.mmap(vfd, PAGE_SIZE, dst.mmap_offset)
+    assert bytes(m.view[:8]) == b"\xc3" * 8
+    assert owner.wait(seq) == HLK.HLK_WAIT_CS_STATUS_COMPLETED
+    reader.munmap(m)
