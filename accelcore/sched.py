@@ -9,8 +9,8 @@ pushes it to the entity. The scheduler then:
 * runs jobs of one entity in push order, each once its dependencies signalled
   and the queue has credits (``credit_limit``), choosing among entities the one
   whose ready job waited longest (the FIFO policy, the kernel's default);
-* signals the job's :attr:`~SchedJob.scheduled` fence when it calls
-  :meth:`SchedulerOps.run_job`, and its :attr:`~SchedJob.finished` fence — the
+* signals the job's ``scheduled`` fence when it calls
+  :meth:`SchedulerOps.run_job`, and its ``finished`` fence — the
   out-fence user space and other drivers wait on, which exists from the moment
   the job is made — when the hardware fence ``run_job`` returned signals, with
   that fence's error; then calls :meth:`SchedulerOps.free_job`;

@@ -9,7 +9,7 @@ point *n* gives the first node at or after it. Point 0 in a timeline ioctl
 means the binary behaviour.
 
 The ioctls are core ioctls for drivers that declare
-:attr:`DriverFeature.SYNCOBJ <accelcore.driver.DriverFeature.SYNCOBJ>` (and
+:attr:`DriverFeature.SYNCOBJ <accelcore.DriverFeature.SYNCOBJ>` (and
 ``SYNCOBJ_TIMELINE`` for the timeline ones); others get ``EOPNOTSUPP``. Errnos
 follow the kernel exactly (see the guide's syncobj table), notably: a bad handle
 is ``ENOENT`` in the array ioctls and TRANSFER but ``EINVAL`` in DESTROY and a

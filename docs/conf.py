@@ -99,6 +99,9 @@ nitpick_ignore = [
     # accelcore.native.remote.NativeFdTable.
     ("py:class", "accelcore.server.fdtable.ServerFdTable"),
     ("py:class", "accelcore.server.fdtable.CallFds"),
+    # The TypeVar of IdTable's entries.
+    ("py:class", "accelcore.resources.T"),
+    ("py:obj", "accelcore.resources.T"),
 ]
 nitpick_ignore_regex: list[tuple[str, str]] = []
 
