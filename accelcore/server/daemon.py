@@ -218,13 +218,19 @@ def spawn_server(
     Returns:
         The server's pid.
 
+    The server's interpreter runs with ``-P`` (safe path): the current directory
+    is not put first on its import path, so a folder that happens to have a
+    driver package's name (a source checkout) does not shadow the installed
+    driver. ``PYTHONPATH`` still applies.
+
     Raises:
         TimedOut: it was not ready within ``timeout`` seconds (it is killed).
-        DeviceIOError: it exited first (the log's tail is in the message).
+        DeviceIOError: it exited first; the message's first line gives the exit
+            status and the reason the server logged, then the log's tail.
     """
     rt = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
     rt.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "accelcore.server", "--runtime-dir", str(rt)]
+    args = [sys.executable, "-P", "-m", "accelcore.server", "--runtime-dir", str(rt)]
     if isinstance(config, Mapping):
         cfg = rt / "machine.json"
         cfg.write_text(json.dumps(dict(config)))
@@ -258,9 +264,21 @@ def spawn_server(
     if not line.startswith(b"ready"):
         proc.wait(timeout)
         tail = logpath.read_text(errors="replace")[-2000:]
-        raise DeviceIOError(f"devfs server exited with status {proc.returncode}:\n{tail}")
+        raise DeviceIOError(
+            f"devfs server exited with status {proc.returncode}: {_reason(tail)}\n{tail}"
+        )
     _SPAWNED[proc.pid] = proc
     return proc.pid
+
+
+def _reason(log_tail: str) -> str:
+    """Why the server exited, from its log: its last error line (without the
+    timestamp), else the last line (a traceback's exception)."""
+    lines = [ln.strip() for ln in log_tail.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if " ERROR " in ln:
+            return ln.split(" ERROR ", 1)[1]
+    return lines[-1] if lines else "no output (see the log)"
 
 
 def stop_server(runtime_dir: Path | str | None = None, timeout: float = 10) -> bool:
