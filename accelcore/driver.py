@@ -235,17 +235,37 @@ def info_query(
 class AccelDriver:
     """Base class of accel drivers. Override class attributes and callbacks.
 
+    Every class attribute a driver may set is listed here (the callbacks are
+    the methods below); a test keeps this list complete.
+
     Attributes:
-        name: Driver name (``drm_driver.name``), also the dma-buf exporter name.
-        desc: One-line description.
+        name: Driver name (``drm_driver.name``), also the dma-buf exporter name,
+            the prefix of its accounting keys, and what ``accelctl`` shows.
+        desc: One-line description (``DRM_IOCTL_VERSION``'s ``desc``).
         version: ``(major, minor, patchlevel)`` reported by ``DRM_IOCTL_VERSION``.
-        uapi: The driver's loaded header, or ``None`` for a driver with no ioctls.
-        pci_ids: The PCI ids it binds to (``accelcore.pci.PciDeviceId``).
-        ownership: The :class:`OwnershipPolicy`.
-        features: :class:`DriverFeature` flags.
-        node_mode: Permission bits of its ``/dev/accel/accelN`` nodes.
+        uapi: The driver's loaded header (:func:`~accelcore.load_uapi`), or
+            ``None`` for a driver with no ioctls. Checked at registration.
+        pci_ids: The PCI ids it binds to (:class:`accelcore.pci.PciDeviceId`);
+            empty for a driver of virtual devices only.
+        ownership: The :class:`OwnershipPolicy` (who may hold the compute context).
+        features: :class:`DriverFeature` flags: ``GEM`` (handles, ``GEM_CLOSE``),
+            ``PRIME`` (dma-buf export/import), ``CONTROL_NODE`` (an INFO-only
+            node), ``SYNCOBJ`` / ``SYNCOBJ_TIMELINE`` (the syncobj ioctls).
+            By default ``GEM | PRIME``.
+        node_mode: Permission bits of its ``/dev/accel/accelN`` nodes (0o666).
         node_gid: Group of the nodes.
-        max_handles: Handles one file may hold.
+        max_handles: Handles one file may hold (``ENOMEM`` past it).
+        device_model: Conformance declaration: the PCI device model (a name
+            registered with :func:`accelcore.pci.register_device_model`) the
+            suite instantiates to test the driver; ``None``: virtual devices.
+        examples: Conformance declaration: valid arguments per ioctl name
+            (``{"DRM_IOCTL_X": {"field": value}}``, nested fields dotted), which
+            the suite varies for its negative matrix (``flags=~0``, ``pad=1``
+            must be ``EINVAL``), restart checks and fuzzing. Ioctls without an
+            example are skipped with that reason.
+        bo_create: Conformance declaration: how to make a buffer object,
+            ``(ioctl name, fields, name of the handle field)``, for the
+            handle, mmap, PRIME and unplug checks; ``None`` skips them.
     """
 
     name: ClassVar[str] = "accel"

@@ -25,3 +25,22 @@ def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0, f"{name} has no examples"
     assert result.failed == 0
+
+
+def test_help_of_accel_driver_lists_every_attribute_a_driver_may_set() -> None:
+    """``help(AccelDriver)`` documents each class attribute (declarations
+    included): a new one cannot be added without saying what it does."""
+    import pydoc
+    import re
+
+    from accelcore import AccelDriver
+
+    settable = {
+        n
+        for n, v in vars(AccelDriver).items()
+        if not n.startswith("_") and not callable(v) and not isinstance(v, property)
+    }
+    text = pydoc.render_doc(AccelDriver, renderer=pydoc.plaintext)
+    documented = set(re.findall(r"^ {8}(\w+): ", AccelDriver.__doc__ or "", re.M))
+    assert settable == documented
+    assert all(name in text for name in settable)
