@@ -280,13 +280,9 @@ class AccelDriver:
     max_handles: ClassVar[int] = 65536
 
     # -- what the conformance suite needs to know (declarations, not behaviour) ----
-    #: The PCI device model to instantiate for tests (``None``: virtual devices).
+    # (documented in the class docstring's Attributes)
     device_model: ClassVar[str | None] = None
-    #: Valid arguments per ioctl name (field → value), for the negative matrix,
-    #: the restart checker and fuzzing seeds. Ioctls without one are skipped
-    #: with that reason.
     examples: ClassVar[Mapping[str, Mapping[str, int]]] = {}
-    #: How to make a buffer object: ``(ioctl name, fields, handle field)``.
     bo_create: ClassVar[tuple[str, Mapping[str, int], str] | None] = None
 
     # -- table construction ----------------------------------------------------

@@ -46,7 +46,7 @@ extensions = [
 ]
 
 root_doc = "index"
-exclude_patterns = ["_build", "_ext", "_intersphinx", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_ext", "_intersphinx", "examples", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
 html_static_path: list[str] = []
 html_theme = "furo"
@@ -85,6 +85,8 @@ from accelcore.pci import *
 from accelcore.testing import *
 from accelcore.testing.conformance import checks_table
 """
+#: Where the out-of-tree example driver lives (docs/out_of_tree.rst imports it).
+doctest_global_setup += f"EXAMPLES = {str(Path(__file__).resolve().parent / 'examples')!r}\n"
 doctest_test_doctest_blocks = "default"
 
 # -- nitpicky --------------------------------------------------------------------------
