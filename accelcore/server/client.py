@@ -72,7 +72,8 @@ def register_fd_field(cmd: int, offset: int) -> None:
     its argument struct), so the client sends that descriptor with the call.
 
     The core ioctls that take descriptors are declared already
-    (``PRIME_FD_TO_HANDLE``, ``UDMABUF_CREATE``, ``DMA_BUF_IOCTL_IMPORT_SYNC_FILE``).
+    (``PRIME_FD_TO_HANDLE``, ``UDMABUF_CREATE``, ``DMA_BUF_IOCTL_IMPORT_SYNC_FILE``,
+    ``SYNCOBJ_FD_TO_HANDLE``).
     """
     key = cmd & 0xFFFF
     _FD_FIELDS[key] = (*_FD_FIELDS.get(key, ()), offset)
@@ -82,6 +83,7 @@ for _cmd, _ctype, _field in (
     (CORE.DRM_IOCTL_PRIME_FD_TO_HANDLE, "struct drm_prime_handle", "fd"),
     (CORE.UDMABUF_CREATE, "struct udmabuf_create", "memfd"),
     (CORE.DMA_BUF_IOCTL_IMPORT_SYNC_FILE, "struct dma_buf_import_sync_file", "fd"),
+    (CORE.DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE, "struct drm_syncobj_handle", "fd"),
 ):
     register_fd_field(_cmd, CORE.ffi.offsetof(_ctype, _field))
 
