@@ -535,3 +535,23 @@ def test_job_with_empty_in_syncobj_einval_unknown_enoent(c: Client) -> None:
     assert _errno(c.job, 10, in_=c.create()) == errno.EINVAL
     assert _errno(c.job, 10, in_=99) == errno.ENOENT
     assert _errno(c.job, 10, out=98) == errno.ENOENT
+
+
+def test_submit_of_the_previous_struct_size_still_works(c: Client, rig: Rig) -> None:
+    """vaccel_submit grew in/out syncobj fields at its end: a program built
+    against the old 24-byte struct (and its ioctl number) keeps working, the
+    new fields read as zero (no syncobjs)."""
+    from accelcore.uapi import ioc
+
+    old = V.ioctls["DRM_IOCTL_VACCEL_SUBMIT"]
+    old_cmd = ioc.ioc(ioc.IOC_READ | ioc.IOC_WRITE, old.type, old.nr, 24)
+    bo = V.new("struct vaccel_create_bo", size=4096)
+    c.proc.ioctl(c.fd, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
+    args = bytearray(
+        V.to_bytes(V.new("struct vaccel_submit", handle=bo.handle, fill=3, delay_ns=10))
+    )[:24]
+    c.proc.ioctl(c.fd, old_cmd, args)
+    seqno = int.from_bytes(args[16:24], "little")
+    w = V.new("struct vaccel_wait", seqno=seqno, timeout_ns=-1)
+    c.proc.ioctl(c.fd, V.DRM_IOCTL_VACCEL_WAIT, w)
+    assert w.status == V.VACCEL_WAIT_COMPLETED and rig.clock.now() == 10
