@@ -266,6 +266,22 @@ class AccelDriver:
         bo_create: Conformance declaration: how to make a buffer object,
             ``(ioctl name, fields, name of the handle field)``, for the
             handle, mmap, PRIME and unplug checks; ``None`` skips them.
+        bo_setup: Conformance declaration: a ``Setup`` of steps
+            (``accelcore.testing.conformance.steps``) that makes a buffer
+            object when one ioctl is not enough (``None``: use ``bo_create``).
+        example_setup: Conformance declaration: per ioctl name, the ``Setup``
+            steps its example needs first (a buffer before a submit, a job
+            before a wait) and which example fields come from their results.
+        failing_examples: Conformance declaration: per ioctl name, calls
+            (``Fails``: fields, errno, why) that must fail with that errno and
+            change nothing.
+        legacy_ignored_fields: Conformance declaration: per ioctl name, the
+            ``pad``/``flags`` fields a legacy uAPI never checked, left out of
+            the negative matrix.
+
+    Hooks (methods a driver may define, looked up by the conformance suite):
+    ``inject_failure(dev, position)`` makes the next multi-device call fail at
+    device ``position``, for the partial-failure check.
     """
 
     name: ClassVar[str] = "accel"
@@ -283,6 +299,10 @@ class AccelDriver:
     # (documented in the class docstring's Attributes)
     device_model: ClassVar[str | None] = None
     examples: ClassVar[Mapping[str, Mapping[str, int]]] = {}
+    bo_setup: ClassVar[Any] = None
+    example_setup: ClassVar[Mapping[str, Any]] = {}
+    failing_examples: ClassVar[Mapping[str, Sequence[Any]]] = {}
+    legacy_ignored_fields: ClassVar[Mapping[str, Sequence[str]]] = {}
     bo_create: ClassVar[tuple[str, Mapping[str, int], str] | None] = None
 
     # -- table construction ----------------------------------------------------
