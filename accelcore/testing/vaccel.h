@@ -28,8 +28,6 @@ struct vaccel_submit {
 	__u32 fill;		/* in: the byte (0..255) */
 	__u64 delay_ns;		/* in: how long the engine takes */
 	__u64 seqno;		/* out: the job's sequence number */
-	__u32 in_syncobj;	/* in: a syncobj to wait for first (0: none) */
-	__u32 out_syncobj;	/* in: a syncobj that gets the job's fence (0: none) */
 };
 
 struct vaccel_wait {
@@ -44,6 +42,8 @@ struct vaccel_copy {
 	__u32 dst_handle;	/* in: buffer written (waits for readers and writers) */
 	__u64 delay_ns;		/* in: how long the engine takes */
 	__u64 seqno;		/* out: the job's sequence number */
+	__u32 in_syncobj;	/* in: a syncobj to wait for first (0: none) */
+	__u32 out_syncobj;	/* in: a syncobj that gets the job's fence (0: none) */
 };
 
 struct vaccel_wait_bo {

@@ -242,33 +242,32 @@ class VAccelDriver(AccelDriver):
     @ioctl("DRM_IOCTL_VACCEL_SUBMIT", IoctlFlags.OWNER)
     def submit(self, call: IoctlCall) -> None:
         """Queue a fill job. It writes its buffer, so it runs after the buffer's
-        readers and writers, and its fence joins the buffer's fences. With
-        ``in_syncobj`` it also waits for that syncobj's fence (``ENOENT`` for an
-        unknown handle, ``EINVAL`` for an empty syncobj); ``out_syncobj`` gets
-        the job's finished fence, as ivpu and amdxdna report completion."""
+        readers and writers, and its fence joins the buffer's fences."""
         a = call.args
         if a.fill > 0xFF:
             raise InvalidArgument(f"fill value {a.fill} is not a byte")
         bo = call.file.handles.lookup(a.handle)
-        in_fence = syncobj_find_fence(call.file, a.in_syncobj) if a.in_syncobj else None
-        out = lookup_syncobj(call.file, a.out_syncobj) if a.out_syncobj else None
-        work = VAccelJob(call.file, bo.get(), int(a.delay_ns), int(a.fill))
-        a.seqno = self._push(call, work, in_fence)
-        if out is not None:
-            out.replace_fence(call.file.context.jobs[a.seqno])
+        a.seqno = self._push(call, VAccelJob(call.file, bo.get(), int(a.delay_ns), int(a.fill)))
 
     @ioctl("DRM_IOCTL_VACCEL_COPY", IoctlFlags.OWNER)
     def copy(self, call: IoctlCall) -> None:
         """Queue a copy job: it reads ``src`` once the writers of ``src`` are done
         (on whatever device: implicit sync through the shared reservation) and
-        writes ``dst`` once its readers and writers are done."""
+        writes ``dst`` once its readers and writers are done. With
+        ``in_syncobj`` it also waits for that syncobj's fence (``ENOENT`` for an
+        unknown handle, ``EINVAL`` for an empty syncobj); ``out_syncobj`` gets
+        the job's finished fence, as ivpu and amdxdna report completion."""
         a = call.args
         src = call.file.handles.lookup(a.src_handle)
         dst = call.file.handles.lookup(a.dst_handle)
         if src is dst:
             raise InvalidArgument(f"copy of buffer {a.src_handle} onto itself")
+        in_fence = syncobj_find_fence(call.file, a.in_syncobj) if a.in_syncobj else None
+        out = lookup_syncobj(call.file, a.out_syncobj) if a.out_syncobj else None
         work = VAccelJob(call.file, dst.get(), int(a.delay_ns), src=src.get())
-        a.seqno = self._push(call, work)
+        a.seqno = self._push(call, work, in_fence)
+        if out is not None:
+            out.replace_fence(call.file.context.jobs[a.seqno])
 
     def _push(self, call: IoctlCall, work: VAccelJob, in_fence: Fence | None = None) -> int:
         st = self.state(call.device)

@@ -130,18 +130,22 @@ class Client:
         self.call("DRM_IOCTL_SYNCOBJ_TRANSFER", a)
 
     def job(self, delay_ns: int, out: int = 0, in_: int = 0) -> int:
-        bo = V.new("struct vaccel_create_bo", size=4096)
-        self.proc.ioctl(self.fd, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
-        s = V.new(
-            "struct vaccel_submit",
-            handle=bo.handle,
-            fill=1,
+        """A copy job between two new buffers, reporting to ``out``, after ``in_``."""
+        handles = []
+        for _ in range(2):
+            bo = V.new("struct vaccel_create_bo", size=4096)
+            self.proc.ioctl(self.fd, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
+            handles.append(bo.handle)
+        cp = V.new(
+            "struct vaccel_copy",
+            src_handle=handles[0],
+            dst_handle=handles[1],
             delay_ns=delay_ns,
             out_syncobj=out,
             in_syncobj=in_,
         )
-        self.proc.ioctl(self.fd, V.DRM_IOCTL_VACCEL_SUBMIT, s)
-        return int(s.seqno)
+        self.proc.ioctl(self.fd, V.DRM_IOCTL_VACCEL_COPY, cp)
+        return int(cp.seqno)
 
 
 @pytest.fixture
@@ -535,23 +539,3 @@ def test_job_with_empty_in_syncobj_einval_unknown_enoent(c: Client) -> None:
     assert _errno(c.job, 10, in_=c.create()) == errno.EINVAL
     assert _errno(c.job, 10, in_=99) == errno.ENOENT
     assert _errno(c.job, 10, out=98) == errno.ENOENT
-
-
-def test_submit_of_the_previous_struct_size_still_works(c: Client, rig: Rig) -> None:
-    """vaccel_submit grew in/out syncobj fields at its end: a program built
-    against the old 24-byte struct (and its ioctl number) keeps working, the
-    new fields read as zero (no syncobjs)."""
-    from accelcore.uapi import ioc
-
-    old = V.ioctls["DRM_IOCTL_VACCEL_SUBMIT"]
-    old_cmd = ioc.ioc(ioc.IOC_READ | ioc.IOC_WRITE, old.type, old.nr, 24)
-    bo = V.new("struct vaccel_create_bo", size=4096)
-    c.proc.ioctl(c.fd, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
-    args = bytearray(
-        V.to_bytes(V.new("struct vaccel_submit", handle=bo.handle, fill=3, delay_ns=10))
-    )[:24]
-    c.proc.ioctl(c.fd, old_cmd, args)
-    seqno = int.from_bytes(args[16:24], "little")
-    w = V.new("struct vaccel_wait", seqno=seqno, timeout_ns=-1)
-    c.proc.ioctl(c.fd, V.DRM_IOCTL_VACCEL_WAIT, w)
-    assert w.status == V.VACCEL_WAIT_COMPLETED and rig.clock.now() == 10

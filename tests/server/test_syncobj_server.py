@@ -38,16 +38,20 @@ def test_job_out_syncobj_is_waited_on_through_the_server(
     fd = client.open("/dev/accel/accel0")
     s = CORE.new("struct drm_syncobj_create")
     client.ioctl(fd, CORE.DRM_IOCTL_SYNCOBJ_CREATE, s)
+    src = V.new("struct vaccel_create_bo", size=4096)
+    client.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, src)
     bo = V.new("struct vaccel_create_bo", size=4096)
     client.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
+    fill = V.new("struct vaccel_submit", handle=src.handle, fill=9, delay_ns=1000)
+    client.ioctl(fd, V.DRM_IOCTL_VACCEL_SUBMIT, fill)
     job = V.new(
-        "struct vaccel_submit",
-        handle=bo.handle,
-        fill=9,
+        "struct vaccel_copy",
+        src_handle=src.handle,
+        dst_handle=bo.handle,
         delay_ns=50_000_000,
         out_syncobj=s.handle,
     )
-    client.ioctl(fd, V.DRM_IOCTL_VACCEL_SUBMIT, job)
+    client.ioctl(fd, V.DRM_IOCTL_VACCEL_COPY, job)
     with pytest.raises(OSError) as exc:
         client.ioctl(fd, CORE.DRM_IOCTL_SYNCOBJ_WAIT, _wait_args(client, s.handle, 0))
     assert exc.value.errno == errno.ETIME  # a poll while the job runs
