@@ -1,12 +1,19 @@
 """accelctl's records beyond INFO: clients holding files, sysfs walks, buffers, topology.
 
 Like :mod:`accelcore.cli.model` these are frozen values a source yields and a
-renderer consumes; they carry no behaviour.
+renderer consumes; they carry no behaviour. The records of administrative
+operations are the engine's (:mod:`accelcore.admin`), under the names accelctl
+has always used: one definition for the server, the embedded machine and the CLI.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ..admin import AttributeLevel as AttrLevel
+from ..admin import AttributeValue as AttrValue
+from ..admin import BufferRecord, FenceRecord, Holder
+from ..admin import OpenFileRecord as FileRecord
 
 __all__ = [
     "AttrLevel",
@@ -14,6 +21,7 @@ __all__ = [
     "BufferRecord",
     "FenceRecord",
     "FileRecord",
+    "Holder",
     "PciFunctionRecord",
     "Topology",
     "TopologyRoot",
@@ -22,82 +30,13 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class FileRecord:
-    """One open file on an accel node (a row of ``accelctl ps``), fdinfo included.
-
-    ``pid``/``comm``/``uid`` are the opener's; ``holders`` lists every ``(pid, fd)``
-    that refers to the file now (``dup``, ``fork`` and fd passing share it).
-    """
-
-    device: str
-    pid: int
-    comm: str
-    uid: int
-    client_id: int
-    owner: bool
-    control: bool
-    holders: list[dict[str, int]]
-    fdinfo: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class AttrValue:
-    """One sysfs attribute: its value (``None`` when unreadable) and mode."""
-
-    name: str
-    value: str | None
-    mode: str
-    writable: bool
-
-
-@dataclass(frozen=True, slots=True)
-class AttrLevel:
-    """One device of an ``udevadm info -a``-style walk (the device, then its parents)."""
-
-    devpath: str
-    kernel: str
-    subsystem: str | None
-    driver: str | None
-    attributes: list[AttrValue]
-
-
-@dataclass(frozen=True, slots=True)
-class FenceRecord:
-    """A fence on a dma-buf's reservation object."""
-
-    usage: str
-    driver: str
-    timeline: str
-    seqno: int
-    signalled: bool
-
-
-@dataclass(frozen=True, slots=True)
-class BufferRecord:
-    """One live dma-buf, as debugfs ``dma_buf/bufinfo`` lists it, with its holders."""
-
-    ino: int
-    size: int
-    flags: int
-    count: int
-    exp_name: str
-    exporter: str
-    name: str
-    revoked: bool
-    pins: list[str]
-    attachments: list[str]
-    fences: list[FenceRecord]
-    holders: list[dict[str, int]]
-
-
-@dataclass(frozen=True, slots=True)
 class PciFunctionRecord:
     """A PCI function in the topology, with the accel nodes bound below it."""
 
     address: str
-    vendor: str | None
-    device: str | None
-    class_code: str | None
+    vendor: int | None
+    device: int | None
+    class_code: int | None
     driver: str | None
     accel: list[str] = field(default_factory=list)
 

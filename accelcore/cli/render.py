@@ -53,6 +53,10 @@ def _hex4(value: int | None) -> str:
     return "-" if value is None else f"{value:04x}"
 
 
+def _hexn(value: int | None, digits: int) -> str:
+    return "-" if value is None else f"{value:0{digits}x}"
+
+
 def _bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -264,8 +268,8 @@ def render_topology(topo: dict[str, Any]) -> None:
         branch = tree.add(root["name"])
         for fn in root["functions"]:
             label = (
-                f"{fn['address']} [{_dash(fn['vendor'])}:{_dash(fn['device'])}] "
-                f"class {_dash(fn['class_code'])} driver {_dash(fn['driver'])}"
+                f"{fn['address']} [{_hex4(fn['vendor'])}:{_hex4(fn['device'])}] "
+                f"class {_hexn(fn['class_code'], 6)} driver {_dash(fn['driver'])}"
             )
             node = branch.add(label)
             for name in fn["accel"]:

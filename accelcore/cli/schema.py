@@ -1,7 +1,10 @@
 """The JSON contract of ``accelctl <command> --json``, as JSON Schema (draft 2020-12).
 
 JSON output is the stable interface (text tables are not); these schemas are
-its documentation and are checked against real output by the tests. Streaming
+its documentation and are checked against real output by the tests. Types are
+the same in every command: numeric identifiers (``vendor``, ``device``,
+``class_code``, ``minor``, pids) are JSON integers, never hex strings; flags
+are JSON booleans, never ``"true"``. Streaming
 commands (``top``, ``monitor``) print one JSON document per line; their schema
 describes one line. :func:`validate` is a small checker for the subset used
 here, so that the contract can be checked without extra dependencies.
@@ -133,7 +136,18 @@ ATTR_LEVEL = _obj(
         "kernel": STR,
         "subsystem": OPT_STR,
         "driver": OPT_STR,
-        "attributes": _arr(_obj({"name": STR, "value": OPT_STR, "mode": STR, "writable": BOOL})),
+        "attributes": _arr(
+            _obj(
+                {
+                    "name": STR,
+                    "value": OPT_STR,
+                    "mode": STR,
+                    "writable": BOOL,
+                    "readable": BOOL,
+                    "error": OPT_STR,
+                }
+            )
+        ),
     }
 )
 
@@ -173,9 +187,9 @@ BUFFER = _obj(
 PCI_FUNCTION = _obj(
     {
         "address": STR,
-        "vendor": OPT_STR,
-        "device": OPT_STR,
-        "class_code": OPT_STR,
+        "vendor": OPT_INT,
+        "device": OPT_INT,
+        "class_code": OPT_INT,
         "driver": OPT_STR,
         "accel": _arr(STR),
     }
@@ -258,7 +272,7 @@ SCHEMAS: dict[str, Schema] = {
                         "name": STR,
                         "version": STR,
                         "desc": STR,
-                        "control_node": {"enum": ["true", "false"]},
+                        "control_node": BOOL,
                     }
                 )
             ),

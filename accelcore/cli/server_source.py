@@ -36,6 +36,7 @@ from .records import (
     BufferRecord,
     FenceRecord,
     FileRecord,
+    Holder,
     PciFunctionRecord,
     Topology,
     TopologyRoot,
@@ -104,8 +105,8 @@ class _ServerStream:
             self._sock.close()
 
 
-def _holders(raw: Any) -> list[dict[str, int]]:
-    return [{"pid": int(h["pid"]), "fd": int(h["fd"])} for h in raw]
+def _holders(raw: Any) -> list[Holder]:
+    return [Holder(int(h["pid"]), int(h["fd"])) for h in raw]
 
 
 def _opt_str(value: Any) -> str | None:
@@ -213,9 +214,9 @@ class ServerSource:
             roots.setdefault(_pci_root(bus_id), []).append(
                 PciFunctionRecord(
                     bus_id,
-                    f"0x{ident.vendor:04x}",
-                    f"0x{ident.device:04x}",
-                    f"0x{ident.class_code:06x}",
+                    ident.vendor,
+                    ident.device,
+                    ident.class_code,
                     str(raw["driver"]),
                     [str(raw["name"])],
                 )
@@ -241,19 +242,17 @@ class ServerSource:
             for rec in self.control("bufinfo")
         ]
 
-    def drivers(self) -> list[dict[str, str]]:
-        seen: dict[str, dict[str, str]] = {}
-        for raw in self._raw_devices():
-            name = str(raw["driver"])
-            if name not in seen:
-                ident = self._info(raw, full=False).identity
-                seen[name] = {
-                    "name": name,
-                    "version": ident.version,
-                    "desc": "",
-                    "control_node": str("control_node" in ident.features).lower(),
-                }
-        return list(seen.values())
+    def drivers(self) -> list[dict[str, Any]]:
+        """The server's drivers (the ``drivers`` control op)."""
+        return [
+            {
+                "name": str(d["name"]),
+                "version": str(d["version"]),
+                "desc": str(d["desc"]),
+                "control_node": bool(d["control_node"]),
+            }
+            for d in self.control("drivers")
+        ]
 
     def events(self) -> EventStream:
         return _ServerStream(self.runtime_dir)
@@ -270,7 +269,12 @@ class ServerSource:
                 _opt_str(lvl["driver"]),
                 [
                     AttrValue(
-                        str(a["name"]), _opt_str(a["value"]), str(a["mode"]), bool(a["writable"])
+                        str(a["name"]),
+                        _opt_str(a["value"]),
+                        str(a["mode"]),
+                        bool(a["writable"]),
+                        readable=bool(a.get("readable", True)),
+                        error=_opt_str(a.get("error")),
                     )
                     for a in lvl["attributes"]
                 ],

@@ -17,15 +17,16 @@ devfs server through its client and control endpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..admin import ROOT, Admin
 from ..clock import VirtualClock
 from ..device import AccelDevice
-from ..driver import DriverFeature
 from ..errors import AccelError
 from ..machine import DEFAULT_MACHINE, Machine, installed_drivers, load_driver
 from ..sysfs import SysfsNode, SysfsTree, Uevent
@@ -35,7 +36,6 @@ from .records import (
     AttrLevel,
     AttrValue,
     BufferRecord,
-    FenceRecord,
     FileRecord,
     PciFunctionRecord,
     Topology,
@@ -95,7 +95,9 @@ class Source(Protocol):
 
     def reset(self, name: str, reason: str) -> None: ...
 
-    def drivers(self) -> list[dict[str, str]]: ...
+    def drivers(self) -> list[dict[str, Any]]:
+        """``{name, version, desc, control_node (bool)}`` per loaded driver."""
+        ...
 
     def events(self) -> EventStream: ...
 
@@ -160,19 +162,6 @@ class _QueueStream:
         self._unsubscribe()
 
 
-def _attr_level(node: SysfsNode) -> AttrLevel:
-    values = []
-    for name, attr in sorted(node.attributes.items()):
-        value: str | None = None
-        if attr.readable:
-            try:
-                value = node.read(name).rstrip("\n")
-            except AccelError:
-                value = None
-        values.append(AttrValue(name, value, f"{attr.mode:04o}", attr.writable))
-    return AttrLevel(node.devpath, node.name, node.subsystem, node.driver, values)
-
-
 def _read_or_none(node: SysfsNode, name: str) -> str | None:
     if name not in node.attributes:
         return None
@@ -194,6 +183,9 @@ class EmbeddedSource:
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.subsystem = machine.subsystem
+        self.admin = Admin(machine.subsystem)
+        #: The embedded machine lives in accelctl's process: accelctl is its root.
+        self.creds = ROOT
 
     @classmethod
     def from_config(cls, path: Path | str | None) -> EmbeddedSource:
@@ -243,20 +235,12 @@ class EmbeddedSource:
 
     # -- sysfs -----------------------------------------------------------------------
     def attrs(self, name: str) -> list[AttrLevel]:
-        dev = self._device(name)
-        assert dev.sysfs is not None  # registered devices have their node
-        with self.machine.clock.lock:
-            return [_attr_level(n) for n in dev.sysfs.ancestry()]
+        self._device(name)
+        return self.admin.attributes(name, self.creds)
 
     def store_attr(self, name: str, attribute: str, value: str) -> str:
-        dev = self._device(name)
-        assert dev.sysfs is not None
-        with self.machine.clock.lock:
-            for node in dev.sysfs.ancestry():
-                if attribute in node.attributes:
-                    node.write(attribute, value)
-                    return node.devpath
-        raise SourceError(f"no attribute {attribute!r} on {name} or its parents")
+        self._device(name)
+        return self.admin.store_attribute(name, attribute, value, self.creds).devpath
 
     def topology(self) -> Topology:
         tree = self.machine.sysfs
@@ -270,9 +254,9 @@ class EmbeddedSource:
                 elif node.subsystem == "pci":
                     rec = PciFunctionRecord(
                         node.name,
-                        _read_or_none(node, "vendor"),
-                        _read_or_none(node, "device"),
-                        _read_or_none(node, "class"),
+                        _hex(_read_or_none(node, "vendor")),
+                        _hex(_read_or_none(node, "device")),
+                        _hex(_read_or_none(node, "class")),
                         node.driver,
                     )
                     top = next(iter(reversed(list(node.ancestry()))))
@@ -290,75 +274,22 @@ class EmbeddedSource:
         return _QueueStream(self.machine.sysfs)
 
     def trigger(self) -> int:
-        with self.machine.clock.lock:
-            devs = self.subsystem.registered_devices()
-            for dev in devs:
-                assert dev.sysfs is not None
-                self.machine.sysfs.emit("change", dev.sysfs)
-            return len(devs)
+        return len(self.admin.trigger(self.creds))
 
     # -- per-file and per-buffer views -------------------------------------------------
     def files(self) -> list[FileRecord]:
-        out = []
-        with self.machine.clock.lock:
-            for dev in self.subsystem.registered_devices():
-                for f in dev.files:
-                    holders = [{"pid": pid, "fd": fd} for pid, fd in self.subsystem.holders(f)]
-                    out.append(
-                        FileRecord(
-                            dev.name,
-                            f.pid,
-                            f.comm,
-                            f.uid,
-                            f.client_id,
-                            f.is_owner,
-                            f.control,
-                            holders,
-                            f.fdinfo(),
-                        )
-                    )
-        return out
+        return self.admin.files(self.creds)
 
     def dmabufs(self) -> list[BufferRecord]:
-        out = []
-        with self.machine.clock.lock:
-            live = self.subsystem.dmabufs.live
-            for rec in self.subsystem.dmabufs.bufinfo():
-                buf = live[rec["ino"]]
-                out.append(
-                    BufferRecord(
-                        ino=rec["ino"],
-                        size=rec["size"],
-                        flags=rec["flags"],
-                        count=rec["count"],
-                        exp_name=rec["exp_name"],
-                        exporter=rec["exporter"],
-                        name=rec["name"],
-                        revoked=rec["revoked"],
-                        pins=sorted(rec["pins"]),
-                        attachments=list(rec["attachments"]),
-                        fences=[FenceRecord(**f) for f in rec["fences"]],
-                        holders=[{"pid": p, "fd": fd} for p, fd in self.subsystem.holders(buf)],
-                    )
-                )
-        return out
+        return self.admin.bufinfo(self.creds)
 
     # -- actions -----------------------------------------------------------------------
     def reset(self, name: str, reason: str) -> None:
-        dev = self._device(name)
-        with self.machine.clock.lock:
-            dev.reset(reason)
+        self._device(name)
+        self.admin.reset(name, reason, self.creds)
 
-    def drivers(self) -> list[dict[str, str]]:
-        return [
-            {
-                "name": d.name,
-                "version": ".".join(map(str, d.version)),
-                "desc": d.desc,
-                "control_node": str(DriverFeature.CONTROL_NODE in d.features).lower(),
-            }
-            for d in self.subsystem.drivers.values()
-        ]
+    def drivers(self) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(d) for d in self.admin.drivers()]
 
     def now_ns(self) -> int:
         return self.machine.clock.now()
@@ -493,7 +424,7 @@ class HostSource:
     def reset(self, name: str, reason: str) -> None:
         raise self._unsupported("reset")
 
-    def drivers(self) -> list[dict[str, str]]:
+    def drivers(self) -> list[dict[str, Any]]:
         return []
 
     def events(self) -> EventStream:

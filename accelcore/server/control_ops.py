@@ -1,14 +1,17 @@
-"""The control endpoint's sysfs, action and per-file ops.
+"""The control endpoint's sysfs, action and per-file ops, over :mod:`accelcore.admin`.
 
 ``sysfs`` walks a device's sysfs node and its parents (``udevadm info -a``),
 ``store_attr`` writes one attribute, ``reset`` hard-resets a device, ``trigger``
 synthesizes ``change`` uevents (``udevadm trigger``), ``files`` lists the open
-accel files with fdinfo and holders, and ``bufinfo`` adds holders to the
-dma-buf list. Each op is ``fn(server, request, peer_uid) -> result``: it checks
-every request field first (``EINVAL`` naming the field), enters the engine only
-under ``clock.lock``, and reports refusals as :class:`~accelcore.errors.AccelError`
-with the errno a kernel would give (``EACCES`` for privilege, ``ENOENT`` for an
-unknown device or attribute).
+accel files with fdinfo and holders, ``bufinfo`` adds holders to the dma-buf
+list, and ``drivers`` lists the registered drivers. Each op is
+``fn(server, request, peer_uid) -> result``: it checks every request field
+first (``EINVAL`` naming the field), then asks the server's
+:class:`~accelcore.admin.Admin` with the peer's credentials and returns its
+records as JSON. The operations, their locking and their privilege rules live
+there, once; this module only adds the wire. A peer is admin
+(``CAP_SYS_ADMIN``) when it is root or the user the server runs as (the
+machine's owner): see :func:`peer_credentials`.
 
 Holders are what the server knows: every open file it serves is a socket whose
 client end has an inode, so the ``(pid, fd)`` holding it are the descriptors of
@@ -20,23 +23,21 @@ is not listed.
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import os
-from collections.abc import Callable, Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..device import AccelDevice
-from ..errors import AccelError, InvalidArgument, NoEntry, PermissionDenied
-from ..file import AccelFile
-from ..sysfs import SysfsNode
+from ..admin import Admin, Holder
+from ..errors import InvalidArgument
+from ..task import Credentials
 from ..vfs import OpenFile
 
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["CONTROL_OPS", "bufinfo", "scan_holders"]
-
-log = logging.getLogger("accelcore.server")
+__all__ = ["CONTROL_OPS", "admin_of", "bufinfo", "peer_credentials", "scan_holders"]
 
 #: Longest device name, attribute name or devpath accepted in a request.
 MAX_NAME = 256
@@ -47,6 +48,35 @@ MAX_REASON = 256
 
 Request = Mapping[str, Any]
 ControlOp = Callable[["Server", Request, int], Any]
+
+_ADMINS: weakref.WeakKeyDictionary[Server, Admin] = weakref.WeakKeyDictionary()
+
+
+def admin_of(server: Server) -> Admin:
+    """The :class:`~accelcore.admin.Admin` of ``server``'s machine (one per server,
+    so the ``trigger`` budget is kept across requests), with holders read from
+    ``/proc`` (:func:`scan_holders`)."""
+    admin = _ADMINS.get(server)
+    if admin is None:
+        ref = weakref.ref(server)
+
+        def holders(files: Sequence[OpenFile]) -> Mapping[int, list[Holder]]:
+            srv = ref()
+            return {} if srv is None else _holders_of(srv, files)
+
+        admin = _ADMINS[server] = Admin(server.machine.subsystem, holders=holders)
+    return admin
+
+
+def peer_credentials(peer_uid: int) -> Credentials:
+    """The credentials of a control peer: admin when root or the server's own user."""
+    return Credentials(uid=peer_uid, admin=peer_uid in (0, os.getuid()))
+
+
+def _wire(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_wire(v) for v in value]
+    return dataclasses.asdict(value)
 
 
 # -- request fields ----------------------------------------------------------------
@@ -72,149 +102,71 @@ def _str(op: str, request: Request, name: str, limit: int, *, required: bool = T
     return value
 
 
-def _device(server: Server, op: str, request: Request) -> AccelDevice:
-    """The registered device the request's ``device`` field names (call under the lock)."""
+def _device_name(op: str, request: Request) -> str:
     name = _str(op, request, "device", MAX_NAME)
     assert name is not None
     if not name:
         raise InvalidArgument(f"{op}: field 'device' is empty")
-    for dev in server.machine.subsystem.registered_devices():
-        if name in (dev.name, dev.node_path):
-            if dev.sysfs is None:
-                raise NoEntry(f"accel device {name!r} has no sysfs node")
-            return dev
-    raise NoEntry(f"no accel device {name!r}")
+    return name
 
 
 # -- sysfs ---------------------------------------------------------------------------
-def _attribute(node: SysfsNode, name: str) -> dict[str, Any]:
-    attr = node.attributes[name]
-    value: str | None = None
-    error: str | None = None
-    if attr.readable:
-        try:
-            value = node.read(name).rstrip("\n")
-        except AccelError as exc:
-            error = str(exc.strerror or exc)
-        except Exception as exc:  # read() turns driver bugs into EIO; never let one out
-            log.exception("reading %s/%s", node.devpath, name)
-            error = f"{type(exc).__name__}: {exc}"
-    return {
-        "name": name,
-        "mode": f"{attr.mode:04o}",
-        "readable": attr.readable,
-        "writable": attr.writable,
-        "value": value,
-        "error": error,
-    }
-
-
-def _level(node: SysfsNode) -> dict[str, Any]:
-    return {
-        "devpath": node.devpath,
-        "kernel": node.name,
-        "subsystem": node.subsystem,
-        "driver": node.driver,
-        "attributes": [_attribute(node, n) for n in sorted(node.attributes)],
-    }
-
-
 def op_sysfs(server: Server, request: Request, peer_uid: int) -> Any:
     """``{"device"}`` → ``{"device", "levels": [{devpath, kernel, subsystem, driver,
-    attributes: [{name, mode, readable, writable, value, error}]}]}``, the device first."""
+    attributes: [{name, value, mode, writable, readable, error}]}]}``, the device first."""
     _check_fields("sysfs", request, ["device"])
-    with server.clock.lock:
-        dev = _device(server, "sysfs", request)
-        assert dev.sysfs is not None
-        return {"device": dev.name, "levels": [_level(n) for n in dev.sysfs.ancestry()]}
-
-
-def _store_target(dev: AccelDevice, request: Request, name: str) -> SysfsNode:
-    """The level ``store_attr`` writes: by ``level``, by ``devpath``, or the nearest
-    level (device first) that has attribute ``name``."""
-    assert dev.sysfs is not None
-    levels = list(dev.sysfs.ancestry())
-    if "level" in request:
-        level = request["level"]
-        if not isinstance(level, int) or isinstance(level, bool):
-            raise InvalidArgument(f"store_attr: field 'level' must be an integer, not {level!r}")
-        if not 0 <= level < len(levels):
-            raise InvalidArgument(
-                f"store_attr: level {level} is out of range (0..{len(levels) - 1} for {dev.name})"
-            )
-        return levels[level]
-    devpath = _str("store_attr", request, "devpath", MAX_NAME, required=False)
-    if devpath is not None:
-        wanted = devpath.removeprefix("/sys").rstrip("/")
-        for node in levels:
-            if node.devpath == wanted:
-                return node
-        raise NoEntry(f"{devpath} is not {dev.name} or one of its parents")
-    for node in levels:
-        if name in node.attributes:
-            return node
-    raise NoEntry(f"no attribute {name!r} on {dev.name} or its parents")
+    name = _device_name("sysfs", request)
+    admin = admin_of(server)
+    levels = admin.attributes(name, peer_credentials(peer_uid))
+    return {"device": admin.device(name).name, "levels": _wire(levels)}
 
 
 def op_store_attr(server: Server, request: Request, peer_uid: int) -> Any:
     """``{"device", "name", "value", ["level" | "devpath"]}`` → ``{"device", "devpath",
-    "name", "value"}``. Only root (uid 0) may write root-writable attributes."""
+    "name", "value"}``. Root-writable attributes need an admin peer (``EACCES``)."""
     _check_fields("store_attr", request, ["device", "name", "value", "level", "devpath"])
     if "level" in request and "devpath" in request:
         raise InvalidArgument("store_attr: give 'level' or 'devpath', not both")
+    device = _device_name("store_attr", request)
     name = _str("store_attr", request, "name", MAX_NAME)
     value = _str("store_attr", request, "value", MAX_VALUE)
     assert name is not None and value is not None
     if not name:
         raise InvalidArgument("store_attr: field 'name' is empty")
-    with server.clock.lock:
-        dev = _device(server, "store_attr", request)
-        node = _store_target(dev, request, name)
-        node.write(name, value, privileged=peer_uid == 0)
-        return {"device": dev.name, "devpath": node.devpath, "name": name, "value": value}
+    level = request.get("level")
+    if level is not None and (not isinstance(level, int) or isinstance(level, bool)):
+        raise InvalidArgument(f"store_attr: field 'level' must be an integer, not {level!r}")
+    devpath = _str("store_attr", request, "devpath", MAX_NAME, required=False)
+    record = admin_of(server).store_attribute(
+        device, name, value, peer_credentials(peer_uid), level=level, devpath=devpath
+    )
+    return _wire(record)
 
 
 # -- actions -----------------------------------------------------------------------------
 def op_reset(server: Server, request: Request, peer_uid: int) -> Any:
     """``{"device", ["reason"]}`` → ``{"device", "reason", "status", "reset_count"}``;
-    root or the server's own user only (``EACCES``)."""
+    admin peers only (``EACCES``)."""
     _check_fields("reset", request, ["device", "reason"])
+    device = _device_name("reset", request)
     reason = _str("reset", request, "reason", MAX_REASON, required=False)
     reason = "control" if reason is None else reason
-    if peer_uid not in (0, os.getuid()):
-        raise PermissionDenied(
-            f"reset: uid {peer_uid} may not reset devices of a server of uid {os.getuid()}"
-        )
-    with server.clock.lock:
-        dev = _device(server, "reset", request)
-        dev.reset(reason)
-        return {
-            "device": dev.name,
-            "reason": reason,
-            "status": dev.status.name.lower(),
-            "reset_count": dev.reset_count,
-        }
+    return _wire(admin_of(server).reset(device, reason, peer_credentials(peer_uid)))
 
 
 def op_trigger(server: Server, request: Request, peer_uid: int) -> Any:
     """``{"device"}`` or ``{"all": true}`` → ``{"events": [{device, devpath, seqnum}]}``:
-    one ``change`` uevent per device, as ``udevadm trigger`` makes."""
+    one ``change`` uevent per device, as ``udevadm trigger`` makes; non-admin peers
+    within their budget (``EAGAIN``)."""
     _check_fields("trigger", request, ["device", "all"])
     every = request.get("all", False)
     if not isinstance(every, bool):
         raise InvalidArgument(f"trigger: field 'all' must be a boolean, not {every!r}")
     if every == ("device" in request):
         raise InvalidArgument("trigger: give 'device' or 'all': true (exactly one)")
-    with server.clock.lock:
-        sub = server.machine.subsystem
-        devs = sub.registered_devices() if every else [_device(server, "trigger", request)]
-        events = []
-        for dev in devs:
-            if dev.sysfs is None:
-                continue
-            ev = server.machine.sysfs.emit("change", dev.sysfs)
-            events.append({"device": dev.name, "devpath": ev.devpath, "seqnum": ev.seqnum})
-        return {"events": events}
+    device = None if every else _device_name("trigger", request)
+    events = admin_of(server).trigger(peer_credentials(peer_uid), device)
+    return {"events": _wire(events)}
 
 
 # -- holders -------------------------------------------------------------------------------
@@ -245,7 +197,7 @@ def scan_holders(inodes: Iterable[int], pids: Iterable[int]) -> dict[int, list[t
     return found
 
 
-def _holders_of(server: Server, files: Iterable[OpenFile]) -> dict[int, list[dict[str, int]]]:
+def _holders_of(server: Server, files: Iterable[OpenFile]) -> dict[int, list[Holder]]:
     """Holders of each of ``files`` by ``id(file)``. Takes the lock itself only to
     read the served ends; ``/proc`` is read outside it."""
     targets = {id(f) for f in files}
@@ -253,53 +205,31 @@ def _holders_of(server: Server, files: Iterable[OpenFile]) -> dict[int, list[dic
         ends = [(id(f), ino, pid) for f, ino, pid in server.open_ends() if id(f) in targets]
     pids = server.session_pids() | {pid for _, _, pid in ends if pid > 0}
     by_ino = scan_holders((ino for _, ino, _ in ends), pids)
-    out: dict[int, list[dict[str, int]]] = {t: [] for t in targets}
+    out: dict[int, list[Holder]] = {t: [] for t in targets}
     for fid, ino, _ in ends:
-        out[fid] += [{"pid": pid, "fd": fd} for pid, fd in by_ino.get(ino, [])]
-    for holders in out.values():
-        holders.sort(key=lambda h: (h["pid"], h["fd"]))
+        out[fid] += [Holder(pid, fd) for pid, fd in by_ino.get(ino, [])]
     return out
 
 
 def op_files(server: Server, request: Request, peer_uid: int) -> Any:
-    """``{}`` → ``[{device, pid, comm, uid, client_id, owner, control, fdinfo, holders}]``,
-    one per open accel file, by device and client id."""
+    """``{}`` → ``[{device, pid, comm, uid, client_id, owner, control, holders, fdinfo}]``,
+    one per open accel file, by device and client id; a non-admin peer sees only
+    the files of its own uid."""
     _check_fields("files", request, [])
-    files: list[AccelFile] = []
-    rows: list[dict[str, Any]] = []
-    with server.clock.lock:
-        for dev in server.machine.subsystem.registered_devices():
-            for f in sorted(dev.files, key=lambda f: f.client_id):
-                files.append(f)
-                rows.append(
-                    {
-                        "device": dev.name,
-                        "pid": f.pid,
-                        "comm": f.comm,
-                        "uid": f.uid,
-                        "client_id": f.client_id,
-                        "owner": f.is_owner,
-                        "control": f.control,
-                        "fdinfo": f.fdinfo(),
-                    }
-                )
-    holders = _holders_of(server, files)
-    for f, row in zip(files, rows, strict=True):
-        row["holders"] = holders[id(f)]
-    return rows
+    return _wire(admin_of(server).files(peer_credentials(peer_uid)))
 
 
 def bufinfo(server: Server, request: Request, peer_uid: int) -> Any:
-    """``{}`` → the registry's ``bufinfo`` entries, each with ``holders``."""
+    """``{}`` → the registry's ``bufinfo`` entries, each with ``holders``; admin
+    peers only (``EACCES``)."""
     _check_fields("bufinfo", request, [])
-    with server.clock.lock:
-        registry = server.machine.subsystem.dmabufs
-        entries = registry.bufinfo()
-        bufs = [registry.live[e["ino"]] for e in entries]
-    holders = _holders_of(server, bufs)
-    for buf, entry in zip(bufs, entries, strict=True):
-        entry["holders"] = holders[id(buf)]
-    return entries
+    return _wire(admin_of(server).bufinfo(peer_credentials(peer_uid)))
+
+
+def op_drivers(server: Server, request: Request, peer_uid: int) -> Any:
+    """``{}`` → ``[{name, version, desc, control_node}]``, the registered drivers."""
+    _check_fields("drivers", request, [])
+    return _wire(admin_of(server).drivers())
 
 
 #: The ops of this module by name (``Server.control`` dispatches to them).
@@ -310,4 +240,5 @@ CONTROL_OPS: dict[str, ControlOp] = {
     "trigger": op_trigger,
     "files": op_files,
     "bufinfo": bufinfo,
+    "drivers": op_drivers,
 }

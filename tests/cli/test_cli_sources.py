@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from accelcore.cli.sources import EmbeddedSource, HostSource, SourceError, default_machine
+from accelcore.errors import NoEntry
 
 
 def test_default_machine_has_two_vaccel_devices_without_reference_drivers() -> None:
@@ -48,8 +49,8 @@ def test_from_config_bad_description_is_source_error(tmp_path: Path) -> None:
         EmbeddedSource.from_config(cfg)
 
 
-def test_embedded_store_unknown_attribute_is_source_error(sim: EmbeddedSource) -> None:
-    with pytest.raises(SourceError, match="no attribute 'x' on accel0"):
+def test_embedded_store_unknown_attribute_is_enoent(sim: EmbeddedSource) -> None:
+    with pytest.raises(NoEntry, match="no attribute 'x' on accel0"):
         sim.store_attr("accel0", "x", "1")
 
 
