@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
+from accelcore.admin import TriggerLimit
 from accelcore.errors import InvalidArgument, PermissionDenied
 from accelcore.machine import Machine
 from accelcore.server import Server, control_request, recv_fds
 from accelcore.server import protocol as p
-from accelcore.server.client import ClientProcess
-from accelcore.server.control_ops import CONTROL_OPS
+from accelcore.server.client import ClientProcess, connect
+from accelcore.server.control_ops import CONTROL_OPS, admin_of
 from accelcore.server.wire import close_all, recv_record, send_record
 from accelcore.sysfs import Attribute
 from accelcore.testing.vaccel import VACCEL_UAPI as V
@@ -433,3 +434,49 @@ def test_an_op_that_crashes_is_eio_and_the_session_goes_on(
 
 def test_an_unknown_op_is_einval(server: Server) -> None:
     assert _errno_of(server.runtime_dir, "frobnicate") == errno.EINVAL
+
+
+# -- information another user may see (issue 16 §4) ----------------------------------------
+@needs_root
+def test_files_shows_nobody_only_its_own_clients(server: Server, client: ClientProcess) -> None:
+    root_fd = client.open("/dev/accel/accel0")
+    rt = server.runtime_dir
+
+    def peek() -> None:
+        proc = connect(rt)
+        try:
+            proc.open("/dev/accel/accel1")
+            rows = control_request("files", rt)
+            # Only its own file: not root's open of accel0 (fdinfo of another uid).
+            if [(r["device"], r["uid"]) for r in rows] != [("accel1", NOBODY)]:
+                raise PermissionDenied(f"nobody saw {rows}")
+        finally:
+            proc.exit()
+
+    assert as_nobody(peek) == 0
+    # root still sees every client (its own one here; nobody's has gone with it)
+    assert [r["uid"] for r in control_request("files", rt)] == [0]
+    client.close(root_fd)
+
+
+@needs_root
+def test_bufinfo_by_nobody_is_eacces(server: Server) -> None:
+    rt = server.runtime_dir
+    assert as_nobody(lambda: control_request("bufinfo", rt)) == errno.EACCES
+
+
+@needs_root
+def test_trigger_by_nobody_is_limited_to_its_budget(server: Server) -> None:
+    # A budget of 3 events that never refills: the limit, not the timing, decides.
+    admin_of(server).trigger_limit = TriggerLimit(burst=3, interval_ns=10**18)
+    rt = server.runtime_dir
+
+    def flood() -> None:
+        control_request("trigger", rt, device="accel0")
+        control_request("trigger", rt, all=True)  # 2 devices: 3 events in all
+        control_request("trigger", rt, device="accel0")  # the 4th: EAGAIN
+
+    assert as_nobody(flood) == errno.EAGAIN
+    # root is not limited
+    for _ in range(5):
+        assert len(control_request("trigger", rt, all=True)["events"]) == 2
