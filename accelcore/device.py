@@ -12,6 +12,7 @@ while something still uses it, and nothing outlives its last user.
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from .subsystem import Subsystem
 
 __all__ = ["AccelDevice", "BusDevice", "DeviceState", "DeviceStatus", "Oops"]
+
+#: The namespace of :attr:`AccelDevice.unique_id`.
+_UNIQUE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "accel.accelcore")
 
 ACCEL_MAJOR = 261
 
@@ -135,6 +139,15 @@ class AccelDevice:
     def bus_id(self) -> str:
         """The parent's bus address (``0000:00:10.0``), or ``virtual``."""
         return str(self.parent.address) if self.parent is not None else "virtual"
+
+    @property
+    def unique_id(self) -> str:
+        """A stable identifier of the device (sysfs ``unique_id``, as amdgpu's; what
+        ``nvidia-smi`` calls the UUID): a UUID derived from the driver and the bus
+        address (the minor for a virtual device), so the same machine description
+        gives the same identifiers on every run and in every transport."""
+        where = self.bus_id if self.parent is not None else f"virtual/{self.minor}"
+        return str(uuid.uuid5(_UNIQUE_ID_NAMESPACE, f"{self.driver.name}/{where}"))
 
     @property
     def unplugged(self) -> bool:

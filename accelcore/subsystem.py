@@ -246,6 +246,7 @@ class Subsystem:
             devtype="accel_minor",
             subdir="accel" if parent_node is not None else "virtual/accel",
         )
+        node.add_attribute(Attribute.ro("unique_id", lambda: dev.unique_id))
         for group in drv.attribute_groups(dev):
             node.add_group(group)
         node.oops_handler = dev.record_oops

@@ -9,21 +9,65 @@ from typing import Any
 import click
 
 from . import render
-from .model import DeviceInfo, to_json
+from .model import DeviceInfo, fdinfo_engine_time_ns, fdinfo_memory, to_json
 from .options import device_argument, emit, emit_line, get_state, json_option, resolve
+from .output import Field, Output, Sample, output_options
+from .records import FileRecord
 
 __all__ = ["dmabuf_cmd", "monitor_cmd", "ps_cmd", "top_cmd"]
 
 
+def _file_row(f: FileRecord) -> dict[str, Any]:
+    """``ps``'s JSON of one open file: the record, and its memory by fdinfo region
+    (every ``drm-<kind>-<region>`` key) and engine time summed."""
+    row: dict[str, Any] = to_json(f)
+    regions = fdinfo_memory(f.fdinfo)
+    row["memory"] = regions
+    row["memory_total_bytes"] = sum(r.get("total", 0) for r in regions.values())
+    row["memory_resident_bytes"] = sum(r.get("resident", 0) for r in regions.values())
+    row["engine_time_ns"] = fdinfo_engine_time_ns(f.fdinfo)
+    return row
+
+
+PS_FIELDS = [
+    Field("device", None, "device name (accelN)", lambda r: r["device"]),
+    Field("pid", None, "pid of the process that opened the file", lambda r: r["pid"]),
+    Field("comm", None, "its command name", lambda r: r["comm"]),
+    Field("uid", None, "its uid", lambda r: r["uid"]),
+    Field("client_id", None, "drm-client-id", lambda r: r["client_id"]),
+    Field("owner", None, "whether it owns the compute context", lambda r: r["owner"]),
+    Field(
+        "memory.total", "B", "sum of every drm-total-<region>", lambda r: r["memory_total_bytes"]
+    ),
+    Field(
+        "memory.resident",
+        "B",
+        "sum of every drm-resident-<region>",
+        lambda r: r["memory_resident_bytes"],
+    ),
+    Field("engine_time", "ns", "sum of every drm-engine-<engine>", lambda r: r["engine_time_ns"]),
+]
+
+
 @click.command("ps")
 @device_argument(required=False)
-@json_option
+@output_options(PS_FIELDS)
 @click.pass_context
-def ps_cmd(ctx: click.Context, device: str, as_json: bool) -> None:
-    """Processes holding accel devices, with each open file's fdinfo."""
-    names = {d.name for d in resolve(ctx, device)}
-    files = [to_json(f) for f in get_state(ctx).source().files() if f.device in names]
-    emit({"files": files}, as_json, lambda: render.render_files(files))
+def ps_cmd(ctx: click.Context, device: tuple[str, ...], out: Output) -> None:
+    """Processes holding accel devices, with each open file's fdinfo.
+
+    Memory is every drm-total-<region> and drm-resident-<region> fdinfo key
+    (regions are the driver's: vram, dram...), summed and by region. Without a
+    server, run with --embedded: the processes of a throwaway machine are none.
+    """
+    source = get_state(ctx).source(changes="ps")
+
+    def sample() -> Sample:
+        names = {d.name for d in resolve(ctx, device, source)}
+        files = [_file_row(f) for f in source.files() if f.device in names]
+        return Sample({"files": files}, files, lambda: render.render_files(files))
+
+    out.run(sample, source.tick)
 
 
 @click.command("dmabuf")
@@ -48,6 +92,7 @@ def _top_device(info: DeviceInfo) -> dict[str, Any]:
         "clients": len(info.clients),
         "memory_used_bytes": sum(m.used_bytes for m in info.memory),
         "memory_total_bytes": sum(m.total_bytes for m in info.memory),
+        "memory": [to_json(m) for m in info.memory],
         "engines": [to_json(e) for e in info.engines],
     }
 
@@ -63,7 +108,7 @@ def _top_device(info: DeviceInfo) -> dict[str, Any]:
     help="Seconds between refreshes (device time advances as much on a virtual clock).",
 )
 @click.option(
-    "-i",
+    "-n",
     "--iterations",
     type=click.IntRange(min=1),
     default=None,
@@ -72,13 +117,17 @@ def _top_device(info: DeviceInfo) -> dict[str, Any]:
 @json_option
 @click.pass_context
 def top_cmd(
-    ctx: click.Context, device: str, interval: float, iterations: int | None, as_json: bool
+    ctx: click.Context,
+    device: tuple[str, ...],
+    interval: float,
+    iterations: int | None,
+    as_json: bool,
 ) -> None:
     """Live per-device status, owner, clients, memory and engines (INFO, refreshed).
 
     With --json, one JSON document per refresh, one per line.
     """
-    source = get_state(ctx).source()
+    source = get_state(ctx).source(changes="top")
     clear = not as_json and sys.stdout.isatty()
     n = 0
     try:
@@ -90,7 +139,7 @@ def top_cmd(
             sample = {
                 "iteration": n,
                 "timestamp_ns": source.now_ns(),
-                "devices": [_top_device(source.info(d.name)) for d in resolve(ctx, device)],
+                "devices": [_top_device(source.info(d.name)) for d in resolve(ctx, device, source)],
             }
             if as_json:
                 emit_line(sample)
@@ -107,7 +156,7 @@ def top_cmd(
     help="First synthesize a 'change' uevent per device (udevadm trigger).",
 )
 @click.option(
-    "-i", "--iterations", type=click.IntRange(min=1), default=None, help="Stop after N events."
+    "-n", "--iterations", type=click.IntRange(min=1), default=None, help="Stop after N events."
 )
 @click.option(
     "-t",
@@ -129,8 +178,11 @@ def monitor_cmd(
     subsystem: str | None,
     as_json: bool,
 ) -> None:
-    """Print uevents as they happen (udevadm monitor); JSON: one event per line."""
-    source = get_state(ctx).source()
+    """Print uevents as they happen (udevadm monitor); JSON: one event per line.
+
+    Exits 9 (no server) with a message when the server goes away.
+    """
+    source = get_state(ctx).source(changes="monitor")
     stream = source.events()
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = 0

@@ -32,6 +32,7 @@ def reset_cmd(ctx: click.Context, device: str, yes: bool, reason: str, as_json: 
     DEVICE must be given explicitly (not taken from $ACCEL_DEVICE) and must
     select exactly one device.
     """
+    source = get_state(ctx).source(changes="reset")
     dev = resolve_one(ctx, device)
     if not yes:
         click.confirm(
@@ -40,7 +41,6 @@ def reset_cmd(ctx: click.Context, device: str, yes: bool, reason: str, as_json: 
             abort=True,
             err=True,
         )
-    source = get_state(ctx).source()
     source.reset(dev.name, reason)
     info = source.info(dev.name)
     data = {

@@ -29,6 +29,8 @@ __all__ = [
     "OwnershipInfo",
     "StatusInfo",
     "UserProgram",
+    "fdinfo_engine_time_ns",
+    "fdinfo_memory",
     "info_query",
     "read_device_info",
     "summary_from_info",
@@ -136,6 +138,8 @@ class DeviceInfo:
     clients: list[ClientInfo] = field(default_factory=list)
     memory: list[MemoryRegionInfo] = field(default_factory=list)
     engines: list[EngineInfo] = field(default_factory=list)
+    #: The device's stable identifier (sysfs ``unique_id``), when the source has it.
+    uuid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +157,8 @@ class DeviceSummary:
     owner_pid: int | None
     open_count: int | None
     source: str
+    #: The device's stable identifier (sysfs ``unique_id``), when the source has it.
+    uuid: str | None = None
 
 
 def to_json(value: Any) -> Any:
@@ -371,4 +377,58 @@ def summary_from_info(info: DeviceInfo) -> DeviceSummary:
         owner_pid=info.ownership.owner_pid,
         open_count=info.status.open_count,
         source=info.source,
+        uuid=info.uuid,
     )
+
+
+#: fdinfo memory keys (Documentation/gpu/drm-usage-stats.rst): ``drm-<kind>-<region>:
+#: <uint> [KiB|MiB]``. ``drm-memory-<region>`` is the deprecated name of resident.
+FDINFO_MEMORY_KINDS = ("total", "resident", "shared", "active", "purgeable")
+_FDINFO_UNITS = {"": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def _fdinfo_quantity(text: str, unit_table: Mapping[str, int]) -> int | None:
+    parts = text.split()
+    if not parts or not parts[0].isdigit() or len(parts) > 2:
+        return None
+    scale = unit_table.get(parts[1] if len(parts) == 2 else "")
+    return None if scale is None else int(parts[0]) * scale
+
+
+def fdinfo_memory(fdinfo: Mapping[str, str]) -> dict[str, dict[str, int]]:
+    """Every memory region an fdinfo names, in bytes: ``{region: {kind: bytes}}``
+    with ``kind`` one of :data:`FDINFO_MEMORY_KINDS`.
+
+    Regions are named by the driver (``drm-total-vram``, ``drm-total-dram``,
+    ``drm-total-memory``...), so a tool must read every ``drm-<kind>-*`` key, as
+    the kernel's drm-usage-stats rules say; values without a unit are bytes.
+    Malformed values are left out.
+    """
+    out: dict[str, dict[str, int]] = {}
+    legacy: dict[str, int] = {}
+    for key, value in fdinfo.items():
+        if not key.startswith("drm-"):
+            continue
+        kind, _, region = key[4:].partition("-")
+        if not region:
+            continue
+        n = _fdinfo_quantity(value, _FDINFO_UNITS)
+        if n is None:
+            continue
+        if kind in FDINFO_MEMORY_KINDS:
+            out.setdefault(region, {})[kind] = n
+        elif kind == "memory":
+            legacy[region] = n
+    for region, n in legacy.items():
+        out.setdefault(region, {}).setdefault("resident", n)
+    return out
+
+
+def fdinfo_engine_time_ns(fdinfo: Mapping[str, str]) -> int:
+    """The sum of every ``drm-engine-<engine>: <uint> ns`` of an fdinfo."""
+    total = 0
+    for key, value in fdinfo.items():
+        if key.startswith("drm-engine-") and not key.startswith("drm-engine-capacity-"):
+            n = _fdinfo_quantity(value, {"ns": 1})
+            total += n or 0
+    return total

@@ -4,8 +4,13 @@
   ``version``, ``--help`` and completion stay cheap, and so tests can inject a
   prepared source (``CliRunner().invoke(main, args, obj=CliState(source=...))``).
   Which source: ``--host`` the real host; ``--embedded`` or ``--config`` the
-  in-process machine; otherwise the devfs server of the runtime directory when
-  one answers there, else the in-process machine.
+  in-process machine; otherwise the devfs server of the runtime directory.
+  When no server answers there, a read-only command answers from a throwaway
+  in-process machine and says so in one line on stderr (naming the runtime
+  directory); a command that changes or watches state (``reset``, attribute
+  writes, ``monitor``, ``ps``, ``top``) refuses with exit code
+  :attr:`~accelcore.cli.exitcodes.ExitCode.NO_SERVER` unless ``--embedded``
+  is given: it never acts on a machine that vanishes when it exits.
 * :func:`json_option` and :func:`device_argument` — the shared decorators.
 * :func:`resolve` — a selector to devices, with accelctl's exit-code rules:
   a malformed selector is a usage error (exit 2), an unmatched one a runtime
@@ -15,14 +20,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from click.shell_completion import CompletionItem
 
+from ..server.server import default_runtime_dir
+from .exitcodes import AccelctlError, ExitCode, NoServerError
 from .model import DeviceSummary
 from .selectors import ENV_VAR, NoDeviceError, SelectorSyntaxError, select
 from .server_source import ServerSource, running_server
@@ -39,6 +47,7 @@ __all__ = [
     "resolve",
     "resolve_one",
     "source_mode",
+    "split_selectors",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,14 +78,38 @@ class CliState:
         self._host: Source | None = None
         self._owned: list[Source] = []
 
-    def source(self) -> Source:
-        """The source the global options pick (see the module docstring)."""
+    def source(self, *, changes: str | None = None) -> Source:
+        """The source the global options pick (see the module docstring).
+
+        Args:
+            changes: What the command changes or watches (``"reset"``...), when it
+                does: without a server it then refuses rather than act on a
+                throwaway machine.
+
+        Raises:
+            NoServerError: ``changes`` is given, no server answers and neither
+                ``--embedded`` nor ``--config`` was given.
+        """
         if self._source is None:
             if self.mode == "host":
                 return self.host_source()
-            if self.mode == "auto" and self.config is None and running_server(self.runtime_dir):
-                self._source = ServerSource(self.runtime_dir)
-            else:
+            if self.mode == "auto" and self.config is None:
+                rt = self.runtime_dir if self.runtime_dir is not None else default_runtime_dir()
+                if running_server(rt):
+                    self._source = ServerSource(rt)
+                elif changes is not None:
+                    raise NoServerError(
+                        f"no devfs server at {rt}: {changes} needs one (start it with "
+                        "'accelctl sim start', or give --embedded for a throwaway "
+                        "in-process machine)"
+                    )
+                else:
+                    click.echo(
+                        f"accelctl: no devfs server at {rt}: answering from a throwaway "
+                        "embedded machine (--embedded to ask for it)",
+                        err=True,
+                    )
+            if self._source is None:
                 self._source = EmbeddedSource.from_config(self.config)
             self._owned.append(self._source)
         return self._source
@@ -147,42 +180,85 @@ def complete_devices(
     return [i for i in items if i.value.startswith(incomplete)]
 
 
+def split_selectors(values: Sequence[str]) -> list[str]:
+    """Selectors from repeated arguments and comma lists: ``("0,1", "accel3")`` is
+    ``["0", "1", "accel3"]``; a ``pci:`` filter keeps its own commas."""
+    out: list[str] = []
+    for value in values:
+        if value.startswith("pci:"):
+            out.append(value)
+        else:
+            out += [v for v in (x.strip() for x in value.split(",")) if v]
+    return out
+
+
 def device_argument(*, required: bool) -> Callable[[F], F]:
-    """The ``DEVICE`` selector argument (default: ``$ACCEL_DEVICE``, else ``all``
-    when not required)."""
-    extra: dict[str, Any] = {} if required else {"default": "all"}
-    return click.argument(
-        "device", required=required, envvar=ENV_VAR, shell_complete=complete_devices, **extra
-    )
+    """``[DEVICE]...`` and ``-i/--id DEVICE[,DEVICE...]`` (repeatable): the devices a
+    command acts on, passed to it as the tuple ``device`` of selectors (default:
+    ``$ACCEL_DEVICE``, else ``all`` when not required)."""
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, device: tuple[str, ...], ids: tuple[str, ...], **kw: Any) -> Any:
+            selectors = tuple(split_selectors([*device, *ids]))
+            if not selectors:
+                if required:
+                    raise click.UsageError("name a DEVICE (or -i DEVICE)")
+                selectors = ("all",)
+            return f(*args, device=selectors, **kw)
+
+        cmd = click.option(
+            "-i",
+            "--id",
+            "ids",
+            multiple=True,
+            metavar="DEVICE[,DEVICE...]",
+            help="Devices to act on (as DEVICE arguments; comma lists, repeatable).",
+        )(wrapper)
+        cmd = click.argument("device", nargs=-1, envvar=ENV_VAR, shell_complete=complete_devices)(
+            cmd
+        )
+        return cast(F, cmd)
+
+    return decorate
 
 
-def resolve(ctx: click.Context, text: str, source: Source | None = None) -> list[DeviceSummary]:
-    """The devices selector ``text`` picks on ``source`` (the embedded one by default).
+def resolve(
+    ctx: click.Context, text: str | Sequence[str], source: Source | None = None
+) -> list[DeviceSummary]:
+    """The devices selectors ``text`` pick on ``source`` (the run's by default), in
+    order, each once.
 
     Raises:
         click.BadParameter: malformed selector (exit 2).
-        click.ClickException: no device matches (exit 1).
+        AccelctlError: a selector matches nothing (exit 6, not found).
     """
     src = source if source is not None else get_state(ctx).source()
-    try:
-        return select(src.devices(), text)
-    except SelectorSyntaxError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param_hint="DEVICE") from None
-    except NoDeviceError as exc:
-        raise click.ClickException(str(exc)) from None
+    devices = src.devices()
+    found: dict[str, DeviceSummary] = {}
+    for one in [text] if isinstance(text, str) else text:
+        try:
+            for d in select(devices, one):
+                found.setdefault(d.name, d)
+        except SelectorSyntaxError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param_hint="DEVICE") from None
+        except NoDeviceError as exc:
+            raise AccelctlError(str(exc), ExitCode.NOT_FOUND) from None
+    return list(found.values())
 
 
-def resolve_one(ctx: click.Context, text: str) -> DeviceSummary:
+def resolve_one(ctx: click.Context, text: str | Sequence[str]) -> DeviceSummary:
     """Like :func:`resolve`, for commands that act on exactly one device.
 
     Raises:
-        click.UsageError: the selector picks several devices (exit 2).
+        click.UsageError: the selectors pick several devices (exit 2).
     """
     found = resolve(ctx, text)
     if len(found) != 1:
         names = ", ".join(d.name for d in found)
+        shown = text if isinstance(text, str) else ",".join(text)
         raise click.UsageError(
-            f"{ctx.info_name} needs one device; {text!r} selects {names}", ctx=ctx
+            f"{ctx.info_name} needs one device; {shown!r} selects {names}", ctx=ctx
         )
     return found[0]
 

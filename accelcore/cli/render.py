@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.table import Table
 
 __all__ = [
     "console",
@@ -20,29 +19,91 @@ __all__ = [
     "render_devices",
     "render_files",
     "render_info",
+    "render_summary",
     "render_top",
     "render_topology",
 ]
 
 
 def console() -> Console:
-    """A console on the current ``sys.stdout`` (so CliRunner captures it)."""
+    """A console on the current ``sys.stdout`` (so CliRunner captures it), as wide
+    as ``$COLUMNS`` says, else the terminal; piped output is not cut to 80 columns."""
+    import os
     import sys
 
     from rich.console import Console
 
-    # Piped output is not cut to 80 columns: tables are as wide as they need.
-    width = None if sys.stdout.isatty() else 200
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        width: int | None = int(columns)
+    else:
+        width = None if sys.stdout.isatty() else 200
     return Console(highlight=False, soft_wrap=True, width=width)
 
 
-def _table(title: str | None, *columns: str) -> Table:
-    from rich.table import Table
+#: Spaces between two columns (rich's default padding of 1 on each side).
+_GAP = 2
 
-    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-    for col in columns:
-        table.add_column(col, no_wrap=True)
-    return table
+
+class _Grid:
+    """A table that fits its console: when too wide it drops columns (``drop``
+    order first, then from the right, never a ``keep`` column), then wraps what
+    is left; it never cuts a cell to an ellipsis, so a PID is always whole."""
+
+    def __init__(
+        self,
+        title: str | None,
+        *columns: str,
+        keep: tuple[str, ...] = (),
+        drop: tuple[str, ...] = (),
+    ) -> None:
+        self.title = title
+        self.columns = list(columns)
+        self.keep = set(keep) | {columns[0]}
+        self.drop = drop
+        self.rows: list[tuple[str, ...]] = []
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(cells)
+
+    def print(self, out: Console) -> None:
+        from rich.table import Table
+
+        need = [max([len(c), *(len(r[i]) for r in self.rows)]) for i, c in enumerate(self.columns)]
+        shown = list(range(len(self.columns)))
+        order = [self.columns.index(c) for c in self.drop if c in self.columns]
+        order += [i for i in reversed(shown) if i not in order]
+        dropped: list[str] = []
+
+        def width() -> int:
+            return sum(need[i] for i in shown) + _GAP * (len(shown) - 1)
+
+        for i in order:
+            if width() <= out.width:
+                break
+            if self.columns[i] not in self.keep:
+                shown.remove(i)
+                dropped.append(self.columns[i])
+        table = Table(title=self.title, title_justify="left", box=None, pad_edge=False)
+        for i in shown:
+            if self.columns[i] in self.keep:
+                table.add_column(self.columns[i], no_wrap=True, min_width=need[i])
+            else:
+                table.add_column(self.columns[i], overflow="fold")
+        for r in self.rows:
+            table.add_row(*(r[i] for i in shown))
+        out.print(table)
+        if dropped:
+            out.print(
+                f"({out.width} columns: left out {', '.join(dropped)}; --json shows all)",
+                markup=False,
+            )
+
+
+def _table(
+    title: str | None, *columns: str, keep: tuple[str, ...] = (), drop: tuple[str, ...] = ()
+) -> _Grid:
+    return _Grid(title, *columns, keep=keep, drop=drop)
 
 
 def _dash(value: Any) -> str:
@@ -76,7 +137,19 @@ def render_devices(devices: list[dict[str, Any]]) -> None:
         out.print("no accel devices")
         return
     table = _table(
-        None, "DEVICE", "NODE", "DRIVER", "PCI", "ID", "STATUS", "OWNER", "OPEN", "SOURCE"
+        None,
+        "DEVICE",
+        "NODE",
+        "DRIVER",
+        "PCI",
+        "ID",
+        "STATUS",
+        "OWNER",
+        "OPEN",
+        "SOURCE",
+        "UUID",
+        keep=("DEVICE", "OWNER"),
+        drop=("UUID", "SOURCE", "NODE", "ID", "OPEN"),
     )
     for d in devices:
         ident = f"{_hex4(d['vendor'])}:{_hex4(d['device'])}" if d["vendor"] is not None else "-"
@@ -90,8 +163,9 @@ def render_devices(devices: list[dict[str, Any]]) -> None:
             _dash(d["owner_pid"]),
             _dash(d["open_count"]),
             d["source"],
+            _dash(d.get("uuid")),
         )
-    out.print(table)
+    table.print(out)
 
 
 def render_info(info: dict[str, Any]) -> None:
@@ -132,7 +206,7 @@ def render_info(info: dict[str, Any]) -> None:
     ]
     for k, v in rows:
         kv.add_row(k, v)
-    out.print(kv)
+    kv.print(out)
     if info["clients"]:
         t = _table(
             "clients",
@@ -145,6 +219,8 @@ def render_info(info: dict[str, Any]) -> None:
             "HANDLES",
             "MEMORY",
             "ENGINE TIME",
+            keep=("CLIENT", "PID"),
+            drop=("NAME", "ENGINE TIME", "HANDLES", "UID"),
         )
         for c in info["clients"]:
             role = "owner" if c["owner"] else "control" if c["control"] else "-"
@@ -159,12 +235,12 @@ def render_info(info: dict[str, Any]) -> None:
                 _bytes(c["memory_bytes"]),
                 _ms(c["engine_time_ns"]),
             )
-        out.print(t)
+        t.print(out)
     if info["memory"]:
         t = _table("memory", "REGION", "USED", "TOTAL")
         for m in info["memory"]:
             t.add_row(m["name"], _bytes(m["used_bytes"]), _bytes(m["total_bytes"]))
-        out.print(t)
+        t.print(out)
     if info["engines"]:
         t = _table("engines", "ENGINE", "CLASS", "BUSY", "BUSY TIME", "SUBMITTED", "COMPLETED")
         for e in info["engines"]:
@@ -176,7 +252,7 @@ def render_info(info: dict[str, Any]) -> None:
                 str(e["submitted"]),
                 str(e["completed"]),
             )
-        out.print(t)
+        t.print(out)
 
 
 def render_attrs(levels: list[dict[str, Any]]) -> None:
@@ -201,7 +277,21 @@ def render_files(files: list[dict[str, Any]]) -> None:
     if not files:
         out.print("no processes hold accel devices")
         return
-    t = _table(None, "DEVICE", "PID", "COMM", "UID", "CLIENT", "ROLE", "FDS", "MEMORY", "ENGINES")
+    t = _table(
+        None,
+        "DEVICE",
+        "PID",
+        "COMM",
+        "UID",
+        "CLIENT",
+        "ROLE",
+        "FDS",
+        "MEMORY",
+        "RESIDENT",
+        "ENGINES",
+        keep=("DEVICE", "PID"),
+        drop=("FDS", "ENGINES", "CLIENT", "UID", "RESIDENT", "ROLE"),
+    )
     for f in files:
         role = "owner" if f["owner"] else "control" if f["control"] else "-"
         fds = ",".join(f"{h['pid']}:{h['fd']}" for h in f["holders"]) or "-"
@@ -218,10 +308,21 @@ def render_files(files: list[dict[str, Any]]) -> None:
             str(f["client_id"]),
             role,
             fds,
-            f["fdinfo"].get("drm-total-memory", "-"),
+            _regions(f["memory"], "total"),
+            _regions(f["memory"], "resident"),
             engines or "-",
         )
-    out.print(t)
+    t.print(out)
+
+
+def _regions(memory: dict[str, dict[str, int]], kind: str) -> str:
+    """``1.0 MiB`` for one region, ``dram 1.0 MiB, sram 4.0 KiB`` for several."""
+    have = {r: v[kind] for r, v in memory.items() if kind in v}
+    if not have:
+        return "-"
+    if len(have) == 1:
+        return _bytes(next(iter(have.values())))
+    return ", ".join(f"{r} {_bytes(n)}" for r, n in sorted(have.items()))
 
 
 def render_buffers(buffers: list[dict[str, Any]], total: int) -> None:
@@ -254,7 +355,7 @@ def render_buffers(buffers: list[dict[str, Any]], total: int) -> None:
             ",".join(b["pins"]) or "-",
             holders,
         )
-    out.print(t)
+    t.print(out)
     out.print(f"Total {len(buffers)} objects, {total} bytes")
 
 
@@ -287,7 +388,7 @@ def render_top(sample: dict[str, Any], clear: bool) -> None:
     if clear:
         out.clear()
     t = _table(
-        f"accelctl top — iteration {sample['iteration']}, device time "
+        f"accelctl top - iteration {sample['iteration']}, device time "
         f"{sample['timestamp_ns'] / 1e9:.3f} s",
         "DEVICE",
         "STATUS",
@@ -299,6 +400,8 @@ def render_top(sample: dict[str, Any], clear: bool) -> None:
         "SUBMITTED",
         "COMPLETED",
         "BUSY TIME",
+        keep=("DEVICE", "OWNER"),
+        drop=("BUSY TIME", "SUBMITTED", "COMPLETED", "CLIENTS"),
     )
     for d in sample["devices"]:
         mem = f"{_bytes(d['memory_used_bytes'])}/{_bytes(d['memory_total_bytes'])}"
@@ -321,4 +424,46 @@ def render_top(sample: dict[str, Any], clear: bool) -> None:
                 )
             )
             t.add_row(*head, *tail)
-    out.print(t)
+    t.print(out)
+
+
+def render_summary(data: dict[str, Any]) -> None:
+    """``accelctl`` with no command: one line per device, as ``nvidia-smi`` prints."""
+    out = console()
+    devices = data["devices"]
+    out.print(
+        f"accelctl {data['accelctl']}  source: {data['source']}  devices: {len(devices)}",
+        markup=False,
+    )
+    if not devices:
+        out.print("no accel devices")
+        return
+    t = _table(
+        None,
+        "DEVICE",
+        "DRIVER",
+        "BUS ID",
+        "STATUS",
+        "OWNER",
+        "CLIENTS",
+        "MEMORY",
+        "BUSY",
+        "UUID",
+        keep=("DEVICE",),
+        drop=("UUID", "BUS ID", "CLIENTS", "BUSY"),
+    )
+    for d in devices:
+        t.add_row(
+            d["name"],
+            d["identity"]["driver"],
+            d["identity"]["bus_id"],
+            d["status"]["status"],
+            _dash(d["ownership"]["owner_pid"]),
+            str(d["status"]["open_count"]),
+            f"{_bytes(d['memory_used_bytes'])} / {_bytes(d['memory_total_bytes'])}"
+            if d["memory"]
+            else "-",
+            f"{d['engines_busy']}/{len(d['engines'])}" if d["engines"] else "-",
+            _dash(d.get("uuid")),
+        )
+    t.print(out)

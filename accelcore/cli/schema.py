@@ -59,6 +59,7 @@ DEVICE_SUMMARY = _obj(
         "owner_pid": OPT_INT,
         "open_count": OPT_INT,
         "source": SOURCE,
+        "uuid": OPT_STR,
     }
 )
 
@@ -127,6 +128,17 @@ DEVICE_INFO = _obj(
         "clients": _arr(CLIENT),
         "memory": _arr(MEMORY),
         "engines": _arr(ENGINE),
+        "uuid": OPT_STR,
+    }
+)
+
+#: A device in the summary (``accelctl`` alone): its INFO, and the totals.
+SUMMARY_DEVICE = _obj(
+    {
+        **DEVICE_INFO["properties"],
+        "memory_total_bytes": INT,
+        "memory_used_bytes": INT,
+        "engines_busy": INT,
     }
 )
 
@@ -162,6 +174,14 @@ FILE_RECORD = _obj(
         "control": BOOL,
         "holders": _arr(HOLDER),
         "fdinfo": STR_MAP,
+        # every drm-<kind>-<region> fdinfo key, in bytes, by region then kind
+        "memory": {
+            "type": "object",
+            "additionalProperties": {"type": "object", "additionalProperties": INT},
+        },
+        "memory_total_bytes": INT,
+        "memory_resident_bytes": INT,
+        "engine_time_ns": INT,
     }
 )
 
@@ -205,6 +225,7 @@ TOP_DEVICE = _obj(
         "clients": INT,
         "memory_used_bytes": INT,
         "memory_total_bytes": INT,
+        "memory": _arr(MEMORY),
         "engines": _arr(ENGINE),
     }
 )
@@ -244,6 +265,7 @@ SIM_STATUS = _obj(
 
 #: Schemas by command; a streaming command's schema describes one line.
 SCHEMAS: dict[str, Schema] = {
+    "summary": _obj({"accelctl": STR, "source": SOURCE, "devices": _arr(SUMMARY_DEVICE)}),
     "list": _obj({"devices": _arr(DEVICE_SUMMARY)}),
     "info": _obj({"devices": _arr(DEVICE_INFO)}),
     "attrs": _obj({"device": STR, "levels": _arr(ATTR_LEVEL)}),

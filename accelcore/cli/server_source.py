@@ -16,6 +16,7 @@ unknown attribute, ``EINVAL`` from a driver's store), with its message.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import socket
@@ -29,6 +30,7 @@ from ..server.client import ClientProcess, connect
 from ..server.daemon import ServerUnavailable, control_request, server_status
 from ..server.server import CONTROL_NAME, default_runtime_dir
 from ..server.wire import close_all, recv_record, send_record
+from .exitcodes import ExitCode
 from .model import DeviceInfo, DeviceSummary, read_device_info, summary_from_info
 from .records import (
     AttrLevel,
@@ -65,10 +67,13 @@ class _ServerStream:
             reply = self._next()
         except OSError as exc:
             self._sock.close()
-            raise SourceError(f"devfs server at {runtime_dir}: {exc.strerror or exc}") from exc
+            raise SourceError(
+                f"devfs server at {runtime_dir}: {exc.strerror or exc}", ExitCode.NO_SERVER
+            ) from exc
         if not isinstance(reply, p.ControlReply) or not reply.reply.get("ok"):
             self._sock.close()
             raise SourceError(f"devfs server at {runtime_dir} refused the uevent subscription")
+        self._runtime_dir = runtime_dir
         self._poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
         self._poller.register(self._sock, select.POLLIN)
         self._closed = False
@@ -84,10 +89,15 @@ class _ServerStream:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._poller.poll(None if left is None else int(left * 1000)):
                 return None
-            msg = self._next()
-            if msg is None:  # the server went away: the stream ends
+            try:
+                msg = self._next()
+            except OSError:
+                msg = None
+            if msg is None:  # the server went away: the stream ends, loudly
                 self.close()
-                return None
+                raise SourceError(
+                    f"the devfs server at {self._runtime_dir} went away", ExitCode.NO_SERVER
+                )
             if isinstance(msg, p.Uevent):
                 ev = msg.event
                 return UeventRecord(
@@ -152,7 +162,7 @@ class ServerSource:
         msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         if "devfs server" not in msg:
             msg = f"devfs server at {self.runtime_dir}: {msg}"
-        return SourceError(msg)
+        return SourceError(msg, ExitCode.NO_SERVER)
 
     @property
     def proc(self) -> ClientProcess:
@@ -161,7 +171,7 @@ class ServerSource:
             try:
                 self._proc = connect(self.runtime_dir)
             except (AccelError, OSError) as exc:
-                raise SourceError(str(exc)) from exc
+                raise self._source_error(exc) from exc
         return self._proc
 
     def _raw_devices(self) -> list[dict[str, Any]]:
@@ -172,11 +182,20 @@ class ServerSource:
         for d in self._raw_devices():
             if d["name"] == name:
                 return d
-        raise SourceError(f"no accel device {name!r}")
+        raise SourceError(f"no accel device {name!r}", ExitCode.NOT_FOUND)
 
     def _info(self, raw: dict[str, Any], *, full: bool) -> DeviceInfo:
         paths = [str(x) for x in (raw.get("control_node"), raw["node"]) if x]
-        return read_device_info(self.proc, str(raw["name"]), paths, source=self.kind, full=full)
+        info = read_device_info(self.proc, str(raw["name"]), paths, source=self.kind, full=full)
+        return dataclasses.replace(info, uuid=self._unique_id(str(raw["name"])))
+
+    def _unique_id(self, name: str) -> str | None:
+        """The device's sysfs ``unique_id`` (``None`` when the device has none)."""
+        levels = self.control("sysfs", device=name)["levels"]
+        for attr in levels[0]["attributes"] if levels else []:
+            if attr["name"] == "unique_id":
+                return _opt_str(attr["value"])
+        return None
 
     # -- INFO-based views ----------------------------------------------------------
     def devices(self) -> list[DeviceSummary]:

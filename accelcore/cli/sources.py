@@ -31,6 +31,7 @@ from ..errors import AccelError
 from ..machine import DEFAULT_MACHINE, Machine, installed_drivers, load_driver
 from ..sysfs import SysfsNode, SysfsTree, Uevent
 from ..userspace import Process
+from .exitcodes import ExitCode
 from .model import DeviceInfo, DeviceSummary, read_device_info, summary_from_info
 from .records import (
     AttrLevel,
@@ -57,14 +58,23 @@ PCI_CLASS_ACCEL = 0x12
 
 
 class SourceError(Exception):
-    """A runtime failure a source reports in one line (accelctl exits 1 with it)."""
+    """A runtime failure a source reports in one line, with accelctl's exit code
+    for it (:class:`~accelcore.cli.exitcodes.ExitCode`)."""
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.ERROR) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class EventStream(Protocol):
     """Uevents as they happen."""
 
     def get(self, timeout: float | None) -> UeventRecord | None:
-        """The next event, or ``None`` after ``timeout`` seconds without one."""
+        """The next event, or ``None`` after ``timeout`` seconds without one.
+
+        Raises:
+            SourceError: the machine went away (exit code ``NO_SERVER``).
+        """
         ...
 
     def close(self) -> None: ...
@@ -213,16 +223,19 @@ class EmbeddedSource:
         try:
             return self.subsystem.device(name)
         except AccelError as exc:
-            raise SourceError(f"no accel device {name!r}") from exc
+            raise SourceError(f"no accel device {name!r}", ExitCode.NOT_FOUND) from exc
 
     # -- INFO-based views -------------------------------------------------------------
     def _info(self, dev: AccelDevice, *, full: bool) -> DeviceInfo:
         proc = Process(self.subsystem, comm="accelctl")
         paths = [p for p in (dev.control_path, dev.node_path) if p is not None]
         try:
-            return read_device_info(proc, dev.name, paths, source=self.kind, full=full)
+            info = read_device_info(proc, dev.name, paths, source=self.kind, full=full)
         finally:
             proc.exit()
+        with self.machine.clock.lock:
+            uuid = _read_or_none(dev.sysfs, "unique_id") if dev.sysfs is not None else None
+        return dataclasses.replace(info, uuid=uuid)
 
     def devices(self) -> list[DeviceSummary]:
         return [
@@ -383,14 +396,15 @@ class HostSource:
 
     def _unsupported(self, what: str) -> SourceError:
         return SourceError(
-            f"{what} is not available from the host (read-only listing); use the simulator"
+            f"{what} is not available from the host (read-only listing); use the simulator",
+            ExitCode.NOT_SUPPORTED,
         )
 
     def _find(self, name: str) -> Any:
         for subsystem in ("accel", "drm", "pci"):
             for dev in self.context.list_devices(subsystem=subsystem, sys_name=name):
                 return dev
-        raise SourceError(f"no accel device {name!r}")
+        raise SourceError(f"no accel device {name!r}", ExitCode.NOT_FOUND)
 
     def info(self, name: str) -> DeviceInfo:
         raise self._unsupported("INFO")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import itertools
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from accelcore import (
@@ -23,8 +24,10 @@ from accelcore import (
     Busy,
     DevNode,
     DriverFeature,
+    EngineInfo,
     InvalidArgument,
     Mapping,
+    MemoryRegionInfo,
     NoDevice,
     OwnershipPolicy,
     Subsystem,
@@ -289,6 +292,36 @@ class KfdLikeDriver(MemoryIoctls, EventQueueIoctls):
     def reset(self, dev: AccelDevice, reason: str) -> None:
         node: GpuNode = dev.private
         node.cp.clear()
+
+    # -- core INFO hooks -----------------------------------------------------------------
+    def memory_regions(self, dev: AccelDevice) -> Sequence[MemoryRegionInfo]:
+        """VRAM: its size and what buffer allocations use (``drm-total-vram``)."""
+        gpu = dev.private.gpu
+        return [MemoryRegionInfo("vram", gpu.vram_size, gpu.vram_alloc.used)]
+
+    def engines(self, dev: AccelDevice) -> Sequence[EngineInfo]:
+        """The command processor running user queues (class 1, compute) and SDMA
+        running page-table updates (class 0, copy), as amdgpu's gfx/compute and sdma."""
+        node: GpuNode = dev.private
+        cp, gpu = node.cp, node.gpu
+        return [
+            EngineInfo(
+                "compute",
+                1,
+                any(q.busy for q in cp.queues),
+                cp.busy_ns,
+                cp.dispatched,
+                cp.completed,
+            ),
+            EngineInfo(
+                "sdma",
+                0,
+                gpu.sdma_busy,
+                gpu.pt_updates * gpu.pt_update_ns,
+                gpu.pt_submitted,
+                gpu.pt_updates,
+            ),
+        ]
 
     def context_create(self, file: AccelFile) -> Any:
         node: GpuNode = file.device.private

@@ -215,6 +215,8 @@ class KfdGpu(SimDevice):
         self.doorbells = DeviceMemory(DOORBELL_BAR_SIZE, name="doorbells")
         self.page_tables: dict[int, PageTable] = {}
         self.pt_updates = 0
+        #: Page-table updates queued on SDMA (``pt_updates`` of them have completed).
+        self.pt_submitted = 0
         self._sdma_busy_until = 0
         self._fail_next: int | None = None
         self._fences: FenceContext | None = None
@@ -233,6 +235,11 @@ class KfdGpu(SimDevice):
         for pt in self.page_tables.values():
             pt.clear()
         self._sdma_busy_until = 0
+
+    @property
+    def sdma_busy(self) -> bool:
+        """Whether SDMA has page-table updates in flight now."""
+        return self._sdma_busy_until > self.clock.now()
 
     # -- memory --------------------------------------------------------------------
     def alloc_doorbell_page(self) -> int:
@@ -302,6 +309,7 @@ class KfdGpu(SimDevice):
             raise error_for_errno(err, f"page-table update on {self} failed (injected)")
         assert self._fences is not None
         fence = self._fences.create()
+        self.pt_submitted += 1
         now = self.clock.now()
         self._sdma_busy_until = max(now, self._sdma_busy_until) + self.pt_update_ns
 

@@ -79,6 +79,9 @@ class CommandProcessor:
         self.gpu = gpu
         self.queues: list[HwQueue] = []
         self.dispatched = 0
+        #: Packets that ran to completion, and the device time they ran (INFO engines).
+        self.completed = 0
+        self.busy_ns = 0
         self._interrupt = interrupt
         self._fault = fault
         self._poll_timer: Timer | None = None
@@ -150,11 +153,13 @@ class CommandProcessor:
         signal, event = int(pkt.completion_signal), int(pkt.completion_event)
         q.busy = True
         self.dispatched += 1
+        run_ns = run_time_ns(kernel, args)
 
         def complete() -> None:
             q.busy = False
             if not q.active:
                 return
+            self.busy_ns += run_ns
             try:
                 kernel.run(lambda va, n, w: q.vm.translate(va, n, write=w), args)
                 if signal:
@@ -167,12 +172,13 @@ class CommandProcessor:
             q.ring[off : off + 2] = KFD_UAPI.KFD_LIKE_PACKET_INVALID.to_bytes(2, "little")
             q.read_index += 1
             q.completed += 1
+            self.completed += 1
             q.read_pointer[:8] = q.read_index.to_bytes(8, "little")
             if event:
                 self._interrupt(q, event)
             self._kick(q)
 
-        q.timers = [self.gpu.schedule(run_time_ns(kernel, args), complete)]
+        q.timers = [self.gpu.schedule(run_ns, complete)]
         return True
 
     def _stop(self, q: HwQueue, fault: GpuVmFault | None, message: str) -> None:

@@ -101,7 +101,7 @@ def test_top_advances_virtual_device_time(sim: EmbeddedSource, job: Process) -> 
 
 
 def test_top_table_renders(invoke: Invoke) -> None:
-    res = invoke("top", "-i", "1")
+    res = invoke("top", "-n", "1")
     assert res.exit_code == 0
     assert "iteration 1" in res.stdout
 
@@ -127,7 +127,7 @@ def test_monitor_stops_after_iterations(invoke: Invoke) -> None:
 
 
 def test_monitor_text_with_properties(invoke: Invoke) -> None:
-    res = invoke("monitor", "--trigger", "-i", "1", "--property")
+    res = invoke("monitor", "--trigger", "-n", "1", "--property")
     assert res.stdout.startswith("KERNEL[")
     assert "SUBSYSTEM=accel" in res.stdout
 

@@ -48,9 +48,9 @@ def test_reset_refuses_several_devices(invoke: Invoke) -> None:
     assert "reset needs one device" in res.stderr
 
 
-def test_reset_unknown_device_is_exit_1(invoke: Invoke) -> None:
+def test_reset_unknown_device_is_exit_6_not_found(invoke: Invoke) -> None:
     res = invoke("reset", "accel7", "--yes")
-    assert (res.exit_code, res.stderr) == (1, "Error: no accel device 'accel7'\n")
+    assert (res.exit_code, res.stderr) == (6, "Error: no accel device 'accel7'\n")
 
 
 def test_version_json(invoke: Invoke) -> None:

@@ -109,9 +109,9 @@ def test_info_table_mentions_driver_and_status(invoke: Invoke) -> None:
     assert "vaccel 1.0.0" in res.stdout and "operational" in res.stdout
 
 
-def test_info_unknown_device_is_exit_1_with_one_line(invoke: Invoke) -> None:
+def test_info_unknown_device_is_exit_6_with_one_line(invoke: Invoke) -> None:
     res = invoke("info", "accel9")
-    assert res.exit_code == 1
+    assert res.exit_code == 6
     assert res.stdout == ""
     assert res.stderr == "Error: no accel device 'accel9'\n"
 
@@ -119,7 +119,7 @@ def test_info_unknown_device_is_exit_1_with_one_line(invoke: Invoke) -> None:
 def test_info_without_device_is_a_usage_error(invoke: Invoke) -> None:
     res = invoke("info")
     assert res.exit_code == 2
-    assert "Missing argument 'DEVICE'" in res.stderr
+    assert "name a DEVICE (or -i DEVICE)" in res.stderr
 
 
 def test_info_takes_device_from_env(invoke: Invoke) -> None:
@@ -169,9 +169,9 @@ def test_attrs_name_filters_to_one_attribute(invoke: Invoke) -> None:
     ]
 
 
-def test_attrs_unknown_name_is_exit_1(invoke: Invoke) -> None:
+def test_attrs_unknown_name_is_exit_6(invoke: Invoke) -> None:
     res = invoke("attrs", "accel0", "nope")
-    assert res.exit_code == 1
+    assert res.exit_code == 6
     assert res.stderr == "Error: no attribute 'nope' on accel0 or its parents\n"
 
 
@@ -187,9 +187,9 @@ def test_attrs_store_on_parent_attribute(invoke: Invoke, pci_sim: EmbeddedSource
     assert check_json("attrs-store", res.stdout)["devpath"] == "/devices/pci0000:00/0000:00:10.0"
 
 
-def test_attrs_store_read_only_is_exit_1(invoke: Invoke) -> None:
+def test_attrs_store_read_only_is_exit_4_no_permission(invoke: Invoke) -> None:
     res = invoke("attrs", "accel0", "dev", "1:1")
-    assert res.exit_code == 1
+    assert res.exit_code == 4
     assert res.stderr == "Error: attribute 'dev' on /devices/virtual/accel/accel0 is read-only\n"
 
 

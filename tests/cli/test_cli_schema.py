@@ -44,6 +44,7 @@ def test_validator_reports_the_problem(instance: Any, error: str) -> None:
 
 def test_every_command_has_a_schema() -> None:
     assert set(SCHEMAS) == {
+        "summary",
         "list",
         "info",
         "attrs",

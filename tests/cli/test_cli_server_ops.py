@@ -100,19 +100,19 @@ def test_attrs_store_finds_the_attribute_on_a_parent(served: Server) -> None:
 
 def test_attrs_store_refused_by_the_driver_is_one_line(served: Server) -> None:
     res = run(served.runtime_dir, "attrs", "accel0", "max_power", "5")
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # the driver's EINVAL: invalid argument
     assert res.stderr.startswith("Error: max_power 5 mW is outside ")
 
 
 def test_attrs_store_of_a_read_only_attribute_is_one_line(served: Server) -> None:
     res = run(served.runtime_dir, "attrs", "accel0", "serial", "x")
-    assert res.exit_code == 1
+    assert res.exit_code == 4  # EACCES: no permission
     assert res.stderr == f"Error: attribute 'serial' on {ACCEL0} is read-only\n"
 
 
 def test_attrs_store_of_an_unknown_attribute_is_one_line(served: Server) -> None:
     res = run(served.runtime_dir, "attrs", "accel0", "nope", "1")
-    assert res.exit_code == 1
+    assert res.exit_code == 6  # ENOENT: not found
     assert res.stderr == "Error: no attribute 'nope' on accel0 or its parents\n"
 
 
@@ -152,7 +152,7 @@ def test_reset_by_a_non_root_peer_is_eacces(served: Server) -> None:
 
 
 def test_monitor_trigger_shows_a_change_per_device(served: Server) -> None:
-    res = run(served.runtime_dir, "monitor", "--trigger", "-i", "2", "-t", "10", "--json")
+    res = run(served.runtime_dir, "monitor", "--trigger", "-n", "2", "-t", "10", "--json")
     assert res.exit_code == 0, res.output
     events = check_json_lines("monitor", res.stdout)
     assert [(e["action"], e["devpath"].rsplit("/", 1)[1]) for e in events] == [
@@ -217,7 +217,7 @@ def test_attrs_store_reset_monitor_and_ps_as_processes(holder: Child, served: Se
     (f,) = check_json("ps", accelctl("ps", "--json"))["files"]
     assert [h["pid"] for h in f["holders"]] == [holder.pid]
     events = check_json_lines(
-        "monitor", accelctl("monitor", "--trigger", "-i", "2", "-t", "10", "--json")
+        "monitor", accelctl("monitor", "--trigger", "-n", "2", "-t", "10", "--json")
     )
     assert [e["action"] for e in events] == ["change", "change"]
     reset = check_json("reset", accelctl("reset", "accel1", "--yes", "--json"))

@@ -69,7 +69,7 @@ def test_activity_family_ps_dmabuf_top_monitor(cfg: str) -> None:
     assert check_json("ps", accelctl("--config", cfg, "ps", "--json").stdout) == {"files": []}
     dmabuf = accelctl("--config", cfg, "dmabuf", "--json")
     assert check_json("dmabuf", dmabuf.stdout)["total_size"] == 0
-    top = accelctl("--config", cfg, "top", "-i", "2", "-w", "0", "--json")
+    top = accelctl("--config", cfg, "top", "-n", "2", "-w", "0", "--json")
     assert len(check_json_lines("top", top.stdout)) == 2
     mon = accelctl("--config", cfg, "monitor", "--trigger", "-t", "0", "--json")
     assert len(check_json_lines("monitor", mon.stdout)) == 2
@@ -106,9 +106,9 @@ def test_quick_demo_passes_as_a_process() -> None:
     assert "demo: PASSED — 7/7 steps" in res.stdout
 
 
-def test_unknown_device_exit_1_one_line_no_traceback() -> None:
-    res = accelctl("info", "accel9")
-    assert (res.returncode, res.stdout, res.stderr) == (1, "", "Error: no accel device 'accel9'\n")
+def test_unknown_device_exit_6_one_line_no_traceback() -> None:
+    res = accelctl("--embedded", "info", "accel9")
+    assert (res.returncode, res.stdout, res.stderr) == (6, "", "Error: no accel device 'accel9'\n")
 
 
 def test_env_selector_is_the_default(cfg: str) -> None:
