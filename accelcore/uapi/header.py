@@ -246,6 +246,11 @@ class Uapi:
     def new(self, ctype: str, init: Mapping[str, Any] | None = None, **fields: Any) -> Any:
         """A zeroed ``ctype`` (a cffi pointer to it), with ``fields`` set.
 
+        Raises:
+            InvalidArgument: ``ctype`` is not a type of this header, it has no
+                field of one of the given names, or a value does not fit its field
+                (the message names the struct, the field and the value).
+
         >>> from accelcore.uapi import CORE
         >>> v = CORE.new("struct drm_gem_close", handle=3)
         >>> v.handle, v.pad
@@ -253,7 +258,30 @@ class Uapi:
         """
         data = dict(init or {})
         data.update(fields)
-        return self.ffi.new(f"{ctype} *", data or None)
+        try:
+            return self.ffi.new(f"{ctype} *", data or None)
+        except (KeyError, TypeError, ValueError, OverflowError, cffi.FFIError) as exc:
+            raise self._new_error(ctype, data, exc) from None
+
+    def _new_error(self, ctype: str, data: Mapping[str, Any], exc: Exception) -> InvalidArgument:
+        """Which argument of :meth:`new` was wrong, and how."""
+        try:
+            fields = self.ffi.typeof(ctype).fields
+        except (cffi.FFIError, TypeError, ValueError, KeyError, AttributeError):
+            fields = None
+        if fields is None:
+            return InvalidArgument(f"{ctype!r} is not a struct of {self.path.name}: {exc}")
+        known = dict(fields)
+        for name, value in data.items():
+            if name not in known:
+                return InvalidArgument(
+                    f"{ctype} has no field {name!r} (its fields: {', '.join(known)})"
+                )
+            try:
+                self.ffi.new(f"{ctype} *", {name: value})
+            except (KeyError, TypeError, ValueError, OverflowError, cffi.FFIError) as one:
+                return InvalidArgument(f"{ctype}.{name} = {value!r}: {one}")
+        return InvalidArgument(f"{ctype} with {dict(data)!r}: {exc}")
 
     def to_bytes(self, cdata: Any) -> bytes:
         """The raw bytes of a struct (what the kernel copies): a pointer to one, or a

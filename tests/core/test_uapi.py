@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import subprocess
 from pathlib import Path
@@ -135,3 +136,27 @@ def test_numbers_and_sizes_agree_with_gcc(tmp_path: Path) -> None:
         + [VACCEL_UAPI.ffi.offsetof("struct accel_info_client", "memory_bytes")]
     )
     assert [int(x) for x in out] == expected
+
+
+# -- Uapi.new: bad arguments name the struct and the field (issue 22 §3) ----------------
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"hadle": 1}, "struct drm_gem_close has no field 'hadle' (its fields: handle, pad)"),
+        ({"handle": "x"}, "struct drm_gem_close.handle = 'x'"),
+        ({"handle": -1}, "struct drm_gem_close.handle = -1"),
+        ({"pad": 1 << 40}, "struct drm_gem_close.pad = 1099511627776"),
+    ],
+)
+def test_new_with_a_bad_field_is_einval_naming_struct_and_field(
+    fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        CORE.new("struct drm_gem_close", **fields)
+    assert exc.value.errno == errno.EINVAL
+    assert message in str(exc.value)
+
+
+def test_new_of_a_type_the_header_lacks_is_einval() -> None:
+    with pytest.raises(InvalidArgument, match="'struct no_such' is not a struct of accel.h"):
+        CORE.new("struct no_such")
