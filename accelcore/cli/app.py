@@ -154,6 +154,7 @@ for _cmd in (
     demo_cmd,
     sim_group,
     run_cmd,
+    summary_cmd,
 ):
     _dev = next((p for p in _cmd.params if p.name == "device"), None)
     if _dev is not None:

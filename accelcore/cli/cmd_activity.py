@@ -145,6 +145,7 @@ def top_cmd(
                 emit_line(sample)
             else:
                 render.render_top(sample, clear)
+                sys.stdout.flush()
     except KeyboardInterrupt:
         pass
 

@@ -16,6 +16,7 @@ import click
 from ..errors import AccelError
 from ..server.daemon import control_request, server_status, spawn_server, stop_server
 from ..server.server import default_runtime_dir
+from .exitcodes import AccelctlError, ExitCode, NoServerError, exit_code_of
 from .options import emit, get_state, json_option
 
 __all__ = ["sim_group"]
@@ -94,7 +95,12 @@ def sim_start_cmd(
     except AccelError as exc:
         # The message may carry the log's tail; the error stays one line.
         first = (exc.strerror or str(exc)).splitlines()[0]
-        raise click.ClickException(f"{first} (log: {rt / 'server.log'})") from None
+        raise AccelctlError(f"{first} (log: {rt / 'server.log'})", exit_code_of(exc)) from None
+    except OSError as exc:  # the directory itself: name it, whatever the OS names
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(rt) else ""
+        raise AccelctlError(
+            f"runtime directory {rt}{where}: {exc.strerror or exc}", exit_code_of(exc)
+        ) from None
     devices = _devices(rt)
     data = {"pid": pid, "runtime_dir": str(rt), "devices": devices}
 
@@ -111,11 +117,11 @@ def sim_start_cmd(
 @json_option
 @click.pass_context
 def sim_stop_cmd(ctx: click.Context, runtime_dir: Path | None, as_json: bool) -> None:
-    """Stop the server (its clients' files are released); exit 1 if none runs."""
+    """Stop the server (its clients' files are released); exit 9 if none runs."""
     rt = _runtime_dir(ctx, runtime_dir)
     status = server_status(rt)
     if status is None or not stop_server(rt):
-        raise click.ClickException(f"no devfs server at {rt}")
+        raise NoServerError(f"no devfs server at {rt}")
     data = {"pid": int(status["pid"]), "runtime_dir": str(rt), "stopped": True}
     emit(data, as_json, lambda: click.echo(f"stopped devfs server pid {data['pid']} at {rt}"))
 
@@ -125,7 +131,7 @@ def sim_stop_cmd(ctx: click.Context, runtime_dir: Path | None, as_json: bool) ->
 @json_option
 @click.pass_context
 def sim_status_cmd(ctx: click.Context, runtime_dir: Path | None, as_json: bool) -> None:
-    """Whether a server runs, with its machine and devices; exit 1 if none runs."""
+    """Whether a server runs, with its machine and devices; exit 9 if none runs."""
     rt = _runtime_dir(ctx, runtime_dir)
     status = server_status(rt)
     data: dict[str, Any] = {"running": status is not None, "runtime_dir": str(rt)}
@@ -156,4 +162,4 @@ def sim_status_cmd(ctx: click.Context, runtime_dir: Path | None, as_json: bool) 
 
     emit(data, as_json, human)
     if status is None:
-        ctx.exit(1)
+        ctx.exit(ExitCode.NO_SERVER)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -274,3 +275,4 @@ def emit(data: dict[str, Any], as_json: bool, human: Callable[[], None]) -> None
 def emit_line(data: dict[str, Any]) -> None:
     """Print one compact JSON document on its own line (streaming commands)."""
     click.echo(json.dumps(data, separators=(",", ":")))
+    sys.stdout.flush()  # a reader of the stream sees each line as it comes

@@ -97,6 +97,7 @@ class _Grid:
             out.print(
                 f"({out.width} columns: left out {', '.join(dropped)}; --json shows all)",
                 markup=False,
+                soft_wrap=False,
             )
 
 
