@@ -16,6 +16,10 @@ A machine is described declaratively (a dict, or a TOML file)::
     model = "habana_like"
     count = 2
 
+    [[virtual]]                       # accel devices with no bus parent
+    driver = "vaccel"
+    count = 1
+
 Drivers are found through the ``accelcore.drivers`` entry points (name →
 ``module:Class``), or given as ``module:Class`` directly.
 """
@@ -184,11 +188,11 @@ class Machine:
         """Build a machine from a description (see the module docstring).
 
         Raises:
-            InvalidArgument: unknown keys, a bad clock kind, or a bad PCI entry
-                (the message names it).
+            InvalidArgument: unknown keys, a bad clock kind, or a bad PCI or
+                ``virtual`` entry (the message names it).
             NoEntry: a named driver is not installed.
         """
-        unknown = set(description) - {"machine", "pci"}
+        unknown = set(description) - {"machine", "pci", "virtual"}
         if unknown:
             raise InvalidArgument(f"machine description has unknown sections {sorted(unknown)}")
         section = description.get("machine", {})
@@ -216,7 +220,30 @@ class Machine:
             machine.bus.populate(description.get("pci", []))
             for drv_cls in classes:
                 machine.add_driver(drv_cls())
+        try:
+            machine._add_virtual(description.get("virtual", []))
+        except BaseException:
+            machine.shutdown()
+            raise
         return machine
+
+    def _add_virtual(self, entries: Any) -> None:
+        """``[[virtual]]``: ``count`` devices (default 1) of a loaded ``driver`` each."""
+        if not isinstance(entries, list):
+            raise InvalidArgument(f"virtual {entries!r} must be a list of tables")
+        for entry in entries:
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("driver"), str):
+                raise InvalidArgument(f"virtual entry {entry!r} needs a driver name")
+            count = entry.get("count", 1)
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise InvalidArgument(f"virtual entry {entry!r}: count must be an integer >= 0")
+            drv = self.subsystem.drivers.get(entry["driver"])
+            if drv is None:
+                raise InvalidArgument(
+                    f"virtual device driver {entry['driver']!r} is not in [machine] drivers"
+                )
+            for _ in range(count):
+                self.subsystem.create_device(drv)
 
     @classmethod
     def from_file(cls, path: Path | str, clock: Clock | None = None) -> Machine:

@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
-
-from click.testing import CliRunner
+from pathlib import Path
 
 from accelcore import CORE, Process, Subsystem, VirtualClock
-from accelcore.cli.app import main as accelctl
-from accelcore.cli.options import CliState
-from accelcore.cli.sources import EmbeddedSource, vaccel_machine
 from accelcore.testing import VAccelDriver
 from accelcore.testing.vaccel import VACCEL_UAPI as V
 
@@ -107,26 +107,32 @@ def info_latency_under_load(quick: bool) -> list[Figure]:
 
 
 def _list_seconds(machine_devices: int, repeat: int) -> float:
-    """Median wall seconds of ``accelctl list --json`` on a prepared machine."""
-    source = EmbeddedSource(vaccel_machine(machine_devices))
-    runner = CliRunner()
-    times = []
-    try:
+    """Median wall seconds of ``accelctl --config M list --json`` as a process, ``M``
+    a machine of ``machine_devices`` vaccel devices (the benchmark runs the CLI as
+    its users do; it does not import it)."""
+    with tempfile.TemporaryDirectory(prefix="accel-bench-") as tmp:
+        config = Path(tmp) / "machine.toml"
+        config.write_text(
+            '[machine]\ndrivers = ["vaccel"]\n'
+            f'[[virtual]]\ndriver = "vaccel"\ncount = {machine_devices}\n'
+        )
+        cmd = [sys.executable, "-m", "accelcore.cli", "--config", str(config), "list", "--json"]
+        times = []
         for _ in range(repeat):
             t0 = time.perf_counter()
-            res = runner.invoke(accelctl, ["list", "--json"], obj=CliState(source=source))
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
             times.append(time.perf_counter() - t0)
-            if res.exit_code != 0:
-                raise RuntimeError(f"accelctl list failed: {res.output}")
-    finally:
-        source.close()
+            if res.returncode != 0:
+                raise RuntimeError(f"accelctl list failed: {res.stderr}")
+            if len(json.loads(res.stdout)["devices"]) != machine_devices:
+                raise RuntimeError(f"accelctl list did not list {machine_devices} devices")
     return statistics.median(times)
 
 
 def accelctl_list_256(quick: bool) -> list[Figure]:
     """``accelctl list --json`` over 256 vaccel devices (every minor) vs 1 device,
-    through the CLI's Python API (click's runner, an embedded source built
-    beforehand: the figure is the enumeration, not building the machine)."""
+    each a whole ``accelctl`` process (start-up, building the machine from its
+    description, enumeration through INFO, JSON): what a user waits for."""
     repeat = 3 if quick else 7
     one, full = [], []
     for _ in range(repeat):  # interleaved, like compare()
@@ -140,7 +146,8 @@ def accelctl_list_256(quick: bool) -> list[Figure]:
             t1 * 1e3,
             "ms",
             256.0,
-            note=f"baseline: 1 device; target linear; per device {t256 / 256 * 1e3:.2f} ms",
+            note=f"baseline: 1 device, as a process; target linear; per device "
+            f"{(t256 - t1) / 255 * 1e3:.2f} ms above start-up",
         )
     ]
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import platform
+from typing import TYPE_CHECKING
 
 import click
 
 from .. import __version__
 from ..machine import installed_drivers
-from .demo import StepReport, run_demo
 from .model import to_json
 from .options import complete_devices, emit, get_state, json_option, resolve_one
+
+if TYPE_CHECKING:
+    from ..demo import StepReport
 
 __all__ = ["demo_cmd", "reset_cmd", "version_cmd"]
 
@@ -93,7 +96,7 @@ def _click_version() -> str:
 
 
 class _Printer:
-    """The human :class:`~accelcore.cli.demo.Progress`: a header as each step
+    """The human :class:`~accelcore.demo.Progress`: a header as each step
     starts, its notes as they come, then its lines and checks."""
 
     def begin(self, index: int, count: int, title: str) -> None:
@@ -133,6 +136,10 @@ def demo_cmd(ctx: click.Context, quick: bool, as_json: bool) -> None:
     temporary directory; workload processes computing a GEMM, a second process
     reading INFO, a dma-buf shared between habana and kfd, a hang and its reset.
     """
+    # Imported here: the demo pulls in numpy and both drivers, which no other
+    # command needs (accelcore.demo imports accelctl's sources, never the reverse).
+    from ..demo import run_demo
+
     progress = None if as_json else _Printer()
     if quick:
         report = run_demo(progress=progress)
@@ -142,7 +149,7 @@ def demo_cmd(ctx: click.Context, quick: bool, as_json: bool) -> None:
             raise click.ClickException(
                 f"the demo needs the {', '.join(missing)} driver(s); try 'accelctl demo --quick'"
             )
-        from .demo_story import run_story
+        from ..demo.story import run_story
 
         report = run_story(progress=progress)
     checks = sum(len(s.checks) for s in report.steps)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from accelcore.cli.demo_story import Child
+from accelcore.demo.story import Child
 from accelcore.machine import Machine
 from accelcore.server import Server
 from accelcore.server.daemon import load_machine

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from cli_helpers import Invoke, check_json, check_json_lines
 
-from accelcore.cli.demo import create_bo, submit
 from accelcore.cli.sources import EmbeddedSource
+from accelcore.demo.quick import create_bo, submit
 from accelcore.uapi import CORE
 from accelcore.userspace import Process
 

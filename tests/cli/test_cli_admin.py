@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from cli_helpers import Invoke, check_json
 
-from accelcore.cli import demo, demo_story
-from accelcore.cli.demo import Check, Step, StepResult, run_demo, run_steps
 from accelcore.cli.sources import EmbeddedSource
+from accelcore.demo import quick as demo
+from accelcore.demo import story as demo_story
+from accelcore.demo.quick import Check, Step, StepResult, run_demo, run_steps
 from accelcore.server.daemon import server_status
 
 

@@ -79,7 +79,7 @@ def test_info_json_reports_identity_status_and_engines(invoke: Invoke) -> None:
 def test_info_shows_owner_and_clients_but_not_itself(invoke: Invoke, sim: EmbeddedSource) -> None:
     proc = Process(sim.subsystem, uid=1000, comm="job")
     fd = proc.open("/dev/accel/accel0")
-    from accelcore.cli.demo import create_bo
+    from accelcore.demo.quick import create_bo
 
     create_bo(proc, fd, 4096)
     (info,) = check_json("info", invoke("info", "accel0", "--json").stdout)["devices"]

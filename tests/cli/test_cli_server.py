@@ -15,9 +15,9 @@ from cli_helpers import check_json
 from click.testing import CliRunner, Result
 
 from accelcore.cli import main
-from accelcore.cli.demo_story import Child
 from accelcore.cli.server_source import ServerSource
 from accelcore.cli.sources import SourceError
+from accelcore.demo.story import Child
 from accelcore.server import Server
 
 

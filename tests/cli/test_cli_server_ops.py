@@ -17,8 +17,8 @@ from cli_helpers import check_json, check_json_lines
 from click.testing import CliRunner, Result
 
 from accelcore.cli import main
-from accelcore.cli.demo_story import Child
 from accelcore.cli.server_source import ServerSource
+from accelcore.demo.story import Child
 from accelcore.server import Server, connect
 from accelcore.server.client import ClientProcess
 

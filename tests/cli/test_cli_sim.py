@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from server_fixtures import SERVED_MACHINE
 
 from accelcore.cli import main
-from accelcore.cli.demo_story import Child
+from accelcore.demo.story import Child
 from accelcore.server import Server
 from accelcore.server.daemon import server_status, stop_server
 
@@ -117,11 +117,11 @@ def test_status_shows_sessions_of_a_holder(holder: Child, served: Server) -> Non
     assert status["accounting"]["files"] >= 1
 
 
-def test_status_without_server_exit_1(rt: Path) -> None:
+def test_status_without_server_exit_9(rt: Path) -> None:
     res = invoke("sim", "status", rt=rt)
-    assert (res.exit_code, res.stdout) == (1, f"no devfs server at {rt}\n")
+    assert (res.exit_code, res.stdout) == (9, f"no devfs server at {rt}\n")
 
 
-def test_stop_without_server_exit_1_one_line(rt: Path) -> None:
+def test_stop_without_server_exit_9_one_line(rt: Path) -> None:
     res = invoke("sim", "stop", "--runtime-dir", str(rt))
-    assert (res.exit_code, res.stderr) == (1, f"Error: no devfs server at {rt}\n")
+    assert (res.exit_code, res.stderr) == (9, f"Error: no devfs server at {rt}\n")

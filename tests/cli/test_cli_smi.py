@@ -22,11 +22,11 @@ from click.testing import CliRunner, Result
 
 from accelcore import Process
 from accelcore.cli import main
-from accelcore.cli.demo_story import Child
 from accelcore.cli.exitcodes import ExitCode, exit_code_of
 from accelcore.cli.model import fdinfo_engine_time_ns, fdinfo_memory
 from accelcore.cli.options import CliState
 from accelcore.cli.sources import EmbeddedSource, vaccel_machine
+from accelcore.demo.story import Child
 from accelcore.errors import Busy, NoDevice, NotPermitted
 from accelcore.server import Server
 from accelcore.server.daemon import spawn_server

@@ -158,5 +158,5 @@ def test_new_with_a_bad_field_is_einval_naming_struct_and_field(
 
 
 def test_new_of_a_type_the_header_lacks_is_einval() -> None:
-    with pytest.raises(InvalidArgument, match="'struct no_such' is not a struct of accel.h"):
+    with pytest.raises(InvalidArgument, match=r"'struct no_such' is not a struct of accel\.h"):
         CORE.new("struct no_such")

@@ -1,6 +1,6 @@
 """The workload programs of ``accelctl demo``, run as real processes.
 
-``python -m accelcore.cli.demo_workload MODE --runtime-dir DIR [--device NODE]``
+``python -m accelcore.demo.workload MODE --runtime-dir DIR [--device NODE]``
 connects to the devfs server at ``DIR`` (:func:`accelcore.server.connect`) and
 drives a habana_like device with :class:`~drivers.habana_like.userlib.HlkClient`.
 It reports to the demo in lines ``WORD {json}`` on stdout:
@@ -139,7 +139,7 @@ def run_hang(proc: ClientProcess, device: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one workload; 0 when it ran to the end."""
-    ap = argparse.ArgumentParser(prog="python -m accelcore.cli.demo_workload")
+    ap = argparse.ArgumentParser(prog="python -m accelcore.demo.workload")
     ap.add_argument("mode", choices=["gemm", "hang"])
     ap.add_argument("--runtime-dir", required=True)
     ap.add_argument("--device", default="/dev/accel/accel0")

@@ -6,7 +6,7 @@ and a short CS timeout so that it runs in seconds) is served by a devfs
 in a temporary runtime directory. Then, step by step (:data:`STORY`):
 
 1. the server starts and lists its devices (through :class:`ServerSource`);
-2. a workload *process* (:mod:`accelcore.cli.demo_workload`) becomes compute
+2. a workload *process* (:mod:`accelcore.demo.workload`) becomes compute
    owner of accel0 and copies A and B host→DRAM;
 3. a second process, ``accelctl info accel0 --json``, reads INFO while it runs;
 4. the workload runs the GEMM and copies C back; it checks C against numpy;
@@ -37,14 +37,14 @@ from typing import Any
 
 import numpy as np
 
+from ..cli.records import UeventRecord
+from ..cli.schema import SCHEMAS, validate
+from ..cli.server_source import ServerSource
 from ..machine import Machine
 from ..server import Server
 from ..server.daemon import control_request, load_machine, server_status
 from ..userspace import Process
-from .demo import Check, DemoReport, Progress, Step, StepResult, World, run_steps
-from .records import UeventRecord
-from .schema import SCHEMAS, validate
-from .server_source import ServerSource
+from .quick import Check, DemoReport, Progress, Step, StepResult, World, run_steps
 
 __all__ = ["STORY", "STORY_MACHINE", "StoryRun", "run_story"]
 
@@ -77,7 +77,7 @@ class Child:
 
     def __init__(self, rt: Path, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "accelcore.cli.demo_workload", *args, "--runtime-dir", str(rt)],
+            [sys.executable, "-m", "accelcore.demo.workload", *args, "--runtime-dir", str(rt)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -8,7 +8,7 @@ that raises, and tells a :class:`Progress` what happens; renderers (in
 for live progress during long steps.
 
 The full demo (devfs server, real processes, the reference drivers) is
-:mod:`accelcore.cli.demo_story`. :data:`STEPS` here is the quick one: seven
+:mod:`accelcore.demo.story`. :data:`STEPS` here is the quick one: seven
 steps on two in-tree vaccel devices in virtual time, in one process (fast and
 deterministic; it needs no server and no reference driver).
 """
@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from ..cli.model import info_query
+from ..cli.sources import EmbeddedSource, EventStream, SourceError, vaccel_machine
 from ..clock import VirtualClock
 from ..device import DeviceStatus
 from ..errors import AccelError
@@ -29,8 +31,6 @@ from ..testing.vaccel import VACCEL_UAPI as V
 from ..uapi import CORE
 from ..userspace import Process
 from ..vfs import Mapping
-from .model import info_query
-from .sources import EmbeddedSource, EventStream, SourceError, vaccel_machine
 
 __all__ = [
     "STEPS",
