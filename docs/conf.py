@@ -73,20 +73,9 @@ intersphinx_mapping = {
 intersphinx_timeout = 1
 
 # -- doctest ---------------------------------------------------------------------------
-# The API reference's docstring examples run here too, with the names of the
-# module they were written in.
-doctest_global_setup = """
-import errno
-import accelcore
-from accelcore import *
-from accelcore.uapi import *
-from accelcore.uapi.ioc import *
-from accelcore.pci import *
-from accelcore.testing import *
-from accelcore.testing.conformance import checks_table
-"""
-#: Where the out-of-tree example driver lives (docs/out_of_tree.rst imports it).
-doctest_global_setup += f"EXAMPLES = {str(Path(__file__).resolve().parent / 'examples')!r}\n"
+# The API reference's docstring examples run here too. No global setup: every
+# example, in the guide and in docstrings, shows its own imports.
+doctest_global_setup = ""
 doctest_test_doctest_blocks = "default"
 
 # -- nitpicky --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ __all__ = ["Handler", "VAccelDriver", "make_driver", "vaccel_subsystem"]
 def vaccel_subsystem(count: int = 1, clock: Clock | None = None) -> tuple[Subsystem, AccelDevice]:
     """A subsystem with ``count`` virtual vaccel devices; returns it and the first.
 
+    >>> from accelcore.testing import vaccel_subsystem
     >>> sub, dev = vaccel_subsystem(2)
     >>> [d.name for d in sub.registered_devices()]
     ['accel0', 'accel1']

@@ -68,7 +68,7 @@ def _has_u64(ffi: Any, t: Any) -> str | None:
 def check_struct(uapi: Uapi, ctype: str) -> list[UapiViolation]:
     """Check one struct or union against the rules above.
 
-    >>> from accelcore.uapi import CORE
+    >>> from accelcore.uapi import CORE, check_struct
     >>> check_struct(CORE, "struct drm_gem_close")
     []
     """

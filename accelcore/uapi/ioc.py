@@ -10,6 +10,7 @@ An ioctl number packs four fields::
 ``WRITE`` means user space writes and the kernel reads (copy in); ``READ`` means
 the kernel writes back (copy out).
 
+>>> from accelcore.uapi.ioc import IOWR, decode
 >>> hex(IOWR(ord("d"), 0x00, 64))
 '0xc0406400'
 >>> decode(0xC0406400)

@@ -38,6 +38,7 @@ __all__ = ["AREAS", "CATCHES", "CHECKS", "Check", "check", "checks_table"]
 def checks_table() -> list[tuple[str, str, str]]:
     """Every check as ``(name, area, what)``, ordered by area then definition.
 
+    >>> from accelcore.testing.conformance import checks_table
     >>> rows = checks_table()
     >>> ("test_register_driver_succeeds", "registration") in [(n, a) for n, a, _ in rows]
     True
