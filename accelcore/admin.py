@@ -17,8 +17,8 @@ operation              who, and what others get
 ``attributes``         anyone (unreadable attributes show no value)
 ``store_attribute``    world-writable attributes: anyone; others: admin (``EACCES``)
 ``reset``              admin (``EACCES``)
-``trigger``            admin; others at most :attr:`TriggerLimit.burst` events per
-                       :attr:`TriggerLimit.interval_ns`, per uid (``EAGAIN``)
+``trigger``            admin; others at most ``burst`` events, then one per
+                       ``interval_ns`` (:class:`TriggerLimit`), per uid (``EAGAIN``)
 ``files``              everyone's clients to admin; others see only the clients of
                        their own uid (``/proc/<pid>/fdinfo`` needs ptrace access)
 ``bufinfo``            admin (``EACCES``: debugfs is root's)

@@ -43,6 +43,7 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
     "accel_tables",
+    "accel_sessions",
 ]
 
 root_doc = "index"

@@ -33,7 +33,7 @@ class ExitCode(enum.IntEnum):
     NO_SERVER = 9
     #: The device is busy or in reset; try again (``EBUSY``, ``EAGAIN``).
     IN_RESET = 10
-    #: The device is gone (unplugged: ``ENODEV``).
+    #: The device is gone, unplugged (``ENODEV``).
     DEVICE_GONE = 15
 
 

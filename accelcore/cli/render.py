@@ -186,6 +186,7 @@ def render_info(info: dict[str, Any]) -> None:
             f"(subsys {ident['subsystem_vendor']:04x}:{ident['subsystem_device']:04x}, "
             f"class {ident['class_code']:06x})",
         ),
+        ("uuid", _dash(info.get("uuid"))),
         ("features", ", ".join(ident["features"]) or "-"),
         ("status", status["status"] + (" (tainted)" if status["tainted"] else "")),
         ("resets / oopses", f"{status['reset_count']} / {status['oops_count']}"),

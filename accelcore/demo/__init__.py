@@ -1,16 +1,15 @@
 """The end-to-end demo: a story told on a simulated machine, with checks.
 
-* :mod:`~accelcore.demo.quick` — the step runner (:class:`~accelcore.demo.quick.World`,
-  :class:`~accelcore.demo.quick.Step`, reports) and the short in-process demo on two
-  virtual vaccel devices (virtual time).
-* :mod:`~accelcore.demo.story` — the full demo: a devfs server on the default
+* ``accelcore.demo.quick`` — the step runner (``World``, ``Step``, reports) and
+  the short in-process demo on two virtual vaccel devices (virtual time).
+* ``accelcore.demo.story`` — the full demo: a devfs server on the default
   machine, workload processes, a monitor, a reset, the dma-buf hand-off.
-* :mod:`~accelcore.demo.workload` — the workload program the story runs as
+* ``accelcore.demo.workload`` — the workload program the story runs as
   separate processes (``python -m accelcore.demo.workload``).
 
 The demo is a front end like ``accelctl``: ``accelctl demo`` only starts it and
 prints its progress. It reads devices through accelctl's sources (the story shows
-the tools at work), so it imports :mod:`accelcore.cli`'s data modules; the CLI
+the tools at work), so it imports ``accelcore.cli``'s data modules; the CLI
 imports the demo only when its ``demo`` command runs (the demo pulls in numpy
 and both reference drivers, which no other command needs).
 """

@@ -55,7 +55,7 @@ _ADMINS: weakref.WeakKeyDictionary[Server, Admin] = weakref.WeakKeyDictionary()
 def admin_of(server: Server) -> Admin:
     """The :class:`~accelcore.admin.Admin` of ``server``'s machine (one per server,
     so the ``trigger`` budget is kept across requests), with holders read from
-    ``/proc`` (:func:`scan_holders`)."""
+    ``/proc`` (``scan_holders``)."""
     admin = _ADMINS.get(server)
     if admin is None:
         ref = weakref.ref(server)
