@@ -297,7 +297,7 @@ class KfdLikeDriver(MemoryIoctls, EventQueueIoctls):
     def memory_regions(self, dev: AccelDevice) -> Sequence[MemoryRegionInfo]:
         """VRAM: its size and what buffer allocations use (``drm-total-vram``)."""
         gpu = dev.private.gpu
-        return [MemoryRegionInfo("vram", gpu.vram_size, gpu.vram_alloc.used)]
+        return [MemoryRegionInfo("vram", gpu.vram_size, gpu.vram.used)]
 
     def engines(self, dev: AccelDevice) -> Sequence[EngineInfo]:
         """The command processor running user queues (class 1, compute) and SDMA
