@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ class AccelGroup(click.Group):
             result = super().invoke(ctx)
             sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
             return result
-        except BrokenPipeError:
+        except BrokenPipeError as exc:
+            if not _stdout_broken():  # a socket's pipe (the server went away), not ours
+                raise AccelctlError(_one_line(exc), ExitCode.NO_SERVER) from None
             _silence_stdout()
             raise click.exceptions.Exit(0) from None
         except SourceError as exc:
@@ -59,6 +62,17 @@ def _one_line(exc: OSError) -> str:
     if exc.filename is not None and str(exc.filename) not in msg:
         msg = f"{exc.filename}: {msg}"
     return msg
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout is a pipe whose reader has gone (``POLLERR`` on its end)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return False  # not a real descriptor (CliRunner): it cannot break
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
 
 
 def _silence_stdout() -> None:

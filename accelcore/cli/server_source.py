@@ -17,6 +17,7 @@ unknown attribute, ``EINVAL`` from a driver's store), with its message.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import select
 import socket
@@ -186,8 +187,22 @@ class ServerSource:
 
     def _info(self, raw: dict[str, Any], *, full: bool) -> DeviceInfo:
         paths = [str(x) for x in (raw.get("control_node"), raw["node"]) if x]
-        info = read_device_info(self.proc, str(raw["name"]), paths, source=self.kind, full=full)
+        try:
+            info = read_device_info(self.proc, str(raw["name"]), paths, source=self.kind, full=full)
+        except OSError as exc:
+            raise self._gone(exc) from exc
         return dataclasses.replace(info, uuid=self._unique_id(str(raw["name"])))
+
+    def _gone(self, exc: OSError) -> OSError | SourceError:
+        """``exc`` from a system call through the server: a ``NO_SERVER``
+        :class:`SourceError` when the server itself went away (the connection
+        broke, or ``ENODEV`` with no server answering any more), else ``exc``."""
+        broken = isinstance(exc, ConnectionError) or exc.errno == errno.ENODEV
+        if broken and server_status(self.runtime_dir) is None:
+            return SourceError(
+                f"the devfs server at {self.runtime_dir} went away", ExitCode.NO_SERVER
+            )
+        return exc
 
     def _unique_id(self, name: str) -> str | None:
         """The device's sysfs ``unique_id`` (``None`` when the device has none)."""

@@ -183,6 +183,32 @@ def test_monitor_exits_9_with_a_message_when_the_server_goes_away(rt: Path) -> N
             os.waitpid(pid, 0)
 
 
+def test_top_exits_9_with_a_message_when_the_server_dies(rt: Path) -> None:
+    machine = {
+        "machine": {"clock": "real", "drivers": ["vaccel"]},
+        "virtual": [{"driver": "vaccel", "count": 1}],
+    }
+    pid = spawn_server(machine, rt, timeout=30)
+    cmd = [sys.executable, "-m", "accelcore.cli", "top", "-w", "0.05", "--json"]
+    env = {**os.environ, "ACCEL_RUNTIME_DIR": str(rt), "PYTHONPATH": str(HERE)}
+    try:
+        with subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        ) as top:
+            assert top.stdout is not None and top.stderr is not None
+            json.loads(top.stdout.readline())  # it runs: one refresh arrived
+            os.kill(pid, signal.SIGKILL)
+            assert top.wait(timeout=30) == ExitCode.NO_SERVER
+            err = top.stderr.read()
+            assert err.startswith("Error: ") and err.count("\n") == 1, err
+            assert f"devfs server at {rt}" in err  # "no devfs server", or "went away"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
 # -- several devices, identifiers, summary -------------------------------------------------------
 def test_several_devices_by_comma_list_and_repeated_arguments(invoke: Invoke) -> None:
     by_id = check_json("info", invoke("info", "-i", "1,0", "--json").stdout)["devices"]
