@@ -108,3 +108,12 @@ def test_a_closed_pipe_ends_quietly_with_0(empty_rt: Path) -> None:
     )
     assert res.stdout.startswith('{"devices":')
     assert res.stderr == "rc=0\n"
+
+
+def test_sim_start_in_an_impossible_runtime_dir_names_the_path(tmp_path: Path) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    rt = afile / "rt"
+    res = CliRunner().invoke(main, ["sim", "start", "--runtime-dir", str(rt)])
+    assert (res.exit_code, res.stdout) == (1, "")
+    assert res.stderr == f"Error: runtime directory {rt}: Not a directory\n"
