@@ -79,13 +79,14 @@ class CliState:
         self._host: Source | None = None
         self._owned: list[Source] = []
 
-    def source(self, *, changes: str | None = None) -> Source:
+    def source(self, *, changes: str | None = None, quiet: bool = False) -> Source:
         """The source the global options pick (see the module docstring).
 
         Args:
             changes: What the command changes or watches (``"reset"``...), when it
                 does: without a server it then refuses rather than act on a
                 throwaway machine.
+            quiet: Do not note the throwaway machine on stderr (shell completion).
 
         Raises:
             NoServerError: ``changes`` is given, no server answers and neither
@@ -104,7 +105,7 @@ class CliState:
                         "'accelctl sim start', or give --embedded for a throwaway "
                         "in-process machine)"
                     )
-                else:
+                elif not quiet:
                     click.echo(
                         f"accelctl: no devfs server at {rt}: answering from a throwaway "
                         "embedded machine (--embedded to ask for it)",
@@ -167,7 +168,7 @@ def complete_devices(
 ) -> list[CompletionItem]:
     """Shell completion of selectors: ``all``, device names, nodes and PCI addresses."""
     try:
-        devices = get_state(ctx).source().devices()
+        devices = get_state(ctx).source(quiet=True).devices()
     except Exception:  # completion must never fail loudly
         return []
     items = [CompletionItem("all", help="every device")]

@@ -49,3 +49,15 @@ def test_subcommands_complete(runner: CliRunner) -> None:
 def test_bash_source_script_is_printed(runner: CliRunner) -> None:
     res = runner.invoke(main, [], prog_name="accelctl", env={"_ACCELCTL_COMPLETE": "bash_source"})
     assert "_accelctl_completion" in res.stdout
+
+
+def test_completion_without_a_server_prints_no_note(runner: CliRunner, tmp_path: object) -> None:
+    env = {
+        "_ACCELCTL_COMPLETE": "bash_complete",
+        "COMP_WORDS": "accelctl info accel",
+        "COMP_CWORD": "2",
+        "ACCEL_RUNTIME_DIR": str(tmp_path),
+    }
+    res = runner.invoke(main, [], prog_name="accelctl", env=env)
+    assert (res.exit_code, res.stderr) == (0, "")
+    assert "plain,accel0" in res.stdout.splitlines()
