@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from .clock import Clock, Deadlock, RealClock, VirtualClock, WaitResult
 from .device import AccelDevice, DeviceState, DeviceStatus, Oops
-from .dispatch import IoctlCall, IoctlCallBase, IoctlNode, run_ioctl
+from .dispatch import IoctlCall
+from .ioctl import IoctlCallBase, IoctlNode, run_ioctl
 from .dmabuf import Attachment, DmaBuf, DmaBufOps, DmaMapping, ImporterOps, SgEntry
 from .driver import (
     AccelDriver,
@@ -49,7 +50,7 @@ from .errors import (
     TooManyFiles,
     TryAgain,
 )
-from .fence import Fence, FenceArray, FenceContext, ReservationObject, SyncFile, Usage
+from .fence import Fence, FenceArray, FenceContext, ReservationObject, Usage
 from .file import AccelFile
 from .gem import BufferObject, GemDmaBufOps, HandleTable
 from .memory import PAGE_SIZE, SharedMemory
@@ -60,6 +61,7 @@ from .subsystem import DevNode, Subsystem
 from .syncobj import Syncobj
 from .sysfs import Attribute, AttributeGroup, SysfsNode, SysfsTree, Uevent
 from .task import AddressSpace, Credentials, Task, UserBuffer
+from .sync_file import SyncFile
 from .uapi import CORE, Uapi, load_uapi
 from .userspace import Process
 from .vfs import Mapping, OpenFile

@@ -16,18 +16,24 @@ debugfs ``dma_buf/bufinfo``.
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadFd, InvalidArgument, NotSupported, NotTTY, error_for_errno
-from .fence import Fence, FenceContext, ReservationObject, SyncFile, Usage
+from .errors import BadFd, InvalidArgument, NotSupported, error_for_errno
+from .fence import Fence, FenceContext, ReservationObject, Usage
+from .ioctl import FileIoctlCall, IoctlTableFile, ioctl_table
 from .memory import PAGE_SIZE, SharedMemory
+from .sync_file import SyncFile
 from .uapi import CORE
 from .vfs import POLLIN, POLLOUT, Mapping, OpenFile
 
 if TYPE_CHECKING:
+    from .clock import Clock
     from .task import Task
+
+log = logging.getLogger("accelcore")
 
 __all__ = [
     "Attachment",
@@ -152,11 +158,30 @@ class DmaBufOps:
 
 
 class DmaBufRegistry:
-    """Every live dma-buf; the source of ``bufinfo`` and of leak accounting."""
+    """Every live dma-buf; the source of ``bufinfo`` and of leak accounting.
 
-    def __init__(self, fence_context: FenceContext | None = None) -> None:
+    Args:
+        fence_context: Where stub fences come from (and the clock of ioctls).
+        record_oops: Records a bug in an ioctl handler of a dma-buf or udmabuf
+            file (the subsystem's :meth:`~accelcore.Subsystem.record_oops`);
+            without it the bug is only logged.
+    """
+
+    def __init__(
+        self,
+        fence_context: FenceContext | None = None,
+        record_oops: Callable[..., Any] | None = None,
+    ) -> None:
         self.live: dict[int, DmaBuf] = {}
         self.fence_context = fence_context
+        self._record_oops = record_oops
+
+    def oops(self, where: str, exc: BaseException, what: str) -> str:
+        """Record an oops in an ioctl of ``what``; returns the line describing it."""
+        if self._record_oops is None:
+            log.error("oops in %s on %s", where, what, exc_info=exc)
+            return f"{what}: {exc!r}"
+        return f"{what}: {self._record_oops(where, exc, device=what).exception}"
 
     def add(self, dmabuf: DmaBuf) -> None:
         self.live[dmabuf.inode] = dmabuf
@@ -205,7 +230,7 @@ class DmaBufRegistry:
         return out
 
 
-class DmaBuf(OpenFile):
+class DmaBuf(IoctlTableFile, OpenFile):
     """A shared buffer.
 
     Args:
@@ -444,68 +469,15 @@ class DmaBuf(OpenFile):
             mask |= POLLOUT
         return mask
 
-    def ioctl(self, task: Task, cmd: int, argp: int) -> int:
-        if cmd == CORE.DMA_BUF_IOCTL_SYNC:
-            raw = task.mm.copy_from_user(argp, 8)
-            flags = int.from_bytes(raw, "little")
-            if flags & ~CORE.DMA_BUF_SYNC_VALID_FLAGS_MASK:
-                raise InvalidArgument(f"DMA_BUF_IOCTL_SYNC flags {flags:#x} has unknown bits")
-            rw = flags & CORE.DMA_BUF_SYNC_RW
-            if not rw:
-                raise InvalidArgument(f"DMA_BUF_IOCTL_SYNC flags {flags:#x} names no direction")
-            self._check_usable()
-            write = bool(rw & CORE.DMA_BUF_SYNC_WRITE)
-            if flags & CORE.DMA_BUF_SYNC_END:
-                self.ops.end_cpu_access(self, write)
-            else:
-                self.ops.begin_cpu_access(self, write)
-            return 0
-        if cmd == CORE.DMA_BUF_SET_NAME_B:
-            ptr = int.from_bytes(task.mm.copy_from_user(argp, 8), "little")
-            raw = b""
-            while len(raw) < DMA_BUF_NAME_LEN:
-                ch = task.mm.copy_from_user(ptr + len(raw), 1)
-                if ch == b"\0":
-                    break
-                raw += ch
-            self.name = raw.decode("utf-8", "replace")
-            return 0
-        if cmd == CORE.DMA_BUF_IOCTL_EXPORT_SYNC_FILE:
-            args = CORE.from_bytes(
-                "struct dma_buf_export_sync_file", task.mm.copy_from_user(argp, 8)
-            )
-            if not args.flags or args.flags & ~CORE.DMA_BUF_SYNC_RW:
-                raise InvalidArgument(
-                    f"EXPORT_SYNC_FILE flags {args.flags:#x} are not a "
-                    "non-empty subset of DMA_BUF_SYNC_RW"
-                )
-            # dma_resv_usage_rw(write): a writer waits for readers and writers, a
-            # reader for writers; BOOKKEEP fences are never implicit sync.
-            usage = Usage.READ if args.flags & CORE.DMA_BUF_SYNC_WRITE else Usage.WRITE
-            # Every fence of that usage, merged (dma_resv_get_singleton), not one.
-            fence = self.resv.get_singleton(usage) or self._stub()
-            args.fd = task.files.install(SyncFile(fence), cloexec=True)
-            task.mm.copy_to_user(argp, CORE.to_bytes(args))
-            return 0
-        if cmd == CORE.DMA_BUF_IOCTL_IMPORT_SYNC_FILE:
-            args = CORE.from_bytes(
-                "struct dma_buf_import_sync_file", task.mm.copy_from_user(argp, 8)
-            )
-            if not args.flags or args.flags & ~CORE.DMA_BUF_SYNC_RW:
-                raise InvalidArgument(
-                    f"IMPORT_SYNC_FILE flags {args.flags:#x} are not a "
-                    "non-empty subset of DMA_BUF_SYNC_RW"
-                )
-            sync = task.files.get(args.fd)
-            if not isinstance(sync, SyncFile):
-                raise InvalidArgument(f"fd {args.fd} is not a sync file")
-            usage = Usage.WRITE if args.flags & CORE.DMA_BUF_SYNC_WRITE else Usage.READ
-            # dma_fence_unwrap_for_each: each component of a merged fence is added
-            # on its own, so none is lost to add_fence's per-timeline replacement.
-            for fence in sync.fence.unwrap():
-                self.resv.add_fence(fence, usage)
-            return 0
-        raise NotTTY(f"dma-buf has no ioctl {cmd:#010x}")
+    # -- ioctls (run from DMA_BUF_IOCTLS by IoctlTableFile.ioctl) ---------------
+    def ioctl_clock(self) -> Clock:
+        ctx = self._registry.fence_context
+        if ctx is None:
+            raise BadFd("no fence context for dma-buf ioctls")
+        return ctx.clock
+
+    def ioctl_oops(self, where: str, exc: BaseException) -> str:
+        return self._registry.oops(where, exc, f"dma-buf {self.inode}")
 
     def _stub(self) -> Fence:
         ctx = self._registry.fence_context
@@ -527,6 +499,80 @@ class DmaBuf(OpenFile):
             f"<DmaBuf ino={self.inode} size={self.size:#x} exporter={self.exporter} "
             f"refs={self.refcount}>"
         )
+
+
+# -- the dma-buf ioctls (drivers/dma-buf/dma-buf.c, dma_buf_ioctl) ------------------
+
+
+def _sync(call: FileIoctlCall) -> None:
+    buf: DmaBuf = call.file  # type: ignore[assignment]
+    flags = call.args.flags
+    if flags & ~CORE.DMA_BUF_SYNC_VALID_FLAGS_MASK:
+        raise InvalidArgument(f"DMA_BUF_IOCTL_SYNC flags {flags:#x} has unknown bits")
+    rw = flags & CORE.DMA_BUF_SYNC_RW
+    if not rw:
+        raise InvalidArgument(f"DMA_BUF_IOCTL_SYNC flags {flags:#x} names no direction")
+    buf._check_usable()
+    write = bool(rw & CORE.DMA_BUF_SYNC_WRITE)
+    if flags & CORE.DMA_BUF_SYNC_END:
+        buf.ops.end_cpu_access(buf, write)
+    else:
+        buf.ops.begin_cpu_access(buf, write)
+
+
+def _set_name(call: FileIoctlCall) -> None:
+    buf: DmaBuf = call.file  # type: ignore[assignment]
+    ptr = call.args[0]
+    raw = b""
+    while len(raw) < DMA_BUF_NAME_LEN:
+        ch = call.copy_from_user(ptr + len(raw), 1)
+        if ch == b"\0":
+            break
+        raw += ch
+    buf.name = raw.decode("utf-8", "replace")
+
+
+def _export_sync_file(call: FileIoctlCall) -> None:
+    buf: DmaBuf = call.file  # type: ignore[assignment]
+    args = call.args
+    if not args.flags or args.flags & ~CORE.DMA_BUF_SYNC_RW:
+        raise InvalidArgument(
+            f"EXPORT_SYNC_FILE flags {args.flags:#x} are not a non-empty subset of DMA_BUF_SYNC_RW"
+        )
+    # dma_resv_usage_rw(write): a writer waits for readers and writers, a
+    # reader for writers; BOOKKEEP fences are never implicit sync.
+    usage = Usage.READ if args.flags & CORE.DMA_BUF_SYNC_WRITE else Usage.WRITE
+    # Every fence of that usage, merged (dma_resv_get_singleton), not one.
+    fence = buf.resv.get_singleton(usage) or buf._stub()
+    args.fd = call.install_fd(SyncFile(fence), cloexec=True)
+
+
+def _import_sync_file(call: FileIoctlCall) -> None:
+    buf: DmaBuf = call.file  # type: ignore[assignment]
+    args = call.args
+    if not args.flags or args.flags & ~CORE.DMA_BUF_SYNC_RW:
+        raise InvalidArgument(
+            f"IMPORT_SYNC_FILE flags {args.flags:#x} are not a non-empty subset of DMA_BUF_SYNC_RW"
+        )
+    sync = call.get_file(args.fd)
+    if not isinstance(sync, SyncFile):
+        raise InvalidArgument(f"fd {args.fd} is not a sync file")
+    usage = Usage.WRITE if args.flags & CORE.DMA_BUF_SYNC_WRITE else Usage.READ
+    # dma_fence_unwrap_for_each: each component of a merged fence is added
+    # on its own, so none is lost to add_fence's per-timeline replacement.
+    for fence in sync.fence.unwrap():
+        buf.resv.add_fence(fence, usage)
+
+
+DmaBuf.IOCTLS = ioctl_table(
+    CORE,
+    [
+        ("DMA_BUF_IOCTL_SYNC", _sync),
+        ("DMA_BUF_SET_NAME_B", _set_name),
+        ("DMA_BUF_IOCTL_EXPORT_SYNC_FILE", _export_sync_file),
+        ("DMA_BUF_IOCTL_IMPORT_SYNC_FILE", _import_sync_file),
+    ],
+)
 
 
 def require_dmabuf(file: OpenFile, fd: int) -> DmaBuf:

@@ -20,6 +20,8 @@ usage class each: ``KERNEL`` (memory management), ``WRITE``, ``READ``,
 ``BOOKKEEP``. Asking for a usage returns the fences of that class and the
 stronger ones, as ``dma_resv_iter`` does; :meth:`ReservationObject.get_singleton`
 merges them into one fence as ``dma_resv_get_singleton`` does.
+
+A fence as a file (``sync_file``) is :class:`accelcore.sync_file.SyncFile`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from typing import TYPE_CHECKING
 
 from .clock import Clock, Deadlock, WaitResult
 from .errors import InvalidArgument, NoEntry, RestartSyscall
-from .vfs import POLLIN, OpenFile
 
 if TYPE_CHECKING:
     from .task import Task
@@ -41,7 +42,6 @@ __all__ = [
     "FenceArray",
     "FenceContext",
     "ReservationObject",
-    "SyncFile",
     "Usage",
     "usage_rw",
     "wait_fences",
@@ -329,20 +329,11 @@ class ReservationObject:
         return not self.fences(usage)
 
 
-class SyncFile(OpenFile):
-    """A fence as a file (``sync_file``): poll says ``POLLIN`` once it signalled."""
+def __getattr__(name: str) -> object:
+    # SyncFile moved to accelcore.sync_file (it is a file with an ioctl table, and
+    # the ioctl machinery sits above fences); old imports keep working.
+    if name == "SyncFile":
+        from .sync_file import SyncFile
 
-    kind = "sync_file"
-
-    def __init__(self, fence: Fence) -> None:
-        super().__init__()
-        self.fence = fence
-
-    def poll(self) -> int:
-        return POLLIN if self.fence.signalled else 0
-
-    def fdinfo(self) -> dict[str, str]:
-        info = super().fdinfo()
-        info["fence"] = repr(self.fence)
-        info["status"] = str(self.fence.status())
-        return info
+        return SyncFile
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,7 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .dispatch import IoctlCall, dispatch, permit
+from .dispatch import IoctlCall, dispatch, lookup, permit
 from .errors import InvalidArgument, NoMemory, RestartSyscall, TryAgain
 from .gem import HandleTable
 from .resources import release_scope
@@ -87,6 +87,10 @@ class AccelFile(OpenFile):
         return dispatch(self, task, cmd, argp)
 
     # -- the IoctlNode protocol (what run_ioctl needs of the file) ------------------
+    def ioctl_lookup(self, cmd: int) -> IoctlDesc | None:
+        """The table row for ``cmd`` (the core's or the driver's), or ``None``."""
+        return lookup(self.device, cmd)
+
     def ioctl_call(self, task: Task, cmd: int, desc: IoctlDesc, buf: bytearray) -> IoctlCall:
         return IoctlCall(self, task, cmd, desc, buf)
 

@@ -15,14 +15,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .dmabuf import Attachment, DmaBuf, DmaBufOps, DmaMapping
-from .errors import InvalidArgument, NoEntry, NoMemory, error_for_errno
+from .driver import DriverFeature
+from .errors import InvalidArgument, NoEntry, NoMemory, NotSupported, error_for_errno
 from .fence import ReservationObject, usage_rw
 from .memory import MAX_LFS_FILESIZE, MemoryBlock, SharedMemory, page_align
 from .vfs import Mapping
 
 if TYPE_CHECKING:
     from .device import AccelDevice
-    from .dispatch import IoctlCallBase
+    from .dispatch import IoctlCall, IoctlCallBase
     from .vfs import OpenFile
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "GemDmaBufOps",
     "HandleTable",
     "dma_resv_wait",
+    "gem_close_ioctl",
     "import_dmabuf",
     "wait_bo",
 ]
@@ -386,3 +388,21 @@ def import_dmabuf(device: AccelDevice, dmabuf: DmaBuf, name: str | None = None) 
         raise
     bo.import_mapping = mapping
     return bo
+
+
+def gem_close_ioctl(call: IoctlCall) -> None:
+    """``DRM_IOCTL_GEM_CLOSE`` (``drm_gem_close_ioctl``): drop a handle of the file,
+    and the PRIME cache's entry for it.
+
+    Raises:
+        NotSupported: the driver has no buffer objects (``EOPNOTSUPP``).
+        InvalidArgument: ``pad`` is not zero, or no such handle.
+    """
+    if DriverFeature.GEM not in call.device.driver.features:
+        raise NotSupported(f"{call.device.driver.name} has no buffer objects (GEM)")
+    if call.args.pad:
+        raise InvalidArgument(f"drm_gem_close.pad is {call.args.pad:#x}, must be 0")
+    file = call.file
+    handle = call.args.handle
+    file.handles.delete(handle)
+    file.forget_prime(handle)

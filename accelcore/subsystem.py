@@ -103,7 +103,9 @@ class Subsystem:
         self.devices: list[AccelDevice] = []
         self.oopses: list[Oops] = []
         self.tasks: dict[int, Task] = {}
-        self.dmabufs = DmaBufRegistry(FenceContext(self.clock, "accelcore", "stub"))
+        self.dmabufs = DmaBufRegistry(
+            FenceContext(self.clock, "accelcore", "stub"), record_oops=self.record_oops
+        )
         #: Managed resources of devices, files and contexts (``drmm_*``, ``xa_alloc``).
         self.resources = ResourceRegistry()
         self._drivers: dict[str, _Registration] = {}

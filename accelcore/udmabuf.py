@@ -28,12 +28,14 @@ import os
 from typing import TYPE_CHECKING
 
 from .dmabuf import DmaBuf, DmaBufOps, DmaBufRegistry
-from .errors import Busy, InvalidArgument, NotPermitted, NotTTY, error_for_errno
+from .errors import BadFd, Busy, InvalidArgument, NotPermitted, error_for_errno
+from .ioctl import FileIoctlCall, IoctlTableFile, ioctl_table
 from .memory import PAGE_SIZE, SharedMemory
 from .uapi import CORE
 from .vfs import Mapping, OpenFile
 
 if TYPE_CHECKING:
+    from .clock import Clock
     from .task import Task
 
 __all__ = [
@@ -175,8 +177,9 @@ class UdmabufOps(DmaBufOps):
         self.memfd.put()
 
 
-class UdmabufFile(OpenFile):
-    """An open of ``/dev/udmabuf``."""
+class UdmabufFile(IoctlTableFile, OpenFile):
+    """An open of ``/dev/udmabuf``; its one ioctl, ``UDMABUF_CREATE``, runs from
+    :attr:`IOCTLS` through :func:`accelcore.ioctl.run_ioctl`."""
 
     kind = "udmabuf"
 
@@ -184,52 +187,59 @@ class UdmabufFile(OpenFile):
         super().__init__()
         self.registry = registry
 
-    def ioctl(self, task: Task, cmd: int, argp: int) -> int:
-        if cmd != CORE.UDMABUF_CREATE:
-            raise NotTTY(f"udmabuf has no ioctl {cmd:#010x}")
-        a = CORE.from_bytes(
-            "struct udmabuf_create",
-            task.mm.copy_from_user(argp, CORE.sizeof("struct udmabuf_create")),
+    def ioctl_clock(self) -> Clock:
+        if self.registry.fence_context is None:
+            raise BadFd("no clock for udmabuf ioctls")
+        return self.registry.fence_context.clock
+
+    def ioctl_oops(self, where: str, exc: BaseException) -> str:
+        return self.registry.oops(where, exc, "udmabuf")
+
+
+def _create(call: FileIoctlCall) -> int:
+    """``UDMABUF_CREATE``: a dma-buf over the memfd's pages; returns its fd."""
+    node: UdmabufFile = call.file  # type: ignore[assignment]
+    a = call.args
+    if a.flags & ~CORE.UDMABUF_FLAGS_CLOEXEC:
+        raise InvalidArgument(f"udmabuf flags {a.flags:#x} has unknown bits")
+    if a.offset % PAGE_SIZE or a.size % PAGE_SIZE:
+        raise InvalidArgument(
+            f"udmabuf offset {a.offset:#x} and size {a.size:#x} must be page-aligned"
         )
-        if a.flags & ~CORE.UDMABUF_FLAGS_CLOEXEC:
-            raise InvalidArgument(f"udmabuf flags {a.flags:#x} has unknown bits")
-        if a.offset % PAGE_SIZE or a.size % PAGE_SIZE:
-            raise InvalidArgument(
-                f"udmabuf offset {a.offset:#x} and size {a.size:#x} must be page-aligned"
-            )
-        if not 0 < a.size <= UDMABUF_SIZE_LIMIT:
-            raise InvalidArgument(
-                f"udmabuf size {a.size:#x} must be in (0, {UDMABUF_SIZE_LIMIT:#x}]"
-            )
-        memfd = task.files.get(a.memfd)
-        if not isinstance(memfd, MemfdFile):
-            raise error_for_errno(errno.EBADFD, f"fd {a.memfd} is a {memfd.kind}, not a memfd")
-        seals = memfd.seals
-        if not seals & fcntl.F_SEAL_SHRINK:
-            raise InvalidArgument(f"memfd {a.memfd} is not sealed with F_SEAL_SHRINK")
-        if seals & WRITE_SEALS:
-            raise InvalidArgument(
-                f"memfd {a.memfd} is sealed against writing (seals {seals:#x}: "
-                "F_SEAL_WRITE or F_SEAL_FUTURE_WRITE)"
-            )
-        if a.offset + a.size > memfd.memory.size:
-            raise InvalidArgument(
-                f"udmabuf [{a.offset:#x}, {a.offset + a.size:#x}) is past the end of memfd "
-                f"{a.memfd} ({memfd.memory.size:#x} bytes)"
-            )
-        ops = UdmabufOps(memfd)
-        buf = DmaBuf(
-            ops,
-            memfd.memory,
-            a.offset,
-            a.size,
-            exporter="udmabuf",
-            registry=self.registry,
-            flags=0o2,
+    if not 0 < a.size <= UDMABUF_SIZE_LIMIT:
+        raise InvalidArgument(f"udmabuf size {a.size:#x} must be in (0, {UDMABUF_SIZE_LIMIT:#x}]")
+    memfd = call.get_file(a.memfd)
+    if not isinstance(memfd, MemfdFile):
+        raise error_for_errno(errno.EBADFD, f"fd {a.memfd} is a {memfd.kind}, not a memfd")
+    seals = memfd.seals
+    if not seals & fcntl.F_SEAL_SHRINK:
+        raise InvalidArgument(f"memfd {a.memfd} is not sealed with F_SEAL_SHRINK")
+    if seals & WRITE_SEALS:
+        raise InvalidArgument(
+            f"memfd {a.memfd} is sealed against writing (seals {seals:#x}: "
+            "F_SEAL_WRITE or F_SEAL_FUTURE_WRITE)"
         )
-        memfd.get()  # the pages stay pinned for the buffer's life
-        try:
-            return task.files.install(buf, cloexec=bool(a.flags & CORE.UDMABUF_FLAGS_CLOEXEC))
-        except BaseException:
-            buf.put()
-            raise
+    if a.offset + a.size > memfd.memory.size:
+        raise InvalidArgument(
+            f"udmabuf [{a.offset:#x}, {a.offset + a.size:#x}) is past the end of memfd "
+            f"{a.memfd} ({memfd.memory.size:#x} bytes)"
+        )
+    ops = UdmabufOps(memfd)
+    buf = DmaBuf(
+        ops,
+        memfd.memory,
+        a.offset,
+        a.size,
+        exporter="udmabuf",
+        registry=node.registry,
+        flags=0o2,
+    )
+    memfd.get()  # the pages stay pinned for the buffer's life
+    try:
+        return call.install_fd(buf, cloexec=bool(a.flags & CORE.UDMABUF_FLAGS_CLOEXEC))
+    except BaseException:
+        buf.put()
+        raise
+
+
+UdmabufFile.IOCTLS = ioctl_table(CORE, [("UDMABUF_CREATE", _create)])

@@ -3,8 +3,11 @@
 A :class:`Process` is a user program living in this interpreter: it opens device
 nodes and gets file descriptors, calls ioctls with argument structs, maps
 buffers, reads and polls events, passes and duplicates descriptors, forks, and
-exits. The same surface exists across real processes in
-:mod:`accelcore.server`'s client, so code written against one runs on the other.
+exits. It is a thin adapter over the system-call layer (:mod:`accelcore.syscalls`),
+which does the locking, descriptor resolution and restarts; this module only
+marshals Python arguments (structs and buffers into user memory and back). The
+same surface exists across real processes in :mod:`accelcore.server`'s client,
+so code written against one runs on the other.
 
 >>> from accelcore.testing import vaccel_subsystem
 >>> sub, dev = vaccel_subsystem()
@@ -23,9 +26,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import Interrupted, InvalidArgument, RestartSyscall
-from .memory import SharedMemory
+from .errors import InvalidArgument
 from .subsystem import Subsystem
+from .syscalls import Syscalls
 from .task import Task, UserBuffer
 from .uapi import CORE
 from .udmabuf import MemfdFile
@@ -66,6 +69,8 @@ class Process:
                 uid=uid, gid=gid, groups=groups, comm=comm, restart_syscalls=restart
             )
         )
+        #: The system-call layer this process is an adapter over.
+        self.syscalls = Syscalls(subsystem)
         self._scratch: UserBuffer | None = None
 
     @property
@@ -75,33 +80,19 @@ class Process:
     # -- descriptors -----------------------------------------------------------
     def open(self, path: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
         """``open(2)`` a device node; returns the descriptor."""
-        with self.subsystem.clock.lock:
-            file = self.subsystem.open(self.task, path, flags)
-            try:
-                return self.task.files.install(file, cloexec=bool(flags & os.O_CLOEXEC))
-            except BaseException:
-                file.put()
-                raise
+        return self.syscalls.open(self.task, path, flags)
 
     def close(self, fd: int) -> None:
         """``close(2)``; the file is released when its last descriptor closes."""
-        with self.subsystem.clock.lock:
-            self.task.files.close(fd)
+        self.syscalls.close(self.task, fd)
 
     def dup(self, fd: int) -> int:
         """``dup(2)``: another descriptor for the same open file description."""
-        with self.subsystem.clock.lock:
-            return self.task.files.dup(fd)
+        return self.syscalls.dup(self.task, fd)
 
     def send_fd(self, fd: int, to: Process) -> int:
         """Pass a descriptor to another process (``SCM_RIGHTS``); returns its number there."""
-        with self.subsystem.clock.lock:
-            file = self.task.files.get(fd).get()
-            try:
-                return to.task.files.install(file, cloexec=True)
-            except BaseException:
-                file.put()
-                raise
+        return self.syscalls.send_fd(self.task, fd, to.task)
 
     def fork(self) -> Process:
         """``fork(2)``: a child sharing every open file description."""
@@ -109,9 +100,9 @@ class Process:
 
     def exit(self) -> None:
         """Process exit (also what a SIGKILL does): every descriptor is closed."""
-        with self.subsystem.clock.lock:
+        with self.syscalls.lock:
             self._scratch = None
-            self.subsystem.exit_task(self.task)
+            self.syscalls.exit(self.task)
 
     kill = exit
 
@@ -127,24 +118,23 @@ class Process:
         Raises:
             OSError: an :class:`~accelcore.errors.AccelError` with the errno.
         """
-        file = self.task.files.get(fd)
         if isinstance(arg, int):
-            return file.ioctl(self.task, cmd, arg)
+            return self.syscalls.ioctl(self.task, fd, cmd, arg)
         buf = ioctl_buffer(arg)
         n = len(buf)
         if n == 0:
-            return file.ioctl(self.task, cmd, 0)
+            return self.syscalls.ioctl(self.task, fd, cmd, 0)
         scratch = self._scratch_of(n)
         scratch.view[:n] = buf
         try:
-            return file.ioctl(self.task, cmd, scratch.addr)
+            return self.syscalls.ioctl(self.task, fd, cmd, scratch.addr)
         finally:
             if not buf.readonly:
                 buf[:n] = scratch.view[:n]
 
     def _scratch_of(self, size: int) -> UserBuffer:
         if self._scratch is None or len(self._scratch) < size:
-            with self.subsystem.clock.lock:
+            with self.syscalls.lock:
                 if self._scratch is not None:
                     self.task.mm.free(self._scratch)
                 self._scratch = self.task.mm.alloc(max(size, 4096), "ioctl-args")
@@ -153,37 +143,25 @@ class Process:
     # -- memory ----------------------------------------------------------------------
     def alloc(self, size: int) -> UserBuffer:
         """Allocate user memory (``malloc``); its ``addr`` can go in ioctl structs."""
-        with self.subsystem.clock.lock:
+        with self.syscalls.lock:
             return self.task.mm.alloc(size)
 
     def free(self, buf: UserBuffer) -> None:
         """Free memory from :meth:`alloc`."""
-        with self.subsystem.clock.lock:
+        with self.syscalls.lock:
             self.task.mm.free(buf)
 
     def mmap(self, fd: int, length: int, offset: int = 0, *, write: bool = True) -> Mapping:
         """``mmap(2)`` of ``length`` bytes at ``offset`` of the file."""
-        if length <= 0:
-            raise InvalidArgument(f"mmap length {length} must be positive")
-        with self.subsystem.clock.lock:
-            mapping = self.task.files.get(fd).mmap(self.task, offset, length, write)
-            self.task.mappings.append(mapping)
-            mapping.on_unmap(self._forget_mapping)
-            return mapping
-
-    def _forget_mapping(self, mapping: Mapping) -> None:
-        if mapping in self.task.mappings:
-            self.task.mappings.remove(mapping)
+        return self.syscalls.mmap(self.task, fd, offset, length, write=write)
 
     def munmap(self, mapping: Mapping) -> None:
         """``munmap(2)``."""
-        with self.subsystem.clock.lock:
-            mapping.unmap()
+        self.syscalls.munmap(self.task, mapping)
 
     def memfd_create(self, name: str, size: int) -> int:
         """``memfd_create(2)`` + ``ftruncate``: a descriptor for new shared memory."""
-        with self.subsystem.clock.lock:
-            return self.task.files.install(MemfdFile(SharedMemory(size, name)), cloexec=True)
+        return self.syscalls.memfd_create(self.task, name, size)
 
     def add_seals(self, fd: int, seals: int) -> None:
         """``fcntl(fd, F_ADD_SEALS, seals)`` on a memfd."""
@@ -196,25 +174,15 @@ class Process:
     def read(self, fd: int, size: int, *, nonblock: bool = False) -> bytes:
         """``read(2)``: events from an accel file; a signal gives ``EINTR`` (or a
         restart, with ``SA_RESTART``), as for :meth:`ioctl`."""
-        file = self.task.files.get(fd)
-        while True:
-            try:
-                return file.read(self.task, size, nonblock=nonblock)
-            except RestartSyscall:
-                self.task.deliver_signal()
-                if not self.task.restart_syscalls:
-                    raise Interrupted(f"read of fd {fd} interrupted by a signal") from None
+        return self.syscalls.read(self.task, fd, size, nonblock=nonblock)
 
     def poll(self, fd: int) -> int:
         """The ready mask of ``fd`` now (``POLLIN``, ``POLLOUT``)."""
-        with self.subsystem.clock.lock:
-            return self.task.files.get(fd).poll()
+        return self.syscalls.poll(self.task, fd)
 
     def signal(self) -> None:
         """Deliver a signal: the process's current or next wait is interrupted."""
-        with self.subsystem.clock.lock:
-            self.task.post_signal()
-            self.subsystem.clock.notify()
+        self.syscalls.signal(self.task)
 
     def __repr__(self) -> str:
         return f"<Process pid={self.pid}>"

@@ -18,6 +18,10 @@
  * cffi; it holds no macros, only #if guards (the loader drops preprocessor
  * lines, so it always sees every layout).  Everything else is plain C for C
  * programs.
+ *
+ * A field whose comment says accel:fd carries a file descriptor the kernel
+ * reads (transports whose descriptors live in another process send it with
+ * the call); accel:fd-out marks one the kernel returns.
  */
 #ifndef _ACCELCORE_ACCEL_H
 #define _ACCELCORE_ACCEL_H
@@ -85,7 +89,7 @@ struct drm_get_cap {
 struct drm_prime_handle {
 	__u32 handle;
 	__u32 flags;		/* DRM_CLOEXEC | DRM_RDWR, handle to fd only */
-	__s32 fd;
+	__s32 fd;		/* accel:fd - FD_TO_HANDLE reads it, HANDLE_TO_FD writes it */
 };
 
 #endif
@@ -267,17 +271,17 @@ struct dma_buf_sync {
 
 struct dma_buf_export_sync_file {
 	__u32 flags;
-	__s32 fd;
+	__s32 fd;		/* accel:fd-out - the sync file */
 };
 
 struct dma_buf_import_sync_file {
 	__u32 flags;
-	__s32 fd;
+	__s32 fd;		/* accel:fd - the sync file */
 };
 
 /* udmabuf (include/uapi/linux/udmabuf.h) */
 struct udmabuf_create {
-	__u32 memfd;
+	__u32 memfd;		/* accel:fd */
 	__u32 flags;
 	__u64 offset;
 	__u64 size;

@@ -9,7 +9,13 @@ from it:
   expression of literals and earlier constants;
 * **ioctl numbers**, from every ``#define NAME DRM_IOWR(nr, struct x)`` (or
   ``DRM_IO/IOR/IOW``, or the generic ``_IO/_IOR/_IOW/_IOWR(type, nr, T)``), computed
-  with :mod:`accelcore.uapi.ioc` from the cffi size of ``T``.
+  with :mod:`accelcore.uapi.ioc` from the cffi size of ``T``;
+* **descriptor fields**: a 32-bit struct field whose comment holds ``accel:fd``
+  carries a file descriptor the kernel reads (``__s32 fd; /* accel:fd */``), one
+  whose comment holds ``accel:fd-out`` a descriptor it returns. Every ioctl
+  records the offsets of the descriptors its argument carries (nested structs
+  and unions included), so transports whose descriptors live in another
+  process forward them with no per-driver code (:attr:`IoctlDef.fd_offsets`).
 
 So the numbers in Python are the numbers a C compiler computes from the same
 file; a test compiles the header with gcc and compares.
@@ -52,6 +58,8 @@ _IOCTL = re.compile(r"^(DRM_IO|DRM_IOR|DRM_IOW|DRM_IOWR|_IO|_IOR|_IOW|_IOWR)\s*\
 _INT_SUFFIX = re.compile(r"\b(0[xX][0-9a-fA-F]+|\d+)[uUlL]+\b")
 _CHAR = re.compile(r"'(\\?.)'")
 _OCTAL = re.compile(r"\b0([0-7]+)\b")
+_FD_MARK = re.compile(r"\baccel:fd(-out)?\b")
+_FIELD_NAME = re.compile(r"(\w+)\s*(?:\[[^\]]*\])?\s*;")
 
 _DIRS = {
     "IO": ioc.IOC_NONE,
@@ -84,6 +92,11 @@ class IoctlDef:
     nr: int
     size: int
     arg_type: str | None
+    #: Offsets in the argument of the 32-bit descriptors the kernel reads
+    #: (fields marked ``accel:fd``), for transports that must send them along.
+    fd_offsets: tuple[int, ...] = ()
+    #: Offsets of the descriptors the kernel returns (``accel:fd-out``).
+    fd_out_offsets: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,11 +193,17 @@ class Uapi:
         self.ffi = cffi.FFI()
         consts: dict[str, int] = {}
         ioctls: dict[str, IoctlDef] = {}
+        marks: dict[tuple[str, str], bool] = {}
         for parent in self.include:
             self.ffi.include(parent.ffi)
             consts.update(parent.constants)
             ioctls.update(parent.ioctls)
+            marks.update(parent.fd_marks)
         region = "\n".join(_REGION.findall(text))
+        marks.update(_fd_marks(region))
+        #: ``(struct or union, field) -> True`` for a descriptor the kernel reads,
+        #: ``False`` for one it returns (the ``accel:fd`` comments).
+        self.fd_marks: Mapping[tuple[str, str], bool] = marks
         cdef = _PREPROC.sub("", _COMMENT.sub("", region))
         try:
             self.ffi.cdef(cdef if self.include else PRELUDE + cdef)
@@ -228,9 +247,42 @@ class Uapi:
                     f"{self.path.name}: ioctl {name} names unknown type {arg_type!r}"
                 ) from exc
         direction = _DIRS[kind]
+        fd_in: tuple[int, ...] = ()
+        fd_out: tuple[int, ...] = ()
+        if arg_type is not None:
+            fd_in = self._fd_offsets(arg_type, reads=True)
+            fd_out = self._fd_offsets(arg_type, reads=False)
         return IoctlDef(
-            name, ioc.ioc(direction, type_, nr, size), direction, type_, nr, size, arg_type
+            name,
+            ioc.ioc(direction, type_, nr, size),
+            direction,
+            type_,
+            nr,
+            size,
+            arg_type,
+            fd_in,
+            fd_out,
         )
+
+    def _fd_offsets(self, ctype: str, *, reads: bool, base: int = 0) -> tuple[int, ...]:
+        """Offsets of the marked descriptor fields of ``ctype``, nested ones too."""
+        t = self.ffi.typeof(ctype)
+        if t.kind not in ("struct", "union"):
+            return ()
+        out: list[int] = []
+        for fname, f in t.fields or []:
+            mark = self.fd_marks.get((t.cname, fname))
+            if mark is not None:
+                if self.ffi.sizeof(f.type) != 4 or f.type.kind != "primitive":
+                    raise InvalidArgument(
+                        f"{self.path.name}: descriptor field {t.cname}.{fname} must be a "
+                        f"32-bit integer, not {f.type.cname}"
+                    )
+                if mark == reads:
+                    out.append(base + f.offset)
+            elif f.type.kind in ("struct", "union"):
+                out.extend(self._fd_offsets(f.type.cname, reads=reads, base=base + f.offset))
+        return tuple(sorted(set(out)))
 
     def __getattr__(self, name: str) -> int:
         try:
@@ -319,6 +371,28 @@ class Uapi:
 
     def __repr__(self) -> str:
         return f"Uapi({self.path.name!r}, {len(self.types)} types, {len(self.ioctls)} ioctls)"
+
+
+def _fd_marks(region: str) -> dict[tuple[str, str], bool]:
+    """The ``accel:fd`` / ``accel:fd-out`` comments of a cffi region, by (type, field)."""
+    marks: dict[tuple[str, str], bool] = {}
+    for m in _AGGREGATE.finditer(region):
+        owner = f"{m.group(1)} {m.group(2)}"
+        depth = 1
+        pos = m.end()
+        while depth and pos < len(region):
+            end = region.find("\n", pos)
+            end = len(region) if end < 0 else end
+            line = region[pos:end]
+            code = _COMMENT.sub("", line)
+            mark = _FD_MARK.search(line)
+            if mark is not None and depth == 1:
+                name = _FIELD_NAME.search(code)
+                if name is not None:
+                    marks[(owner, name.group(1))] = mark.group(1) is None
+            depth += code.count("{") - code.count("}")
+            pos = end + 1
+    return marks
 
 
 def load_uapi(path: Path | str, include: Iterable[Uapi] = (), *, text: str | None = None) -> Uapi:

@@ -65,6 +65,12 @@ class KfdFile(OpenFile):
         return kfd_dispatch(self, task, cmd, argp)
 
     # -- what the core's run_ioctl needs of the file --------------------------------
+    def ioctl_lookup(self, cmd: int) -> IoctlDesc | None:
+        """The table row for ``cmd`` (by type and number), or ``None``."""
+        if (cmd >> 8) & 0xFF != DRM_IOCTL_BASE:
+            return None
+        return self.driver.kfd_ioctls.get(cmd & 0xFF)
+
     def ioctl_call(self, task: Task, cmd: int, desc: IoctlDesc, buf: bytearray) -> KfdCall:
         return KfdCall(self, task, cmd, desc, buf, self.driver.subsystem.clock)
 
@@ -107,7 +113,7 @@ def kfd_dispatch(file: KfdFile, task: Task, cmd: int, argp: int) -> int:
     driver = file.driver
     sub = driver.subsystem
     with sub.clock.lock:
-        desc = driver.kfd_ioctls.get(cmd & 0xFF) if (cmd >> 8) & 0xFF == DRM_IOCTL_BASE else None
+        desc = file.ioctl_lookup(cmd)
         if desc is None:
             raise NotTTY(f"/dev/kfd has no ioctl {cmd:#010x} (nr {cmd & 0xFF:#04x})")
         file.check_same_process(task)

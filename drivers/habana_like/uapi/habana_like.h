@@ -208,7 +208,7 @@ struct hlk_mem_in {
 struct hlk_mem_out {
 	__u64 handle;			/* ALLOC */
 	__u64 device_virt_addr;		/* MAP */
-	__s32 fd;			/* EXPORT_DMABUF_FD */
+	__s32 fd;			/* accel:fd-out - EXPORT_DMABUF_FD */
 	__u32 pad;
 };
 

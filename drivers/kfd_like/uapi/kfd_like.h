@@ -123,7 +123,7 @@ struct kfd_ioctl_wait_events_args {
 };
 
 struct kfd_ioctl_acquire_vm_args {
-	__u32 drm_fd;	/* to KFD: an fd of the GPU's accel node */
+	__u32 drm_fd;	/* accel:fd - to KFD: an fd of the GPU's accel node */
 	__u32 gpu_id;	/* to KFD */
 };
 
@@ -158,13 +158,13 @@ struct kfd_ioctl_import_dmabuf_args {
 	__u64 va_addr;		/* to KFD */
 	__u64 handle;		/* from KFD */
 	__u32 gpu_id;		/* to KFD */
-	__u32 dmabuf_fd;	/* to KFD */
+	__u32 dmabuf_fd;	/* accel:fd - to KFD */
 };
 
 struct kfd_ioctl_export_dmabuf_args {
 	__u64 handle;		/* to KFD */
 	__u32 flags;		/* to KFD: O_CLOEXEC, O_RDWR */
-	__u32 dmabuf_fd;	/* from KFD */
+	__u32 dmabuf_fd;	/* accel:fd-out - from KFD */
 };
 
 /* A user-mode queue packet (AQL-like, 64 bytes), read by the GPU from the ring. */
