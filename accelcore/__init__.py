@@ -17,7 +17,6 @@ from __future__ import annotations
 from .clock import Clock, Deadlock, RealClock, VirtualClock, WaitResult
 from .device import AccelDevice, DeviceState, DeviceStatus, Oops
 from .dispatch import IoctlCall
-from .ioctl import IoctlCallBase, IoctlNode, run_ioctl
 from .dmabuf import Attachment, DmaBuf, DmaBufOps, DmaMapping, ImporterOps, SgEntry
 from .driver import (
     AccelDriver,
@@ -53,15 +52,16 @@ from .errors import (
 from .fence import Fence, FenceArray, FenceContext, ReservationObject, Usage
 from .file import AccelFile
 from .gem import BufferObject, GemDmaBufOps, HandleTable
+from .ioctl import IoctlCallBase, IoctlNode, run_ioctl
 from .memory import PAGE_SIZE, SharedMemory
 from .ownership import OwnerState
 from .resources import IdTable, ResourceScope, context_scope, device_scope, file_scope
 from .sched import SchedEntity, SchedJob, SchedStat, Scheduler, SchedulerOps
 from .subsystem import DevNode, Subsystem
+from .sync_file import SyncFile
 from .syncobj import Syncobj
 from .sysfs import Attribute, AttributeGroup, SysfsNode, SysfsTree, Uevent
 from .task import AddressSpace, Credentials, Task, UserBuffer
-from .sync_file import SyncFile
 from .uapi import CORE, Uapi, load_uapi
 from .userspace import Process
 from .vfs import Mapping, OpenFile

@@ -211,8 +211,6 @@ def _oops(node: IoctlNode, desc: IoctlDesc, exc: Exception) -> DeviceIOError:
     return DeviceIOError(f"oops in {desc.name} on {node.ioctl_oops(desc.name, exc)}")
 
 
-
-
 class FileIoctlCall(IoctlCallBase):
     """An ioctl on a file of an :class:`IoctlTableFile`: the call object with the file.
 

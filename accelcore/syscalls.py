@@ -50,8 +50,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .errors import Interrupted, InvalidArgument, RestartSyscall
 from .memory import SharedMemory
-from .udmabuf import MemfdFile
 from .uapi import CORE
+from .udmabuf import MemfdFile
 from .vfs import Mapping, OpenFile
 
 if TYPE_CHECKING:

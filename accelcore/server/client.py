@@ -41,7 +41,6 @@ from ..errors import (
 )
 from ..memory import page_align
 from ..task import UserBuffer
-from ..uapi import CORE
 from ..userspace import ioctl_buffer
 from . import protocol as p
 from .fdtable import is_placeholder
@@ -54,7 +53,6 @@ __all__ = [
     "ClientProcess",
     "connect",
     "recv_fds",
-    "register_fd_field",
     "send_fds",
 ]
 
@@ -62,30 +60,6 @@ __all__ = [
 ARENA_SIZE = 64 << 20
 
 ArgBuffer = bytearray | memoryview
-
-#: (type << 8 | nr) of an ioctl → offsets of 32-bit descriptor fields it reads.
-_FD_FIELDS: dict[int, tuple[int, ...]] = {}
-
-
-def register_fd_field(cmd: int, offset: int) -> None:
-    """Declare that ioctl ``cmd`` reads a descriptor (a 32-bit field at ``offset`` of
-    its argument struct), so the client sends that descriptor with the call.
-
-    The core ioctls that take descriptors are declared already
-    (``PRIME_FD_TO_HANDLE``, ``UDMABUF_CREATE``, ``DMA_BUF_IOCTL_IMPORT_SYNC_FILE``,
-    ``SYNCOBJ_FD_TO_HANDLE``).
-    """
-    key = cmd & 0xFFFF
-    _FD_FIELDS[key] = (*_FD_FIELDS.get(key, ()), offset)
-
-
-for _cmd, _ctype, _field in (
-    (CORE.DRM_IOCTL_PRIME_FD_TO_HANDLE, "struct drm_prime_handle", "fd"),
-    (CORE.UDMABUF_CREATE, "struct udmabuf_create", "memfd"),
-    (CORE.DMA_BUF_IOCTL_IMPORT_SYNC_FILE, "struct dma_buf_import_sync_file", "fd"),
-    (CORE.DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE, "struct drm_syncobj_handle", "fd"),
-):
-    register_fd_field(_cmd, CORE.ffi.offsetof(_ctype, _field))
 
 
 def _raise_for(msg: p.Message) -> p.Message:
@@ -308,6 +282,14 @@ class ClientProcess:
         self._chan = chan
         self._pid = os.getpid()
         self.token = msg.token
+        fd_fields: dict[int, tuple[int, ...]] = {}
+        for cmd, off in msg.fd_offsets:
+            key = cmd & 0xFFFF  # type and number: dispatch accepts other sizes too
+            if off not in fd_fields.get(key, ()):
+                fd_fields[key] = (*fd_fields.get(key, ()), off)
+        #: ioctl type and number → offsets of the descriptors its argument carries
+        #: (the uAPI headers' ``accel:fd`` fields of the server's machine).
+        self.fd_fields = fd_fields
         self.server_pid = msg.server_pid
         self._arenas = []
         self._tls = threading.local()
@@ -426,8 +408,9 @@ class ClientProcess:
         """``ioctl(2)``, as :meth:`accelcore.Process.ioctl`: ``arg`` is a user
         address, or a buffer or cffi struct copied in and (also on failure) back.
 
-        Descriptors the call returns are received close-on-exec and their numbers
-        written where the engine put them.
+        Descriptors the argument carries (the fields its uAPI header marks
+        ``accel:fd``) are sent with the call; descriptors the call returns are
+        received close-on-exec and their numbers written where the engine put them.
 
         Raises:
             OSError: an :class:`~accelcore.errors.AccelError` with the errno.
@@ -468,7 +451,7 @@ class ClientProcess:
         return ret
 
     def _fd_args(self, cmd: int, region: memoryview | None) -> list[int]:
-        offsets = _FD_FIELDS.get(cmd & 0xFFFF, ())
+        offsets = self.fd_fields.get(cmd & 0xFFFF, ())
         out = []
         for off in offsets:
             if region is None or off + 4 > len(region):

@@ -26,10 +26,21 @@ from ..task import FdTable
 from ..vfs import Mapping, OpenFile
 from .protocol import MAX_FDS
 
-__all__ = ["PLACEHOLDER_BASE", "CallFds", "ServerFdTable", "backing_memory", "is_placeholder"]
+__all__ = [
+    "PLACEHOLDER_BASE",
+    "TARGET_FD",
+    "CallFds",
+    "ServerFdTable",
+    "backing_memory",
+    "is_placeholder",
+]
 
 #: Descriptor numbers the engine sees for files it installs during a call.
 PLACEHOLDER_BASE = 0x7ACC_0000
+#: The number a request's one descriptor (the target of READ, POLL, MMAP) has in
+#: the task's table during the call: those requests do not carry its number in
+#: the client.
+TARGET_FD = PLACEHOLDER_BASE - 1
 
 
 def is_placeholder(value: int) -> bool:

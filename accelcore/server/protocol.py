@@ -187,22 +187,39 @@ class Hello(Message):
 
 @dataclass(frozen=True, slots=True)
 class Welcome(Message):
-    """The session is open; ``token`` names it in OPEN requests."""
+    """The session is open; ``token`` names it in OPEN requests.
+
+    ``fd_offsets`` are ``(cmd, offset)`` pairs: the ioctl arguments' fields that
+    carry descriptors the kernel reads (the uAPI headers' ``accel:fd`` fields of
+    the served machine's drivers), so the client sends those descriptors along.
+    """
 
     TYPE: ClassVar[MsgType] = MsgType.WELCOME
-    _FIXED: ClassVar[struct.Struct] = struct.Struct(f"<{TOKEN_SIZE}sII")
+    _FIXED: ClassVar[struct.Struct] = struct.Struct(f"<{TOKEN_SIZE}sIII")
     token: bytes
     server_pid: int
     task_pid: int
     version: str = ""
+    fd_offsets: tuple[tuple[int, int], ...] = ()
 
     def body(self) -> bytes:
-        return self._FIXED.pack(self.token, self.server_pid, self.task_pid) + self.version.encode()
+        n = len(self.fd_offsets)
+        pairs = struct.pack(f"<{2 * n}I", *(v for pair in self.fd_offsets for v in pair))
+        return (
+            self._FIXED.pack(self.token, self.server_pid, self.task_pid, n)
+            + pairs
+            + self.version.encode()
+        )
 
     @classmethod
     def parse(cls, body: bytes) -> Welcome:
-        token, spid, tpid = _unpack(cls._FIXED, body, "WELCOME", exact=False)
-        return cls(token, spid, tpid, _text(body[cls._FIXED.size :], "WELCOME version"))
+        token, spid, tpid, n = _unpack(cls._FIXED, body, "WELCOME", exact=False)
+        tail = body[cls._FIXED.size :]
+        if len(tail) < 8 * n:
+            raise ProtocolError(f"WELCOME names {n} descriptor fields but carries fewer")
+        flat = struct.unpack_from(f"<{2 * n}I", tail)
+        pairs = tuple(zip(flat[::2], flat[1::2], strict=True))
+        return cls(token, spid, tpid, _text(tail[8 * n :], "WELCOME version"), pairs)
 
 
 @dataclass(frozen=True, slots=True)

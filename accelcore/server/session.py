@@ -4,9 +4,12 @@ A session is a connection to ``<runtime>/control`` that said HELLO. The peer's
 pid, uid and gid (``SO_PEERCRED``) become a :class:`~accelcore.task.Task`; the
 memfd arenas the client sends are mapped into the task's address space at the
 client's own addresses, so user pointers in ioctl arguments need no copying.
-Requests arrive here with the descriptors they name; calls that may sleep
-(``IOCTL``, ``READ``) run on the session's worker threads, so a blocked call
-never stops the session from taking a ``SIGNAL`` that interrupts it.
+Requests arrive here with the descriptors they name; the session resolves them
+to the server's files and makes the call through the system-call layer
+(:class:`~accelcore.syscalls.Syscalls`), with the task's descriptor table holding
+those files for the length of the call. Calls that may sleep (as the layer
+answers) run on the session's worker threads, so a blocked call never stops the
+session from taking a ``SIGNAL`` that interrupts it.
 
 When the connection ends (the process exited or was killed) every wait of the
 task is interrupted, its mappings are dropped and the task exits.
@@ -28,16 +31,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..dispatch import lookup
 from ..errors import AccelError, RestartSyscall
-from ..file import AccelFile
 from ..memory import PAGE_SIZE, SharedMemory
+from ..syscalls import Syscalls, fd_offsets, ioctl_may_sleep, read_may_sleep
 from ..sysfs import Uevent as SysUevent
 from ..task import Task
 from ..udmabuf import WRITE_SEALS, MemfdFile
 from ..vfs import Mapping, OpenFile
 from . import protocol as p
-from .fdtable import PLACEHOLDER_BASE, CallFds, ServerFdTable, backing_memory
+from .fdtable import PLACEHOLDER_BASE, TARGET_FD, CallFds, ServerFdTable, backing_memory
 from .wire import close_all, peer_credentials, recv_record, send_record
 
 if TYPE_CHECKING:
@@ -82,6 +84,7 @@ class Session:
         self.server = server
         self.sock = sock
         self.clock = server.machine.clock
+        self.syscalls = Syscalls(server.machine.subsystem)
         self.pid, self.uid, self.gid = peer_credentials(sock)
         self.task: Task | None = None
         self.token = secrets.token_bytes(p.TOKEN_SIZE)
@@ -160,9 +163,7 @@ class Session:
             close_all(fds)
             raise p.ProtocolError(f"{msg.TYPE.name} before HELLO")
         if isinstance(msg, p.Signal):
-            with self.clock.lock:
-                self.task.post_signal()
-                self.clock.notify()
+            self.syscalls.signal(self.task)
         elif isinstance(msg, p.Ioctl | p.Read):
             self._submit(rid, msg, fds)
         elif isinstance(msg, p.AddArena):
@@ -216,7 +217,10 @@ class Session:
         self.server.add_session(self)
         from .. import __version__
 
-        self.send(p.Welcome(self.token, os.getpid(), self.pid, __version__), rid)
+        with self.clock.lock:
+            table = fd_offsets(self.server.machine.subsystem)
+        pairs = tuple((cmd, off) for cmd, offs in sorted(table.items()) for off in offs)
+        self.send(p.Welcome(self.token, os.getpid(), self.pid, __version__, pairs), rid)
 
     def _room(self) -> int:
         """Files this client may still be given (the server's per-client cap)."""
@@ -311,6 +315,12 @@ class Session:
             raise
         return out
 
+    def _target(self, file: OpenFile) -> contextlib.AbstractContextManager[CallFds]:
+        """The task's descriptor table for a request whose one descriptor is its
+        target: that file, under :data:`~accelcore.server.fdtable.TARGET_FD`."""
+        assert self.task is not None and isinstance(self.task.files, ServerFdTable)
+        return self.task.files.call(CallFds(files={TARGET_FD: file}))
+
     def _put(self, files: list[OpenFile]) -> None:
         with self.clock.lock:
             for f in files:
@@ -323,7 +333,7 @@ class Session:
         except Exception as exc:
             self._fail(rid, exc)
             return
-        if _cannot_sleep(msg, files):
+        if not _may_sleep(msg, files):
             # Most ioctls (INFO, submissions, every core ioctl) never sleep: run them
             # here, saving the hand-off to a worker thread and back, which cost more
             # than the call itself. Only declared waits need an interruptible worker.
@@ -343,17 +353,16 @@ class Session:
         ctx = CallFds()
         if isinstance(msg, p.Ioctl):
             ctx.files = dict(zip(msg.fd_numbers, files, strict=True))
+        else:
+            ctx.files = {TARGET_FD: files[0]}
         try:
-            with task.files.call(ctx), self.clock.lock:
+            with task.files.call(ctx):
                 if isinstance(msg, p.Ioctl):
-                    ret = files[0].ioctl(task, msg.cmd, msg.argp)
+                    ret = self.syscalls.ioctl(task, msg.fd_numbers[0], msg.cmd, msg.argp)
                 else:
                     assert isinstance(msg, p.Read)
-                    data = files[0].read(task, msg.size, nonblock=msg.nonblock)
+                    data = self.syscalls.read(task, TARGET_FD, msg.size, nonblock=msg.nonblock)
         except BaseException as exc:
-            if isinstance(exc, RestartSyscall):
-                with self.clock.lock:
-                    task.deliver_signal()
             self._put([f for f, _ in ctx.installed])
             self._fail(rid, exc)
             return
@@ -401,8 +410,10 @@ class Session:
         assert self.task is not None
         (file,) = self._resolve(fds)
         try:
-            with self.clock.lock:
-                mapping = file.mmap(self.task, msg.offset, msg.length, msg.writable)
+            with self.clock.lock, self._target(file):
+                mapping = self.syscalls.mmap(
+                    self.task, TARGET_FD, msg.offset, msg.length, write=msg.writable
+                )
                 try:
                     mem, offset = backing_memory(file, mapping)
                     # A client must not be able to shrink memory the server touches.
@@ -439,15 +450,16 @@ class Session:
         mapping = self._mappings.pop(msg.mapping_id, None)
         if mapping is None:
             raise OSError(errno.EINVAL, f"no mapping {msg.mapping_id}")
-        with self.clock.lock:
-            mapping.unmap()
+        assert self.task is not None
+        self.syscalls.munmap(self.task, mapping)
         self.send(p.Result(), rid)
 
     def _poll(self, rid: int, msg: p.Poll, fds: list[int]) -> None:
         (file,) = self._resolve(fds)
+        assert self.task is not None
         try:
-            with self.clock.lock:
-                mask = file.poll()
+            with self._target(file):
+                mask = self.syscalls.poll(self.task, TARGET_FD)
         finally:
             self._put([file])
         self.send(p.Result(ret=mask), rid)
@@ -530,9 +542,10 @@ def _adopt_memfd(fd: int) -> MemfdFile | None:
     return MemfdFile(memory, flags=flags & os.O_ACCMODE)
 
 
-def _cannot_sleep(msg: p.Message, files: list[OpenFile]) -> bool:
-    """Whether the call is an ioctl on an accel file whose table row declares no wait."""
-    if not isinstance(msg, p.Ioctl) or not files or not isinstance(files[0], AccelFile):
+def _may_sleep(msg: p.Message, files: list[OpenFile]) -> bool:
+    """Whether the call can block, as the system-call layer answers for its file."""
+    if not files:
         return False
-    desc = lookup(files[0].device, msg.cmd)
-    return desc is not None and not desc.waits
+    if isinstance(msg, p.Ioctl):
+        return ioctl_may_sleep(files[0], msg.cmd)
+    return isinstance(msg, p.Read) and read_may_sleep(files[0], nonblock=msg.nonblock)

@@ -125,7 +125,7 @@ struct drm_syncobj_handle {
 	__u32 handle;
 	__u32 flags;
 
-	__s32 fd;
+	__s32 fd;		/* accel:fd - FD_TO_HANDLE reads it, HANDLE_TO_FD writes it */
 	__u32 pad;
 
 	__u64 point;
