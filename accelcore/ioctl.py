@@ -275,5 +275,6 @@ class IoctlTableFile:
         """No checks beyond the handler's own (the file's mode is not modelled)."""
 
     def ioctl_oops(self, where: str, exc: BaseException) -> str:
+        """Record a bug in a handler (here: log it); returns the line describing it."""
         log.error("oops in %s on a %s file", where, self.kind, exc_info=exc)
         return f"{self.kind} file: {exc!r}"

@@ -11,9 +11,8 @@ descriptor to its return. A handler that waits releases it while it sleeps
 (:meth:`~accelcore.clock.Clock.wait_until`), so other calls run meanwhile.
 
 **Descriptor resolution.** Numbers resolve through ``task.files``: the task's own
-:class:`~accelcore.task.FdTable` in process; in the server, a table that holds
-for the length of one call the descriptors the client sent with it
-(:class:`~accelcore.server.fdtable.ServerFdTable`). A number that is not open is
+``FdTable`` in process; in the server, a table that holds for the length of
+one call the descriptors the client sent with it (``ServerFdTable``). A number that is not open is
 ``EBADF``. Which argument fields carry descriptors is declared in the uAPI
 header (``accel:fd``), so a transport whose descriptors live in another process
 knows what to send with no per-driver code (:func:`fd_offsets`).
@@ -138,7 +137,7 @@ class Syscalls:
 
     def read(self, task: Task, fd: int, size: int, *, nonblock: bool = False) -> bytes:
         """``read(2)``: events from an accel file, interruptible and restartable as
-        :meth:`ioctl`.
+        :meth:`Syscalls.ioctl`.
 
         Raises:
             TryAgain: nothing to read and ``nonblock``.
@@ -168,7 +167,7 @@ class Syscalls:
     # -- memory and readiness ----------------------------------------------------------
     def mmap(self, task: Task, fd: int, offset: int, length: int, *, write: bool) -> Mapping:
         """``mmap(2)`` of ``length`` bytes at ``offset`` of the file; the mapping is
-        the task's until :meth:`munmap` or exit.
+        the task's until :meth:`Syscalls.munmap` or exit.
 
         Raises:
             InvalidArgument: ``length`` is not positive, or the file refuses the range.
