@@ -374,24 +374,31 @@ class Uapi:
 
 
 def _fd_marks(region: str) -> dict[tuple[str, str], bool]:
-    """The ``accel:fd`` / ``accel:fd-out`` comments of a cffi region, by (type, field)."""
+    """The ``accel:fd`` / ``accel:fd-out`` comments of a cffi region, by (type, field).
+
+    A comment marks the field it follows on the same line (``__s32 fd; /* accel:fd */``)
+    or, on lines of its own, the field declared after it.
+    """
     marks: dict[tuple[str, str], bool] = {}
     for m in _AGGREGATE.finditer(region):
         owner = f"{m.group(1)} {m.group(2)}"
-        depth = 1
-        pos = m.end()
-        while depth and pos < len(region):
-            end = region.find("\n", pos)
-            end = len(region) if end < 0 else end
-            line = region[pos:end]
-            code = _COMMENT.sub("", line)
-            mark = _FD_MARK.search(line)
-            if mark is not None and depth == 1:
-                name = _FIELD_NAME.search(code)
-                if name is not None:
-                    marks[(owner, name.group(1))] = mark.group(1) is None
-            depth += code.count("{") - code.count("}")
-            pos = end + 1
+        depth, end = 1, m.end()
+        while depth and end < len(region):
+            depth += {"{": 1, "}": -1}.get(region[end], 0)
+            end += 1
+        parts = region[m.end() : end - 1].split(";")
+        for k, decl in enumerate(parts[:-1]):
+            if "{" in decl:
+                continue  # a nested definition: its own aggregate match reads it
+            if k and "\n" in decl:
+                own = lead = decl.split("\n", 1)[1]
+            else:  # on the line where the previous field ended: its comments are that field's
+                own, lead = decl, decl if not k else ""
+            trailing = parts[k + 1].split("\n", 1)[0]
+            mark = _FD_MARK.search(trailing) or _FD_MARK.search(lead)
+            name = _FIELD_NAME.search(_COMMENT.sub("", own) + ";")
+            if mark is not None and name is not None:
+                marks[(owner, name.group(1))] = mark.group(1) is None
     return marks
 
 
