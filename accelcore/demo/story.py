@@ -10,10 +10,10 @@ in a temporary runtime directory. Then, step by step (:data:`STORY`):
    owner of accel0 and copies A and B host→DRAM;
 3. a second process, ``accelctl info accel0 --json``, reads INFO while it runs;
 4. the workload runs the GEMM and copies C back; it checks C against numpy;
-5. a dma-buf of habana DRAM (accel1) is imported by a kfd GPU (accel2), which
-   runs a vector add on it; habana reads the result back — *in this process*,
-   as two programs of the served machine (the kfd thunk needs the driver's GPU
-   table, which only the machine's own process has);
+5. a dma-buf of habana DRAM (accel1) is exported by one process and passed to
+   another, which imports it on a kfd GPU (accel2: ``ACQUIRE_VM`` and
+   ``IMPORT_DMABUF`` take descriptors) and runs a vector add on it; habana reads
+   the result back;
 6. a process hangs accel0 (a FENCE on a sync object nobody signals); the CS
    timeout hard-resets it, the CS queued behind is ABORTED, a uevent says so;
 7. a new process becomes owner and computes;
@@ -35,16 +35,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..cli.records import UeventRecord
 from ..cli.schema import SCHEMAS, validate
 from ..cli.server_source import ServerSource
 from ..machine import Machine
 from ..server import Server
 from ..server.daemon import control_request, load_machine, server_status
-from ..userspace import Process
 from .quick import Check, DemoReport, Progress, Step, StepResult, World, run_steps
+from .workload import GPU_VA, SHARE_BYTES
 
 __all__ = ["STORY", "STORY_MACHINE", "StoryRun", "run_story"]
 
@@ -63,8 +61,6 @@ STORY_MACHINE: dict[str, Any] = {
 }
 #: How long the demo waits for a child's next report, or for the server to notice.
 CHILD_TIMEOUT = 20.0
-SHARE_BYTES = 64 * 1024
-GPU_VA = 0x70_0000_0000
 GEMM_SIZE = 64
 
 
@@ -300,90 +296,56 @@ def step_gemm(run: StoryRun) -> StepResult:
     )
 
 
-def _gpu_of(kfd: Any, name: str) -> int:
-    for gid, gpu in kfd.drv.gpus.items():
+def _gpu_of(m: Machine, name: str) -> tuple[int, str]:
+    """The kfd ``gpu_id`` of accel device ``name``, and its node."""
+    for gid, gpu in m.subsystem.drivers["kfd_like"].gpus.items():  # type: ignore[attr-defined]
         if gpu.dev.name == name:
-            return int(gid)
+            return int(gid), str(gpu.dev.node_path)
     raise KeyError(name)
 
 
 def step_share(run: StoryRun) -> StepResult:
-    from drivers.habana_like import HLK
-    from drivers.habana_like.packets import encode_lin_dma
-    from drivers.habana_like.userlib import HlkClient
-    from drivers.kfd_like import KFD_UAPI as U
-    from drivers.kfd_like.thunk import Kfd
-
-    n = SHARE_BYTES // 16  # float32 elements per operand: a, b, c fill 3/4 of the buffer
-    a = np.arange(n, dtype=np.float32)
-    b = np.full(n, 0.5, dtype=np.float32)
-    exp = Process(run.m.subsystem, comm="hlk-exporter")
-    imp = Process(run.m.subsystem, comm="kfd-importer")
-    try:
-        hl = HlkClient(exp, exp.open("/dev/accel/accel1"))
-        host = exp.alloc(SHARE_BYTES)
-        host.view[: 2 * a.nbytes] = a.tobytes() + b.tobytes()
-        hva = hl.map_host(host.addr, SHARE_BYTES)
-        dva = hl.map_device(hl.mem_alloc(SHARE_BYTES))
-        cb = hl.cb_with(encode_lin_dma(hva, dva, 2 * a.nbytes, HLK.HLK_DMA_HOST_TO_DRAM))
-        hl.wait(hl.submit([(cb, HLK.HLK_QUEUE_ID_DMA_0)]))
-        fd = hl.export(dva, SHARE_BYTES)
-        received = exp.send_fd(fd, imp)
-        exp.close(fd)
-        kfd = Kfd(run.m, imp)
-        kfd.acquire_all()
-        gid = _gpu_of(kfd, "accel2")
-        handle = kfd.ioctl(
-            "DRM_IOCTL_KFD_IMPORT_DMABUF", va_addr=GPU_VA, gpu_id=gid, dmabuf_fd=received
-        ).handle
-        kfd.map(kfd.map_args(handle, [gid]))
-        bufs = run.source.dmabufs()
-        queue, event = kfd.create_queue(gid), kfd.create_event()
-        stride = a.nbytes
-        queue.submit(
-            U.KFD_LIKE_KERNEL_VECTOR_ADD,
-            [GPU_VA, GPU_VA + stride, GPU_VA + 2 * stride, n],
-            event=event,
-        )
-        waited = kfd.wait([event], timeout_ms=10_000)
-        out = hl.cb_with(
-            encode_lin_dma(dva + 2 * stride, hva + 2 * stride, stride, HLK.HLK_DMA_DRAM_TO_HOST)
-        )
-        hl.wait(hl.submit([(out, HLK.HLK_QUEUE_ID_DMA_1)]))
-        c = np.frombuffer(bytes(host.view[2 * stride : 3 * stride]), np.float32)
-        kfd.map(kfd.map_args(handle, [gid], unmap=True), unmap=True)
-        kfd.ioctl("DRM_IOCTL_KFD_FREE_MEMORY_OF_GPU", handle=handle)
-        kfd.close()
-        hl.unmap(hva)
-        exp.free(host)
-    finally:
-        imp.exit()
-        exp.exit()
+    gid, node = _gpu_of(run.m, "accel2")
+    child = run.spawn("share", "--device", "/dev/accel/accel1", "--gpu", f"{gid}:{node}")
+    run.note(f"exporter pid {child.pid} copies a, b into accel1 DRAM and forks an importer")
+    computed = child.expect("COMPUTED")
+    shared = child.expect("SHARED")
+    bufs = run.source.dmabufs()
+    child.send("go")
+    result = child.expect("RESULT")
+    code = child.finish()
     gone = run.wait_for(lambda: not run.source.dmabufs())
-    shared = bufs[0] if len(bufs) == 1 else None
+    buf = bufs[0] if len(bufs) == 1 else None
     return StepResult(
         [
-            f"in this process (pid {os.getpid()}), as two programs of the served machine "
-            f"(task pids {exp.pid}, {imp.pid}): habana accel1 exported "
-            f"{SHARE_BYTES // 1024} KiB of DRAM with MEMORY EXPORT_DMABUF_FD; kfd accel2 "
-            f"imported it (IMPORT_DMABUF) at {GPU_VA:#x}",
-            f"accel2 ran VECTOR_ADD c = a + b on it ({n} f32); accel1 DMA'd c back to the host",
+            f"exporter pid {shared['exporter']}: habana accel1 exported "
+            f"{SHARE_BYTES // 1024} KiB of DRAM with MEMORY EXPORT_DMABUF_FD and passed the fd "
+            f"to importer pid {shared['importer']} (SCM_RIGHTS)",
+            f"importer: ACQUIRE_VM on kfd accel2 (gpu {gid}), IMPORT_DMABUF by fd at "
+            f"{GPU_VA:#x}, VECTOR_ADD c = a + b ({computed['n']} f32); accel1 DMA'd c back",
             "bufinfo: "
             + (
-                f"exporter {shared.exporter}, attached {shared.attachments}"
-                if shared
+                f"exporter {buf.exporter}, attached {buf.attachments}"
+                if buf
                 else f"{len(bufs)} buffers"
             ),
         ],
         [
             _check(
                 "bufinfo: exported by accel1, attached to accel2",
-                shared is not None
-                and shared.exporter == "accel1"
-                and shared.attachments == ["accel2"],
+                buf is not None and buf.exporter == "accel1" and buf.attachments == ["accel2"],
             ),
-            _check("GPU kernel completed", waited == U.KFD_IOC_WAIT_RESULT_COMPLETE, str(waited)),
-            _check("habana reads the GPU's a + b", bool(np.array_equal(c, a + b))),
+            _check(
+                "GPU kernel completed",
+                computed["complete"],
+                str(computed["waited"]),
+            ),
+            _check("habana reads the GPU's a + b", result["ok"]),
+            _check(
+                "both processes exited 0",
+                code == 0 and result["importer_exit"] == 0,
+                f"{code}, {result['importer_exit']}",
+            ),
             _check("the dma-buf is freed after both let go", gone),
         ],
     )

@@ -13,6 +13,14 @@ It reports to the demo in lines ``WORD {json}`` on stdout:
   a second CS queued behind it on the same engine, say ``SUBMITTED``, and wait
   for both: the driver's CS timeout hard-resets the device, so the second one's
   waiter sees ``ABORTED`` (``EIO``) and the first ``TIMEDOUT``; say ``WAITED``.
+* ``share`` — two processes share a dma-buf: this one (the exporter) copies a and
+  b into habana DRAM (``--device``) and exports it (``EXPORT_DMABUF_FD``); it
+  forks an importer and passes it the descriptor over a Unix socket
+  (``SCM_RIGHTS``). The importer acquires a VM on the kfd GPU (``--gpu
+  ID:NODE``: ``ACQUIRE_VM`` takes the GPU's accel fd), imports the dma-buf by fd
+  (``IMPORT_DMABUF``), runs VECTOR_ADD c = a + b on it and says ``COMPUTED``;
+  the exporter says ``SHARED`` and waits for a line on stdin (the demo looks at
+  bufinfo meanwhile), copies c back, and says ``RESULT``.
 
 Exit status 0 when the program ran to its end (the demo checks the results).
 """
@@ -22,19 +30,25 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..server import connect
+from ..server import connect, recv_fds, send_fds
 from ..server.client import ClientProcess
 
-__all__ = ["main", "run_gemm", "run_hang"]
+__all__ = ["main", "run_gemm", "run_hang", "run_share"]
 
 HOST_BYTES = 1 << 18
 B_OFF, C_OFF = 0x10000, 0x20000
+#: The shared buffer (a, b and c of VECTOR_ADD fill three quarters of it), and
+#: where the kfd GPU maps it.
+SHARE_BYTES = 64 * 1024
+GPU_VA = 0x70_0000_0000
 
 
 def say(word: str, data: dict[str, Any]) -> None:
@@ -137,19 +151,107 @@ def run_hang(proc: ClientProcess, device: str) -> None:
     say("WAITED", {"queued": queued, "hung": hung})
 
 
+def _import_and_add(proc: ClientProcess, sock: socket.socket, gid: int, node: str) -> int:
+    """The importer (a forked process): VECTOR_ADD on the received dma-buf."""
+    from drivers.kfd_like import KFD_UAPI as U
+    from drivers.kfd_like.thunk import Kfd
+
+    _, (fd,) = recv_fds(sock, 1)
+    kfd = Kfd(None, proc, {gid: node})
+    kfd.acquire_all()  # ACQUIRE_VM: the GPU's accel fd goes to the server with the call
+    handle = kfd.ioctl(
+        "DRM_IOCTL_KFD_IMPORT_DMABUF", va_addr=GPU_VA, gpu_id=gid, dmabuf_fd=fd
+    ).handle
+    proc.close(fd)  # the import holds the buffer now
+    kfd.map(kfd.map_args(handle, [gid]))
+    n = SHARE_BYTES // 16
+    stride = n * 4
+    queue, event = kfd.create_queue(gid), kfd.create_event()
+    queue.submit(
+        U.KFD_LIKE_KERNEL_VECTOR_ADD, [GPU_VA, GPU_VA + stride, GPU_VA + 2 * stride, n], event=event
+    )
+    waited = kfd.wait([event], timeout_ms=10_000)
+    complete = waited == U.KFD_IOC_WAIT_RESULT_COMPLETE
+    say("COMPUTED", {"pid": os.getpid(), "waited": waited, "complete": complete, "n": n})
+    sock.sendall(b"c")
+    sock.recv(1)  # the exporter has read c back
+    kfd.map(kfd.map_args(handle, [gid], unmap=True), unmap=True)
+    kfd.ioctl("DRM_IOCTL_KFD_FREE_MEMORY_OF_GPU", handle=handle)
+    kfd.close()
+    return 0 if complete else 1
+
+
+def run_share(proc: ClientProcess, device: str, gpu: str) -> None:
+    """A dma-buf of habana DRAM used by a kfd GPU in another process (see the module doc)."""
+    from drivers.habana_like import HLK
+    from drivers.habana_like.packets import encode_lin_dma
+
+    gid_text, _, node = gpu.partition(":")
+    n = SHARE_BYTES // 16  # float32 elements per operand
+    a = np.arange(n, dtype=np.float32)
+    b = np.full(n, 0.5, dtype=np.float32)
+    hl = _client(proc, device)
+    host = proc.alloc(SHARE_BYTES)
+    host.view[: 2 * a.nbytes] = a.tobytes() + b.tobytes()
+    hva = hl.map_host(host.addr, SHARE_BYTES)
+    dva = hl.map_device(hl.mem_alloc(SHARE_BYTES))
+    cb = hl.cb_with(encode_lin_dma(hva, dva, 2 * a.nbytes, HLK.HLK_DMA_HOST_TO_DRAM))
+    hl.wait(hl.submit([(cb, HLK.HLK_QUEUE_ID_DMA_0)]))
+    fd = hl.export(dva, SHARE_BYTES)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:  # the importer: a new session of the server (ClientProcess reconnects)
+        ours.close()
+        code = 1
+        try:
+            code = _import_and_add(proc, theirs, int(gid_text), node)
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    theirs.close()
+    send_fds(ours, [fd])
+    proc.close(fd)  # only the importer holds it now
+    computed = ours.recv(1) == b"c"
+    say("SHARED", {"exporter": os.getpid(), "importer": pid, "bytes": SHARE_BYTES})
+    sys.stdin.readline()
+    stride = a.nbytes
+    out = hl.cb_with(
+        encode_lin_dma(dva + 2 * stride, hva + 2 * stride, stride, HLK.HLK_DMA_DRAM_TO_HOST)
+    )
+    hl.wait(hl.submit([(out, HLK.HLK_QUEUE_ID_DMA_1)]))
+    c = np.frombuffer(bytes(host.view[2 * stride : 3 * stride]), np.float32)
+    ours.sendall(b"d")
+    _, status = os.waitpid(pid, 0)
+    ours.close()
+    hl.unmap(hva)
+    proc.free(host)
+    say(
+        "RESULT",
+        {
+            "computed": computed,
+            "importer_exit": os.waitstatus_to_exitcode(status),
+            "ok": bool(np.array_equal(c, a + b)),
+        },
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one workload; 0 when it ran to the end."""
     ap = argparse.ArgumentParser(prog="python -m accelcore.demo.workload")
-    ap.add_argument("mode", choices=["gemm", "hang"])
+    ap.add_argument("mode", choices=["gemm", "hang", "share"])
     ap.add_argument("--runtime-dir", required=True)
     ap.add_argument("--device", default="/dev/accel/accel0")
     ap.add_argument("--size", type=int, default=64, help="GEMM dimension (m = n = k)")
     ap.add_argument("--pause", action="store_true", help="gemm: wait for stdin after OWNER")
+    ap.add_argument("--gpu", default="", help="share: the kfd GPU, as GPU_ID:ACCEL_NODE")
     opts = ap.parse_args(argv)
     proc = connect(opts.runtime_dir)
     try:
         if opts.mode == "gemm":
             run_gemm(proc, opts.device, opts.size, opts.pause)
+        elif opts.mode == "share":
+            run_share(proc, opts.device, opts.gpu)
         else:
             run_hang(proc, opts.device)
     finally:

@@ -8,6 +8,7 @@ dispatch packets by writing the ring and ringing the doorbell (no ioctl).
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping as MappingOf
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,14 +74,35 @@ class Queue:
 
 
 class Kfd:
-    """A user program using /dev/kfd (what libhsakmt does, minimally)."""
+    """A user program using /dev/kfd (what libhsakmt does, minimally).
 
-    def __init__(self, m: Machine, proc: Process | None = None) -> None:
+    Args:
+        m: The machine, when the program runs in its interpreter: the GPUs are
+            the driver's. ``None`` for a program in another process (a client of
+            the devfs server), which names its GPUs with ``gpus``.
+        proc: The process (default: a new in-process :class:`~accelcore.Process`);
+            a :class:`~accelcore.server.client.ClientProcess` works the same.
+        gpus: ``gpu_id`` → the GPU's accel node, instead of asking the driver.
+    """
+
+    def __init__(
+        self, m: Machine | None, proc: Any = None, gpus: MappingOf[int, str] | None = None
+    ) -> None:
         self.m = m
-        self.p = proc if proc is not None else Process(m.subsystem)
-        self.drv = driver_of(m)
+        if m is not None:
+            self.drv = driver_of(m)
+        if gpus is None:
+            if m is None:
+                raise ValueError("Kfd needs the machine or the GPUs' nodes")
+            gpus = {gid: gpu.dev.node_path for gid, gpu in self.drv.gpus.items()}
+        if proc is None:
+            if m is None:
+                raise ValueError("Kfd needs a process when it has no machine")
+            proc = Process(m.subsystem)
+        self.p: Process = proc
         self.fd = self._open_kfd()
-        self.gpu_ids = list(self.drv.gpus)
+        self.nodes: dict[int, str] = dict(gpus)
+        self.gpu_ids = list(self.nodes)
         self.accel_fds: dict[int, int] = {}
         self.mappings: list[Mapping] = []
         self.buffers: list[UserBuffer] = []
@@ -103,7 +125,7 @@ class Kfd:
 
     def acquire_all(self) -> None:
         for gid in self.gpu_ids:
-            afd = self.p.open(self.drv.gpus[gid].dev.node_path)
+            afd = self.p.open(self.nodes[gid])
             self.accel_fds[gid] = afd
             self.ioctl("DRM_IOCTL_KFD_ACQUIRE_VM", drm_fd=afd, gpu_id=gid)
 
