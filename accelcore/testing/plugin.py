@@ -5,6 +5,9 @@ Fixtures:
     accel_subsystem: a fresh :class:`~accelcore.subsystem.Subsystem` in virtual time.
     accel_leak_check: snapshots :meth:`Subsystem.accounting` and fails the test if
         anything is still alive, or an oops happened, when it ends.
+    accel_process_factory: a :class:`~accelcore.testing.transports.ProcessFactory`;
+        the test runs once per transport (ids ``inproc`` and ``server``), and
+        ``factory(machine)`` gives a user process of the machine over it.
     accel_driver: the driver class under test (``--accel-driver``).
     accel_conformance: a :class:`~accelcore.testing.conformance.session.Conformance`
         session; after the test body every process exits and any leaked resource
@@ -32,6 +35,7 @@ from ..clock import VirtualClock
 from ..driver import AccelDriver
 from ..machine import installed_drivers, load_driver
 from ..subsystem import Subsystem
+from .transports import TRANSPORTS, ProcessFactory
 
 _SUMMARY = pytest.StashKey[list[str]]()
 
@@ -50,6 +54,14 @@ def accel_leak_check(accel_subsystem: Subsystem) -> Iterator[Subsystem]:
     after = accel_subsystem.accounting()
     leaked = {k: (before[k], after[k]) for k in before if after[k] != before[k]}
     assert not leaked, f"resources leaked (before, after): {leaked}"
+
+
+@pytest.fixture(params=TRANSPORTS)
+def accel_process_factory(request: pytest.FixtureRequest) -> Iterator[ProcessFactory]:
+    """User processes in process, then through a devfs server (one run each)."""
+    factory = ProcessFactory(request.param)
+    yield factory
+    factory.close()
 
 
 # -- the conformance suite --------------------------------------------------------

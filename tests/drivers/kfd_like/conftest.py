@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from accelcore.machine import Machine
+from accelcore.testing.transports import ProcessFactory
 from drivers.kfd_like.thunk import Kfd, driver_of, make_machine
 
 
@@ -18,6 +19,14 @@ def machine2() -> Machine:
 @pytest.fixture
 def kfd(machine2: Machine) -> Iterator[Kfd]:
     k = Kfd(machine2)
+    k.acquire_all()
+    yield k
+
+
+@pytest.fixture
+def kfd_both(machine2: Machine, accel_process_factory: ProcessFactory) -> Iterator[Kfd]:
+    """:func:`kfd` once in process and once as a client of a devfs server."""
+    k = Kfd(machine2, accel_process_factory(machine2))
     k.acquire_all()
     yield k
 

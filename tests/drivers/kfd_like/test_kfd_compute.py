@@ -47,19 +47,19 @@ def test_vector_add_on_every_gpu(leak_check):
     check()
 
 
-def test_gemm_and_memset_with_completion_signal(kfd: Kfd):
-    gid = kfd.gpu_ids[1]
+def test_gemm_and_memset_with_completion_signal(kfd_both: Kfd):
+    gid = kfd_both.gpu_ids[1]
     m_, n_, k_ = 8, 4, 16
     A = np.arange(m_ * k_, dtype=np.float32).reshape(m_, k_)
     B = np.ones((k_, n_), np.float32) / 2
-    buf = kfd.alloc(gid, 4 * 4096, VA_IN, GTT)
-    kfd.map(kfd.map_args(buf.handle, [gid]))
-    cpu = kfd.cpu_map(gid, buf, 4 * 4096)
+    buf = kfd_both.alloc(gid, 4 * 4096, VA_IN, GTT)
+    kfd_both.map(kfd_both.map_args(buf.handle, [gid]))
+    cpu = kfd_both.cpu_map(gid, buf, 4 * 4096)
     cpu[: A.nbytes] = A.tobytes()
     cpu[4096 : 4096 + B.nbytes] = B.tobytes()
     cpu[3 * 4096 : 3 * 4096 + 8] = (2).to_bytes(8, "little")
-    q = kfd.create_queue(gid)
-    ev = kfd.create_event()
+    q = kfd_both.create_queue(gid)
+    ev = kfd_both.create_event()
     sig = VA_IN + 3 * 4096
     q.submit(
         U.KFD_LIKE_KERNEL_GEMM,
@@ -69,7 +69,7 @@ def test_gemm_and_memset_with_completion_signal(kfd: Kfd):
     q.submit(
         U.KFD_LIKE_KERNEL_MEMSET, [VA_IN + 3 * 4096 + 64, 16, 0xDEADBEEF], event=ev, signal=sig
     )
-    assert kfd.wait([ev]) == U.KFD_IOC_WAIT_RESULT_COMPLETE
+    assert kfd_both.wait([ev]) == U.KFD_IOC_WAIT_RESULT_COMPLETE
     C = np.frombuffer(cpu[2 * 4096 : 2 * 4096 + m_ * n_ * 4], np.float32).reshape(m_, n_)
     np.testing.assert_allclose(C, A @ B)
     words = np.frombuffer(cpu[3 * 4096 + 64 : 3 * 4096 + 128], np.uint32)

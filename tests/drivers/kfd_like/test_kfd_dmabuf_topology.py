@@ -73,15 +73,15 @@ def test_export_vram_to_vaccel_which_fills_it(leak_check):
     check()
 
 
-def test_reimporting_own_export_shares_the_memory(kfd):
-    g0, g1 = kfd.gpu_ids
-    a = kfd.alloc(g0, SIZE, VA, VRAM)
-    exp = kfd.ioctl("DRM_IOCTL_KFD_EXPORT_DMABUF", handle=a.handle, flags=CORE.DRM_CLOEXEC)
-    imp = kfd.ioctl(
+def test_reimporting_own_export_shares_the_memory(kfd_both):
+    g0, g1 = kfd_both.gpu_ids
+    a = kfd_both.alloc(g0, SIZE, VA, VRAM)
+    exp = kfd_both.ioctl("DRM_IOCTL_KFD_EXPORT_DMABUF", handle=a.handle, flags=CORE.DRM_CLOEXEC)
+    imp = kfd_both.ioctl(
         "DRM_IOCTL_KFD_IMPORT_DMABUF", va_addr=VA + SIZE, gpu_id=g1, dmabuf_fd=exp.dmabuf_fd
     )
-    kfd.cpu_map(g0, a, SIZE)[:4] = b"abcd"
-    mem = kfd.drv.processes[kfd.p.pid].lookup_mem(imp.handle)
+    kfd_both.cpu_map(g0, a, SIZE)[:4] = b"abcd"
+    mem = kfd_both.drv.processes[kfd_both.p.pid].lookup_mem(imp.handle)
     assert mem is not None and bytes(mem.view()[:4]) == b"abcd"
 
 
@@ -114,10 +114,10 @@ def test_dev_kfd_is_a_world_accessible_misc_node(machine2):
     assert node.mode == 0o666 and node.kind == "misc"
 
 
-def test_get_version_and_apertures(kfd):
-    v = kfd.ioctl("DRM_IOCTL_KFD_GET_VERSION")
+def test_get_version_and_apertures(kfd_both):
+    v = kfd_both.ioctl("DRM_IOCTL_KFD_GET_VERSION")
     assert (v.major_version, v.minor_version) == (1, 12)
-    n = kfd.ioctl("DRM_IOCTL_KFD_GET_PROCESS_APERTURES_NEW", num_of_nodes=0)
+    n = kfd_both.ioctl("DRM_IOCTL_KFD_GET_PROCESS_APERTURES_NEW", num_of_nodes=0)
     assert n.num_of_nodes == 2
-    old = kfd.ioctl("DRM_IOCTL_KFD_GET_PROCESS_APERTURES")
-    assert [old.process_apertures[i].gpu_id for i in range(2)] == kfd.gpu_ids
+    old = kfd_both.ioctl("DRM_IOCTL_KFD_GET_PROCESS_APERTURES")
+    assert [old.process_apertures[i].gpu_id for i in range(2)] == kfd_both.gpu_ids

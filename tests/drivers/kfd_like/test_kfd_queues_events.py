@@ -20,13 +20,13 @@ def setup_buffer(k: Kfd, gid: int):
     return k.cpu_map(gid, a, 4096)
 
 
-def test_doorbell_write_runs_packets_without_ioctl(kfd):
-    gid = kfd.gpu_ids[0]
-    cpu = setup_buffer(kfd, gid)
-    q = kfd.create_queue(gid)
+def test_doorbell_write_runs_packets_without_ioctl(kfd_both):
+    gid = kfd_both.gpu_ids[0]
+    cpu = setup_buffer(kfd_both, gid)
+    q = kfd_both.create_queue(gid)
     for i in range(3):
         q.submit(MEMSET, [VA + 64 * i, 16, i + 1])
-    kfd.m.clock.advance(1_000_000)
+    kfd_both.m.clock.advance(1_000_000)
     assert q.read_index == 3
     assert [int.from_bytes(cpu[64 * i : 64 * i + 4], "little") for i in range(3)] == [1, 2, 3]
 
@@ -83,37 +83,37 @@ def test_vm_fault_stops_queue_and_signals_memory_event(kfd):
     assert q.read_index == 0
 
 
-def test_set_event_completes_a_wait(kfd):
-    ev = kfd.create_event()
-    kfd.ioctl("DRM_IOCTL_KFD_SET_EVENT", event_id=ev)
-    assert kfd.wait([ev], timeout_ms=0) == U.KFD_IOC_WAIT_RESULT_COMPLETE
+def test_set_event_completes_a_wait(kfd_both):
+    ev = kfd_both.create_event()
+    kfd_both.ioctl("DRM_IOCTL_KFD_SET_EVENT", event_id=ev)
+    assert kfd_both.wait([ev], timeout_ms=0) == U.KFD_IOC_WAIT_RESULT_COMPLETE
 
 
-def test_auto_reset_event_is_consumed_by_a_wait(kfd):
-    ev = kfd.create_event(auto_reset=1)
-    kfd.ioctl("DRM_IOCTL_KFD_SET_EVENT", event_id=ev)
-    kfd.wait([ev], timeout_ms=0)
-    assert kfd.wait([ev], timeout_ms=0) == U.KFD_IOC_WAIT_RESULT_TIMEOUT
+def test_auto_reset_event_is_consumed_by_a_wait(kfd_both):
+    ev = kfd_both.create_event(auto_reset=1)
+    kfd_both.ioctl("DRM_IOCTL_KFD_SET_EVENT", event_id=ev)
+    kfd_both.wait([ev], timeout_ms=0)
+    assert kfd_both.wait([ev], timeout_ms=0) == U.KFD_IOC_WAIT_RESULT_TIMEOUT
 
 
-def test_reset_event_clears_it(kfd):
-    ev = kfd.create_event(auto_reset=0)
-    kfd.ioctl("DRM_IOCTL_KFD_SET_EVENT", event_id=ev)
-    kfd.ioctl("DRM_IOCTL_KFD_RESET_EVENT", event_id=ev)
-    assert kfd.wait([ev], timeout_ms=0) == U.KFD_IOC_WAIT_RESULT_TIMEOUT
+def test_reset_event_clears_it(kfd_both):
+    ev = kfd_both.create_event(auto_reset=0)
+    kfd_both.ioctl("DRM_IOCTL_KFD_SET_EVENT", event_id=ev)
+    kfd_both.ioctl("DRM_IOCTL_KFD_RESET_EVENT", event_id=ev)
+    assert kfd_both.wait([ev], timeout_ms=0) == U.KFD_IOC_WAIT_RESULT_TIMEOUT
 
 
-def test_wait_times_out_in_virtual_time(kfd):
-    ev = kfd.create_event()
-    start = kfd.m.clock.now()
-    assert kfd.wait([ev], timeout_ms=5) == U.KFD_IOC_WAIT_RESULT_TIMEOUT
-    assert kfd.m.clock.now() - start == 5_000_000
+def test_wait_times_out_in_virtual_time(kfd_both):
+    ev = kfd_both.create_event()
+    start = kfd_both.m.clock.now()
+    assert kfd_both.wait([ev], timeout_ms=5) == U.KFD_IOC_WAIT_RESULT_TIMEOUT
+    assert kfd_both.m.clock.now() - start == 5_000_000
 
 
-def test_wait_any_completes_on_one_event(kfd):
-    a, b = kfd.create_event(), kfd.create_event()
-    kfd.ioctl("DRM_IOCTL_KFD_SET_EVENT", event_id=b)
-    assert kfd.wait([a, b], timeout_ms=0, wait_all=0) == U.KFD_IOC_WAIT_RESULT_COMPLETE
+def test_wait_any_completes_on_one_event(kfd_both):
+    a, b = kfd_both.create_event(), kfd_both.create_event()
+    kfd_both.ioctl("DRM_IOCTL_KFD_SET_EVENT", event_id=b)
+    assert kfd_both.wait([a, b], timeout_ms=0, wait_all=0) == U.KFD_IOC_WAIT_RESULT_COMPLETE
 
 
 def test_interrupted_wait_returns_eintr_with_remaining_timeout(kfd):
