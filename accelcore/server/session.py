@@ -31,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AccelError, RestartSyscall
+from ..errors import AccelError
 from ..memory import PAGE_SIZE, SharedMemory
 from ..syscalls import Syscalls, fd_offsets, ioctl_may_sleep, read_may_sleep
 from ..sysfs import Uevent as SysUevent
@@ -108,9 +108,9 @@ class Session:
             log.debug("pid %d: reply %s not sent: %s", self.pid, message.TYPE.name, exc)
 
     def _fail(self, rid: int, exc: BaseException) -> None:
-        if isinstance(exc, RestartSyscall):
-            self.send(p.Result(errno=errno.EINTR, message=str(exc.strerror)), rid)
-        elif isinstance(exc, OSError):
+        # (An interrupted call reaches here as EINTR: the system-call layer
+        # turns RestartSyscall into Interrupted or restarts the call.)
+        if isinstance(exc, OSError):
             code = exc.errno if exc.errno and 0 < exc.errno < 4096 else errno.EIO
             self.send(p.Result(errno=code, message=str(exc.strerror or exc)), rid)
         else:
