@@ -9,7 +9,10 @@ buffer. Every buffer carries a :class:`~accelcore.fence.ReservationObject`.
 
 User-space ABI on the dma-buf fd: ``DMA_BUF_IOCTL_SYNC`` (begin/end CPU access),
 ``DMA_BUF_SET_NAME``, ``DMA_BUF_IOCTL_EXPORT_SYNC_FILE`` and ``…IMPORT_SYNC_FILE``,
-``mmap`` and ``poll``. :class:`DmaBufRegistry` lists every live buffer, like
+``mmap`` and ``poll``. The ioctls run from a table (``DmaBuf.IOCTLS``) through
+:func:`accelcore.ioctl.run_ioctl`, as every ioctl does: copy-in and copy-out by
+the number's size and direction, and a bug in an exporter's op is an oops
+(``EIO``), not a crash. :class:`DmaBufRegistry` lists every live buffer, like
 debugfs ``dma_buf/bufinfo``.
 """
 
