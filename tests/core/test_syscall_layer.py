@@ -4,6 +4,7 @@ uAPI headers, and whether a call may sleep — for every kind of file."""
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 
@@ -30,7 +31,7 @@ class Probe(OpenFile):
     kind = "probe"
 
     def __init__(self, sub: Subsystem) -> None:
-        super().__init__()
+        super().__init__(flags=os.O_RDWR)
         self.sub = sub
         self.held: dict[str, bool] = {}
 

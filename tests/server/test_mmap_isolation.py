@@ -20,11 +20,10 @@ from accelcore import CORE
 from accelcore.machine import Machine
 from accelcore.server import Server, connect
 from accelcore.server import protocol as p
-from accelcore.server.client import ClientProcess, register_fd_field
+from accelcore.server.client import ClientProcess
 from accelcore.server.daemon import load_machine
 from accelcore.testing.vaccel import VACCEL_UAPI as V
 from accelcore.udmabuf import F_SEAL_FUTURE_WRITE
-from drivers.kfd_like import KFD_UAPI as U
 from drivers.kfd_like.thunk import Kfd, driver_of
 
 PAGE = 4096
@@ -38,10 +37,8 @@ KFD_MACHINE = {
 }
 
 
-# ACQUIRE_VM's drm_fd is a descriptor: the client must send it with the call.
-register_fd_field(
-    U.DRM_IOCTL_KFD_ACQUIRE_VM, U.ffi.offsetof("struct kfd_ioctl_acquire_vm_args", "drm_fd")
-)
+# ACQUIRE_VM's drm_fd is a descriptor: kfd_like.h marks it accel:fd, so the client
+# sends it with the call.
 
 
 @pytest.fixture
