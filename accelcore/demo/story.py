@@ -308,8 +308,8 @@ def step_share(run: StoryRun) -> StepResult:
     gid, node = _gpu_of(run.m, "accel2")
     child = run.spawn("share", "--device", "/dev/accel/accel1", "--gpu", f"{gid}:{node}")
     run.note(f"exporter pid {child.pid} copies a, b into accel1 DRAM and forks an importer")
-    computed = child.expect("COMPUTED")
     shared = child.expect("SHARED")
+    computed = shared["computed"]
     bufs = run.source.dmabufs()
     child.send("go")
     result = child.expect("RESULT")
@@ -322,7 +322,7 @@ def step_share(run: StoryRun) -> StepResult:
             f"{SHARE_BYTES // 1024} KiB of DRAM with MEMORY EXPORT_DMABUF_FD and passed the fd "
             f"to importer pid {shared['importer']} (SCM_RIGHTS)",
             f"importer: ACQUIRE_VM on kfd accel2 (gpu {gid}), IMPORT_DMABUF by fd at "
-            f"{GPU_VA:#x}, VECTOR_ADD c = a + b ({computed['n']} f32); accel1 DMA'd c back",
+            f"{GPU_VA:#x}, VECTOR_ADD c = a + b ({computed.get('n')} f32); accel1 DMA'd c back",
             "bufinfo: "
             + (
                 f"exporter {buf.exporter}, attached {buf.attachments}"
@@ -337,8 +337,8 @@ def step_share(run: StoryRun) -> StepResult:
             ),
             _check(
                 "GPU kernel completed",
-                computed["complete"],
-                str(computed["waited"]),
+                computed.get("complete") is True,
+                str(computed.get("waited")),
             ),
             _check("habana reads the GPU's a + b", result["ok"]),
             _check(

@@ -18,9 +18,10 @@ It reports to the demo in lines ``WORD {json}`` on stdout:
   forks an importer and passes it the descriptor over a Unix socket
   (``SCM_RIGHTS``). The importer acquires a VM on the kfd GPU (``--gpu
   ID:NODE``: ``ACQUIRE_VM`` takes the GPU's accel fd), imports the dma-buf by fd
-  (``IMPORT_DMABUF``), runs VECTOR_ADD c = a + b on it and says ``COMPUTED``;
-  the exporter says ``SHARED`` and waits for a line on stdin (the demo looks at
-  bufinfo meanwhile), copies c back, and says ``RESULT``.
+  (``IMPORT_DMABUF``), runs VECTOR_ADD c = a + b on it and tells the exporter,
+  which says ``SHARED`` (with the importer's report) and waits for a line on
+  stdin (the demo looks at bufinfo meanwhile), copies c back, and says
+  ``RESULT``.
 
 Exit status 0 when the program ran to its end (the demo checks the results).
 """
@@ -172,8 +173,9 @@ def _import_and_add(proc: ClientProcess, sock: socket.socket, gid: int, node: st
     )
     waited = kfd.wait([event], timeout_ms=10_000)
     complete = waited == U.KFD_IOC_WAIT_RESULT_COMPLETE
-    say("COMPUTED", {"pid": os.getpid(), "waited": waited, "complete": complete, "n": n})
-    sock.sendall(b"c")
+    # Reported through the exporter, so that the demo reads one line at a time.
+    report = {"pid": os.getpid(), "waited": waited, "complete": complete, "n": n}
+    sock.sendall(json.dumps(report).encode())
     sock.recv(1)  # the exporter has read c back
     kfd.map(kfd.map_args(handle, [gid], unmap=True), unmap=True)
     kfd.ioctl("DRM_IOCTL_KFD_FREE_MEMORY_OF_GPU", handle=handle)
@@ -212,8 +214,8 @@ def run_share(proc: ClientProcess, device: str, gpu: str) -> None:
     theirs.close()
     send_fds(ours, [fd])
     proc.close(fd)  # only the importer holds it now
-    computed = ours.recv(1) == b"c"
-    say("SHARED", {"exporter": os.getpid(), "importer": pid, "bytes": SHARE_BYTES})
+    computed = json.loads(ours.recv(4096) or b"{}")
+    say("SHARED", {"exporter": os.getpid(), "importer": pid, "computed": computed})
     sys.stdin.readline()
     stride = a.nbytes
     out = hl.cb_with(
@@ -229,7 +231,6 @@ def run_share(proc: ClientProcess, device: str, gpu: str) -> None:
     say(
         "RESULT",
         {
-            "computed": computed,
             "importer_exit": os.waitstatus_to_exitcode(status),
             "ok": bool(np.array_equal(c, a + b)),
         },
