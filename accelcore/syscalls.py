@@ -1,10 +1,10 @@
 """The system-call layer: the one way a transport reaches the engine.
 
 Every transport is an adapter over :class:`Syscalls`: the in-process
-:class:`~accelcore.Process`, the server's session (:mod:`accelcore.server`), and
-any future one (a native ``LD_PRELOAD`` shim). A transport brings the calling
-:class:`~accelcore.task.Task`, descriptor numbers and user addresses; this layer
-does the rest, the same way for all of them:
+:class:`~accelcore.Process`, and the server's session (:mod:`accelcore.server`),
+which serves Python clients and the native ``LD_PRELOAD`` shim alike. A
+transport brings the calling :class:`~accelcore.task.Task`, descriptor numbers
+and user addresses; this layer does the rest, the same way for all of them:
 
 **Locking.** Every call holds the engine lock (``clock.lock``) from resolving its
 descriptor to its return. A handler that waits releases it while it sleeps
