@@ -25,7 +25,6 @@ from .errors import (
     AccelError,
     Busy,
     DeviceIOError,
-    Interrupted,
     InvalidArgument,
     NoEntry,
     PermissionDenied,
@@ -369,9 +368,12 @@ class Subsystem:
         """``open(path, flags)`` by ``task``: a new open file description.
 
         A driver's open may sleep at an interruptible wait point
-        (:meth:`interruptible_wait`); a signal then restarts the open (the task
-        has ``SA_RESTART``) or fails it with ``EINTR``, as for an ioctl. An open
-        interrupted this way must have had no visible effect.
+        (:meth:`interruptible_wait`); a signal then raises
+        :class:`~accelcore.errors.RestartSyscall`, and the system-call layer
+        (:meth:`accelcore.syscalls.Syscalls.open_file`, the way every transport
+        opens) restarts the open (the task has ``SA_RESTART``) or fails it with
+        ``EINTR``, as for an ioctl. An open interrupted this way must have had no
+        visible effect.
 
         Raises:
             NoEntry: no such node.
@@ -379,29 +381,21 @@ class Subsystem:
             Busy: ``O_EXCL`` (accel has no exclusive opens), or an exclusive-open
                 device already has its owner.
             NoDevice: the device was unplugged meanwhile.
-            Interrupted: a signal interrupted the driver's wait (``EINTR``).
+            RestartSyscall: a signal interrupted the driver's wait.
         """
         with self.clock.lock:
-            while True:
-                node = self.nodes.get(path)
-                if node is None:
-                    raise NoEntry(f"no device node {path}")
-                if not node.permits(task.creds, flags):
-                    raise PermissionDenied(
-                        f"{path} (mode {stat.filemode(stat.S_IFCHR | node.mode)}, uid "
-                        f"{node.uid}, gid {node.gid}) refuses uid {task.creds.uid} "
-                        f"gid {task.creds.gid}"
-                    )
-                if flags & os.O_EXCL:
-                    raise Busy(f"{path}: no exclusive opens (O_EXCL)")
-                try:
-                    file = node.opener(task, flags)
-                except RestartSyscall:
-                    task.deliver_signal()
-                    if task.restart_syscalls:
-                        continue
-                    raise Interrupted(f"open of {path} interrupted by a signal") from None
-                return file
+            node = self.nodes.get(path)
+            if node is None:
+                raise NoEntry(f"no device node {path}")
+            if not node.permits(task.creds, flags):
+                raise PermissionDenied(
+                    f"{path} (mode {stat.filemode(stat.S_IFCHR | node.mode)}, uid "
+                    f"{node.uid}, gid {node.gid}) refuses uid {task.creds.uid} "
+                    f"gid {task.creds.gid}"
+                )
+            if flags & os.O_EXCL:
+                raise Busy(f"{path}: no exclusive opens (O_EXCL)")
+            return node.opener(task, flags)
 
     def interruptible_wait(
         self,

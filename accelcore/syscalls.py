@@ -83,8 +83,23 @@ class Syscalls:
             TooManyFiles: the task's table is full (``EMFILE``).
         """
         with self.lock:
-            file = self.subsystem.open(task, path, flags)
+            file = self.open_file(task, path, flags)
             return self._install(task, file, cloexec=bool(flags & os.O_CLOEXEC))
+
+    def open_file(self, task: Task, path: str, flags: int = os.O_RDWR) -> OpenFile:
+        """The open file description ``open(2)`` makes, not yet given a descriptor
+        (for a transport that holds files itself, as the server holds one per
+        node connection). A driver's open that sleeps is restarted or fails with
+        ``EINTR``, as an ioctl is.
+
+        Raises:
+            As :meth:`accelcore.Subsystem.open`; Interrupted: a signal, without
+            ``SA_RESTART``.
+        """
+        with self.lock:
+            return self._restarting(
+                task, lambda: self.subsystem.open(task, path, flags), lambda: f"open of {path}"
+            )
 
     def close(self, task: Task, fd: int) -> None:
         """``close(2)``; the file is released when its last reference goes.

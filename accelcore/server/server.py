@@ -374,7 +374,7 @@ class Server:
                             f"pid {pid} holds {self.max_files_per_client} open files "
                             "(the per-client limit)"
                         )
-                    file = self.machine.subsystem.open(session.task, path, msg.flags)
+                    file = session.syscalls.open_file(session.task, path, msg.flags)
                     end = _FileEnd(conn, file, key, f"{path} (pid {pid})", pid)
                     self._by_key[key] = end
             except OSError as exc:
