@@ -38,8 +38,9 @@ from .errors import (
     NotSupported,
     error_for_errno,
 )
-from .fence import Fence, FenceContext, SyncFile
+from .fence import Fence, FenceContext
 from .resources import IdTable, file_scope
+from .sync_file import SyncFile
 from .uapi import CORE
 from .vfs import OpenFile
 
