@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import itertools
 import mmap
@@ -45,7 +46,7 @@ from ..userspace import ioctl_buffer
 from . import protocol as p
 from .fdtable import is_placeholder
 from .server import CONTROL_NAME, default_runtime_dir
-from .wire import close_all, recv_fds, recv_record, send_fds, send_record
+from .wire import close_all, connect_verified, recv_fds, recv_record, send_fds, send_record
 
 __all__ = [
     "ARENA_SIZE",
@@ -76,9 +77,17 @@ def _address(buf: mmap.mmap) -> int:
         del c
 
 
+#: errnos of a send or receive that mean the server end is gone.
+_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNABORTED})
+
+
 class _Channel:
     """The session connection; replies are matched to callers by request id, so
-    several threads may have calls in flight (one of them reads for all)."""
+    several threads may have calls in flight (one of them reads for all).
+
+    Once the server has gone (end of file, ``EPIPE``, ``ECONNRESET``), every call,
+    also those already waiting, fails with :class:`~accelcore.errors.NoDevice`
+    (``ENODEV``), as every call on a file of a hot-unplugged device does."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -88,10 +97,26 @@ class _Channel:
         self._reading = False
         self._rids = itertools.count(1)
         self.inflight = 0
+        #: Why the session ended, once the server has gone.
+        self.gone: str | None = None
+
+    def _lost(self, why: str) -> NoDevice:
+        with self._cond:
+            if self.gone is None:
+                self.gone = why
+            self._cond.notify_all()
+        return NoDevice(f"the devfs server session ended: {self.gone}")
 
     def send(self, msg: p.Message, fds: Sequence[int] = (), rid: int = 0) -> None:
-        with self._send_lock:
-            send_record(self.sock, p.encode(msg, rid), fds)
+        if self.gone is not None:
+            raise self._lost(self.gone)
+        try:
+            with self._send_lock:
+                send_record(self.sock, p.encode(msg, rid), fds)
+        except OSError as exc:
+            if exc.errno in _GONE:
+                raise self._lost(f"sending {msg.TYPE.name}: {exc.strerror}") from None
+            raise
 
     def call(self, msg: p.Message, fds: Sequence[int] = ()) -> tuple[p.Message, list[int]]:
         rid = next(self._rids)
@@ -108,14 +133,21 @@ class _Channel:
                 while True:
                     if rid in self._replies:
                         return self._replies.pop(rid)
+                    if self.gone is not None:
+                        raise NoDevice(f"the devfs server session ended: {self.gone}")
                     if not self._reading:
                         self._reading = True
                         break
                     self._cond.wait()
             try:
-                data, fds = recv_record(self.sock)
+                try:
+                    data, fds = recv_record(self.sock)
+                except OSError as exc:
+                    if exc.errno in _GONE or exc.errno == errno.EBADF:
+                        raise self._lost(f"receiving: {exc.strerror}") from None
+                    raise
                 if not data:
-                    raise ConnectionResetError("the devfs server closed the session")
+                    raise self._lost("the server closed the connection")
                 frame = p.decode(data)
                 if frame.message.fd_count() != len(fds):
                     close_all(fds)
@@ -264,11 +296,12 @@ class ClientProcess:
 
     # -- session -----------------------------------------------------------------
     def _connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            sock.connect(str(self.runtime_dir / CONTROL_NAME))
+            # Checks the listener's uid before anything (HELLO, the arena) is sent.
+            sock = connect_verified(self.runtime_dir / CONTROL_NAME)
+        except PermissionDenied:
+            raise
         except OSError as exc:
-            sock.close()
             raise NoDevice(f"no devfs server at {self.runtime_dir}: {exc.strerror}") from exc
         chan = _Channel(sock)
         try:
@@ -315,6 +348,8 @@ class ClientProcess:
                 if self._chan is None or os.getpid() != self._pid:
                     self._connect()
         assert self._chan is not None
+        if self._chan.gone is not None:
+            raise NoDevice(f"the devfs server session ended: {self._chan.gone}")
         return self._chan
 
     @property
@@ -355,14 +390,15 @@ class ClientProcess:
         token = self.token
         if not path.startswith("/"):
             raise NoEntry(f"device node {path!r} must be an absolute path")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            try:
-                sock.connect(str(self.runtime_dir / path.lstrip("/")))
-            except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
-                raise NoEntry(f"no device node {path}") from None
-            except PermissionError as exc:
-                raise PermissionDenied(f"{path}: {exc.strerror}") from None
+            sock = connect_verified(self.runtime_dir / path.lstrip("/"))
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            raise NoEntry(f"no device node {path}") from None
+        except PermissionDenied:
+            raise
+        except PermissionError as exc:
+            raise PermissionDenied(f"{path}: {exc.strerror}") from None
+        try:
             send_record(sock, p.encode(p.Open(flags & ~os.O_CLOEXEC, token)), [sock.fileno()])
             data, fds = recv_record(sock)
             close_all(fds)

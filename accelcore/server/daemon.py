@@ -23,6 +23,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -33,11 +34,20 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import RealClock
-from ..errors import DeviceIOError, InvalidArgument, NoDevice, TimedOut, error_for_errno
+from ..errors import (
+    DeviceIOError,
+    InvalidArgument,
+    NoDevice,
+    PermissionDenied,
+    TimedOut,
+    error_for_errno,
+)
 from ..machine import DEFAULT_MACHINE, Machine
 from . import protocol as p
-from .server import CONTROL_NAME, Server, default_runtime_dir
-from .wire import close_all, recv_record, send_record
+from .limits import ServerLimits
+from .rundir import check_entry, open_private, remove_if_ours
+from .server import CONTROL_NAME, PID_NAME, Server, default_runtime_dir, prepare_runtime_dir
+from .wire import close_all, connect_verified, recv_record, send_record
 
 __all__ = [
     "ServerUnavailable",
@@ -117,14 +127,20 @@ def load_machine(description: Mapping[str, Any]) -> Machine:
 
 
 def _control_socket(runtime_dir: Path | str | None) -> socket.socket | None:
+    """A connection to the control socket, ``None`` if nobody listens.
+
+    Raises:
+        PermissionDenied: the socket's server runs as another uid (not root).
+    """
     rt = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        sock.connect(str(rt / CONTROL_NAME))
-    except OSError:
-        sock.close()
+        return connect_verified(rt / CONTROL_NAME)
+    except ConnectionError:
         return None
-    return sock
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ECONNREFUSED, errno.ENOTSOCK):
+            return None
+        raise
 
 
 def _ask(sock: socket.socket, request: dict[str, Any], timeout: float) -> Any:
@@ -167,11 +183,19 @@ def control_request(
         return _ask(sock, {"op": op, **args}, timeout)
 
 
-def server_status(runtime_dir: Path | str | None = None) -> dict[str, Any] | None:
+def server_status(
+    runtime_dir: Path | str | None = None, *, timeout: float = 10.0
+) -> dict[str, Any] | None:
     """The server's status (pid, version, machine, accounting…), or ``None`` if no
-    server answers at ``runtime_dir``."""
+    server answers at ``runtime_dir`` within ``timeout`` seconds.
+
+    Raises:
+        PermissionDenied: the socket there belongs to a server of another uid.
+    """
     try:
-        result: dict[str, Any] = control_request("status", runtime_dir)
+        result: dict[str, Any] = control_request("status", runtime_dir, timeout=timeout)
+    except PermissionDenied:
+        raise
     except (NoDevice, OSError, p.ProtocolError):
         return None
     return result
@@ -211,9 +235,17 @@ def spawn_server(
     config: Path | str | Mapping[str, Any] | None = None,
     runtime_dir: Path | str | None = None,
     timeout: float = 10,
+    limits: ServerLimits | None = None,
 ) -> int:
     """Start ``python -m accelcore.server`` detached (new session, output in
     ``<runtime>/server.log``) and wait until it serves.
+
+    Args:
+        config: Machine description (file or mapping; ``None``: the default).
+        runtime_dir: Where the sockets go (made or checked as
+            :mod:`~accelcore.server.rundir` says).
+        timeout: Seconds to wait until it serves.
+        limits: Its caps (:class:`~accelcore.server.limits.ServerLimits`).
 
     Returns:
         The server's pid.
@@ -227,20 +259,28 @@ def spawn_server(
         TimedOut: it was not ready within ``timeout`` seconds (it is killed).
         DeviceIOError: it exited first; the message's first line gives the exit
             status and the reason the server logged, then the log's tail.
+        UnsafeRuntimeDir: the runtime directory, its log or ``machine.json`` is a
+            symlink, another user's, or writable by others.
     """
-    rt = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
-    rt.mkdir(parents=True, exist_ok=True)
+    rt = prepare_runtime_dir(
+        Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
+    )
     args = [sys.executable, "-P", "-m", "accelcore.server", "--runtime-dir", str(rt)]
+    if limits is not None:
+        args += limits.to_arguments()
     if isinstance(config, Mapping):
         cfg = rt / "machine.json"
-        cfg.write_text(json.dumps(dict(config)))
+        fd = open_private(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with open(fd, "w") as f:
+            f.write(json.dumps(dict(config)))
         args += ["--config", str(cfg)]
     elif config is not None:
         args += ["--config", str(config)]
+    logpath = rt / "server.log"
+    logfd = open_private(logpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     r, w = os.pipe()
     args += ["--ready-fd", str(w)]
-    logpath = rt / "server.log"
-    with open(logpath, "ab") as logf:
+    with open(logfd, "ab") as logf:
         proc = subprocess.Popen(
             args,
             pass_fds=(w,),
@@ -281,28 +321,95 @@ def _reason(log_tail: str) -> str:
     return lines[-1] if lines else "no output (see the log)"
 
 
+#: Seconds ``stop_server`` gives a server to answer before it counts as wedged.
+STOP_ANSWER_TIMEOUT = 2.0
+#: Seconds between the escalation steps of ``stop_server`` (shutdown, SIGTERM, SIGKILL).
+STOP_GRACE = 2.0
+
+
+def _pidfile_pid(rt: Path) -> int | None:
+    """The pid in ``rt/server.pid`` if it is our regular file naming a live
+    ``accelcore.server`` process (never this one)."""
+    path = rt / PID_NAME
+    try:
+        if check_entry(path, stat.S_IFREG) is None:
+            return None
+        fd = open_private(path, os.O_RDONLY)
+        with open(fd) as f:
+            pid = int(f.read().strip() or "0")
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or pid == os.getpid() or not _alive(pid):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"accelcore.server" in cmdline else None
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not _alive(pid)
+
+
+def _remove_leftovers(rt: Path, pid: int) -> None:
+    """After server ``pid`` died: remove its pid file and the sockets nobody listens
+    on any more (only sockets and a pid file of ours, never through a symlink)."""
+    path = rt / PID_NAME
+    with contextlib.suppress(OSError, ValueError):
+        fd = open_private(path, os.O_RDONLY)
+        with open(fd) as f:
+            if int(f.read().strip() or "0") == pid:
+                remove_if_ours(path, kind=stat.S_IFREG)
+    for dirpath, dirnames, filenames in os.walk(rt):  # os.walk does not follow symlinks
+        for name in [*filenames, *dirnames]:
+            sock_path = Path(dirpath) / name
+            try:
+                probe = connect_verified(sock_path)
+            except OSError:
+                remove_if_ours(sock_path, kind=stat.S_IFSOCK)
+            else:
+                probe.close()
+
+
 def stop_server(runtime_dir: Path | str | None = None, timeout: float = 10) -> bool:
-    """Ask the server at ``runtime_dir`` to shut down and wait until it is gone
-    (SIGKILL after ``timeout``).
+    """End the server at ``runtime_dir``, also a wedged one: ask it to shut down,
+    then ``SIGTERM`` (with ``SIGCONT``, for a stopped one), then ``SIGKILL``, each
+    step after :data:`STOP_GRACE` seconds (the pid comes from ``server.pid`` when
+    the server does not answer). Its pid file and sockets are removed if it could
+    not remove them itself.
 
     Returns:
         Whether a server was running.
     """
-    status = server_status(runtime_dir)
-    if status is None:
+    rt = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
+    status = server_status(rt, timeout=STOP_ANSWER_TIMEOUT)
+    pid = int(status["pid"]) if status is not None else _pidfile_pid(rt)
+    if pid is None:
         return False
-    pid = int(status["pid"])
-    with contextlib.suppress(NoDevice, OSError, p.ProtocolError):
-        control_request("shutdown", runtime_dir)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    if pid == os.getpid():  # an in-process server: only ask
+        with contextlib.suppress(NoDevice, OSError, p.ProtocolError):
+            control_request("shutdown", rt, timeout=STOP_ANSWER_TIMEOUT)
+        return True
+    if status is not None:
+        with contextlib.suppress(NoDevice, OSError, p.ProtocolError):
+            control_request("shutdown", rt, timeout=STOP_ANSWER_TIMEOUT)
+    grace = min(STOP_GRACE, timeout)
+    if not _wait_gone(pid, grace if status is None else timeout):
+        for sig in (signal.SIGTERM, signal.SIGCONT):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        if not _wait_gone(pid, grace):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, grace)
     proc = _SPAWNED.pop(pid, None)
     if proc is not None:
         proc.wait(timeout)
+    _remove_leftovers(rt, pid)
     return True
 
 
@@ -323,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "$XDG_RUNTIME_DIR/accelcore or a per-user temp dir)",
     )
     ap.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    ServerLimits.add_arguments(ap)
     ap.add_argument("--log-level", default="INFO")
     opts = ap.parse_args(argv)
     logging.basicConfig(
@@ -334,7 +442,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         log.error("cannot build the machine: %s", exc)
         return 2
-    server = Server(machine, opts.runtime_dir, description=description)
+    server = Server(
+        machine,
+        opts.runtime_dir,
+        description=description,
+        limits=ServerLimits.from_arguments(opts),
+    )
     try:
         server.start()
     except OSError as exc:

@@ -25,6 +25,7 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import select
 import selectors
 import socket
@@ -41,35 +42,81 @@ from ..machine import Machine
 from ..vfs import OpenFile
 from . import protocol as p
 from .control_ops import CONTROL_OPS
+from .limits import DEFAULT_LIMITS, Ledger, ServerLimits
+from .rundir import (
+    check_entry,
+    ensure_dir,
+    ensure_runtime_dir,
+    open_private,
+    remove_if_ours,
+)
 from .session import Session
 from .wire import close_all, peer_credentials, recv_record, send_record
 
-__all__ = ["CONTROL_NAME", "Server", "default_runtime_dir"]
+__all__ = [
+    "CONTROL_NAME",
+    "PID_NAME",
+    "Server",
+    "default_runtime_dir",
+    "prepare_runtime_dir",
+    "raise_nofile_limit",
+]
 
 log = logging.getLogger("accelcore.server")
 
 CONTROL_NAME = "control"
-#: How long a new node connection may take to send its OPEN.
-OPEN_TIMEOUT = 5.0
+#: The server's pid file in the runtime directory (``accelctl sim stop`` reads it).
+PID_NAME = "server.pid"
+#: How long a new node connection may take to send its OPEN (the default
+#: :attr:`~.limits.ServerLimits.hello_timeout`).
+OPEN_TIMEOUT = DEFAULT_LIMITS.hello_timeout
 #: How long a refused connection is given to read its refusal and close.
 REFUSAL_LINGER = 1.0
 #: Default cap on the control connections (sessions) one client process may hold.
-MAX_SESSIONS_PER_CLIENT = 64
+MAX_SESSIONS_PER_CLIENT = DEFAULT_LIMITS.sessions_per_client
 #: Default cap on the open files (node connections and files the engine handed out)
 #: one client process may hold; like ``RLIMIT_NOFILE``, ``EMFILE`` past it.
-MAX_FILES_PER_CLIENT = 1024
+MAX_FILES_PER_CLIENT = DEFAULT_LIMITS.files_per_client
+
+
+def _fallback_runtime_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"accelcore-{os.geteuid()}"
 
 
 def default_runtime_dir() -> Path:
-    """``$ACCEL_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/accelcore``, else a per-user
-    directory under the temporary directory."""
+    """``$ACCEL_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/accelcore``, else
+    ``accelcore-UID`` under the temporary directory (which must then be a ``0700``
+    directory of this uid: see :mod:`~accelcore.server.rundir`)."""
     env = os.environ.get("ACCEL_RUNTIME_DIR")
     if env:
         return Path(env)
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         return Path(xdg) / "accelcore"
-    return Path(tempfile.gettempdir()) / f"accelcore-{os.getuid()}"
+    return _fallback_runtime_dir()
+
+
+def prepare_runtime_dir(path: Path) -> Path:
+    """Create or check runtime directory ``path`` (the shared-temp-dir fallback must
+    be ``0700``; see :mod:`~accelcore.server.rundir`).
+
+    Raises:
+        UnsafeRuntimeDir: another user could have planted or could change it.
+    """
+    return ensure_runtime_dir(path, private=path == _fallback_runtime_dir())
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's ``RLIMIT_NOFILE`` soft limit to the hard limit (the
+    server holds descriptors for every client); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return int(soft)
 
 
 @dataclass(eq=False)
@@ -81,6 +128,9 @@ class _FileEnd:
     key: tuple[int, int]
     what: str
     pid: int = 0
+    uid: int = -1
+    #: The token of the session the file was opened or handed out for.
+    session: bytes = b""
     closed: bool = False
 
 
@@ -96,11 +146,14 @@ class Server:
         machine: The machine (use a real-time clock: waits sleep for real).
         runtime_dir: Where the sockets go (:func:`default_runtime_dir` if ``None``).
         description: The machine description, reported by ``status``.
-        max_sessions_per_client: Control connections one process (peer pid) may
-            hold; more are refused with ``EMFILE``, so no client starves the others
-            of the server's threads and descriptors.
-        max_files_per_client: Open files one process may hold (opened nodes and
-            files the engine installed for it); ``EMFILE`` past it.
+        limits: The per-client and per-uid caps (:class:`~.limits.ServerLimits`).
+        max_sessions_per_client: Overrides ``limits.sessions_per_client``:
+            control connections one process (peer pid) may hold; more are refused
+            with ``EMFILE``, so no client starves the others of the server's
+            threads and descriptors.
+        max_files_per_client: Overrides ``limits.files_per_client``: open files one
+            process may hold (opened nodes and files the engine installed for it);
+            ``EMFILE`` past it.
     """
 
     def __init__(
@@ -109,12 +162,29 @@ class Server:
         runtime_dir: Path | str | None = None,
         *,
         description: Mapping[str, Any] | None = None,
-        max_sessions_per_client: int = MAX_SESSIONS_PER_CLIENT,
-        max_files_per_client: int = MAX_FILES_PER_CLIENT,
+        limits: ServerLimits | None = None,
+        max_sessions_per_client: int | None = None,
+        max_files_per_client: int | None = None,
     ) -> None:
         self.machine = machine
-        self.max_sessions_per_client = max_sessions_per_client
-        self.max_files_per_client = max_files_per_client
+        lim = limits if limits is not None else DEFAULT_LIMITS
+        if max_sessions_per_client is not None or max_files_per_client is not None:
+            lim = ServerLimits(
+                **{
+                    **lim.__dict__,
+                    "sessions_per_client": max_sessions_per_client or lim.sessions_per_client,
+                    "files_per_client": max_files_per_client or lim.files_per_client,
+                }
+            )
+        self.limits = lim
+        self.max_sessions_per_client = lim.sessions_per_client
+        self.max_files_per_client = lim.files_per_client
+        #: What each client process and uid holds of the capped resources.
+        self.ledger = Ledger()
+        self._bound: dict[Path, tuple[int, int]] = {}
+        self._pidfile: tuple[int, int] | None = None
+        self._reserve: int | None = None
+        self._connections: set[Session] = set()
         self._conns: dict[tuple[str, int], int] = {}
         self._peer: dict[socket.socket, int] = {}
         self.runtime_dir = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
@@ -153,9 +223,14 @@ class Server:
         Raises:
             AlreadyExists: another server answers on this runtime directory.
         """
-        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        prepare_runtime_dir(self.runtime_dir)
+        raise_nofile_limit()
+        # Kept free so that EMFILE in accept() can still take (and refuse) the
+        # connection instead of leaving it pending, which would spin the selector.
+        self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         ctl = self._bind(self.control_path)
         self._control = ctl
+        self._write_pidfile()
         self._sel.register(ctl, selectors.EVENT_READ, "control")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._sync_nodes()
@@ -170,25 +245,59 @@ class Server:
             self.runtime_dir,
         )
 
+    @property
+    def pid_path(self) -> Path:
+        return self.runtime_dir / PID_NAME
+
+    def _write_pidfile(self) -> None:
+        """``server.pid`` (``O_EXCL|O_NOFOLLOW``); a stale one of ours is replaced
+        (the control socket, bound first, proved no server of ours is alive)."""
+        path = self.pid_path
+        if check_entry(path, stat.S_IFREG) is not None:
+            remove_if_ours(path, kind=stat.S_IFREG)
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+            st = os.fstat(fd)
+            self._pidfile = (st.st_dev, st.st_ino)
+        finally:
+            os.close(fd)
+
     def _bind(self, path: Path) -> socket.socket:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
+        """Bind and listen on ``path`` in the runtime directory.
+
+        Raises:
+            AlreadyExists: a server answers there.
+            UnsafeRuntimeDir: a directory on the way, or the entry there, is a
+                symlink or another user's, or not a socket.
+        """
+        ensure_dir(self.runtime_dir, path.parent.relative_to(self.runtime_dir))
+        if check_entry(path, stat.S_IFSOCK) is not None:
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 probe.connect(str(path))
             except OSError:
-                path.unlink()  # stale socket of a server that died
+                # A stale socket of ours (a server of this uid that died).
+                remove_if_ours(path, kind=stat.S_IFSOCK)
             else:
                 raise AlreadyExists(f"a server already listens on {path}")
             finally:
                 probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sock.bind(str(path))
-        # The engine checks the node's mode and group against the peer's creds
-        # and answers EACCES itself; the socket file lets everyone try.
-        os.chmod(path, 0o666)
-        sock.listen(64)
-        sock.setblocking(False)
+        try:
+            sock.bind(str(path))
+            st = os.lstat(path)
+            self._bound[path] = (st.st_dev, st.st_ino)
+            # Socket policy: every socket is 0666. Who may reach them at all is the
+            # runtime directory's mode (0700: this uid and root); then the engine
+            # checks the node's mode and group against the peer's credentials and
+            # answers EACCES itself, and control ops check the peer's uid.
+            os.chmod(path, 0o666)
+            sock.listen(64)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
         return sock
 
     def stop(self) -> None:
@@ -204,7 +313,7 @@ class Server:
         self._wake_w.send(b"x")
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(10)
-        for session in list(self._sessions.values()):
+        for session in list(self._sessions.values()) + list(self._connections):
             session.closing = True
             session.interrupt()
             with contextlib.suppress(OSError):
@@ -221,6 +330,12 @@ class Server:
         if self._control is not None:
             self._control.close()
             self._unlink(self.control_path)
+        if self._pidfile is not None:
+            remove_if_ours(self.pid_path, self._pidfile)
+            self._pidfile = None
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
         self._sel.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -289,10 +404,28 @@ class Server:
     def _accept(self, lsock: socket.socket) -> socket.socket | None:
         try:
             conn, _ = lsock.accept()
-        except (BlockingIOError, OSError):
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._refuse_pending(lsock)
             return None
         conn.setblocking(True)
         return conn
+
+    def _refuse_pending(self, lsock: socket.socket) -> None:
+        """Out of descriptors: free the reserve, take the pending connection and
+        close it at once (its client sees end of file: ``ENODEV``), take the reserve
+        back. Without this the connection stays pending and the selector spins."""
+        log.error("out of descriptors: refusing a connection on %s", lsock.getsockname())
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+        with contextlib.suppress(OSError):
+            conn, _ = lsock.accept()
+            conn.close()
+        with contextlib.suppress(OSError):
+            self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
         def run() -> None:
@@ -327,13 +460,11 @@ class Server:
         lsock.close()
         self._unlink(self.socket_path(path))
 
-    @staticmethod
-    def _unlink(path: Path) -> None:
-        try:
-            if stat.S_ISSOCK(path.lstat().st_mode):
-                path.unlink()
-        except OSError:
-            pass
+    def _unlink(self, path: Path) -> None:
+        """Remove a socket this server bound (the same inode, nothing else)."""
+        ident = self._bound.pop(path, None)
+        if ident is not None:
+            remove_if_ours(path, ident)
 
     # -- open files --------------------------------------------------------------------
     def _opening(self, conn: socket.socket, path: str) -> None:
@@ -349,7 +480,7 @@ class Server:
     def _open_connection(self, conn: socket.socket, path: str) -> None:
         """Serve a node connection's OPEN; on success it becomes the open file."""
         try:
-            conn.settimeout(OPEN_TIMEOUT)
+            conn.settimeout(self.limits.hello_timeout)
             data, fds = recv_record(conn)
             try:
                 frame = p.decode(data)
@@ -369,13 +500,11 @@ class Server:
                         f"OPEN of {path} by pid {pid} names no session of that process"
                     )
                 with self.clock.lock:
-                    if self.files_of(pid) >= self.max_files_per_client:
-                        raise TooManyFiles(
-                            f"pid {pid} holds {self.max_files_per_client} open files "
-                            "(the per-client limit)"
-                        )
+                    self.check_file_room(pid, session.uid)
                     file = session.syscalls.open_file(session.task, path, msg.flags)
-                    end = _FileEnd(conn, file, key, f"{path} (pid {pid})", pid)
+                    end = _FileEnd(
+                        conn, file, key, f"{path} (pid {pid})", pid, session.uid, session.token
+                    )
                     self._by_key[key] = end
             except OSError as exc:
                 code = exc.errno if exc.errno and 0 < exc.errno < 4096 else errno.EIO
@@ -457,6 +586,41 @@ class Server:
         with self.clock.lock:
             return sum(1 for e in self._by_key.values() if e.pid == pid)
 
+    def files_of_uid(self, uid: int) -> int:
+        """How many open files the client processes of ``uid`` hold."""
+        with self.clock.lock:
+            return sum(1 for e in self._by_key.values() if e.uid == uid)
+
+    def file_room(self, pid: int, uid: int) -> int:
+        """How many more open files process ``pid`` of ``uid`` may be given."""
+        return min(
+            self.limits.files_per_client - self.files_of(pid),
+            self.limits.files_per_uid - self.files_of_uid(uid),
+        )
+
+    def check_file_room(self, pid: int, uid: int) -> None:
+        """Raises:
+        TooManyFiles: ``pid`` or ``uid`` holds its cap of open files."""
+        if self.files_of(pid) >= self.limits.files_per_client:
+            raise TooManyFiles(
+                f"pid {pid} holds {self.limits.files_per_client} open files "
+                "(the per-client limit)"
+            )
+        if self.files_of_uid(uid) >= self.limits.files_per_uid:
+            raise TooManyFiles(
+                f"uid {uid} holds {self.limits.files_per_uid} open files (the per-uid limit)"
+            )
+
+    def release_session_files(self, token: bytes) -> int:
+        """Release every open file served for the session ``token`` (the server
+        closed that session: its files, and the ownership they carry, must not
+        outlive it). Returns how many."""
+        with self.clock.lock:
+            ends = [e for e in self._by_key.values() if e.session == token and not e.closed]
+        for end in ends:
+            self.post(lambda end=end: self._release_end(end))  # type: ignore[misc]
+        return len(ends)
+
     def open_ends(self) -> list[tuple[OpenFile, int, int]]:
         """``(file, inode of the client end, pid charged)`` of every open file served
         (call under ``clock.lock``)."""
@@ -466,12 +630,14 @@ class Server:
         """The pids of the client processes with a session now."""
         return {s.pid for s in list(self._sessions.values())}
 
-    def export_file(self, file: OpenFile, pid: int = 0) -> int:
+    def export_file(
+        self, file: OpenFile, pid: int = 0, uid: int = -1, session: bytes = b""
+    ) -> int:
         """Make a socket pair for ``file`` (taking over one reference) and return the
         client end's descriptor, to be sent and then closed by the caller; the file
-        is charged to client process ``pid``."""
+        is charged to client process ``pid`` of ``uid`` (session ``session``)."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        end = _FileEnd(mine, file, _key(theirs.fileno()), f"{file.kind} file", pid)
+        end = _FileEnd(mine, file, _key(theirs.fileno()), f"{file.kind} file", pid, uid, session)
         mine.setblocking(False)
         with self.clock.lock:
             self._by_key[end.key] = end
@@ -501,9 +667,17 @@ class Server:
             conn.close()
             self._leave(conn, "session")
             return
+        with self._post_lock:
+            self._connections.add(session)
+        if self._stopping:
+            session.closing = True
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         try:
             session.run()
         finally:
+            with self._post_lock:
+                self._connections.discard(session)
             self._leave(conn, "session")
 
     def _admit(self, conn: socket.socket, kind: str) -> bool:

@@ -224,7 +224,7 @@ class Session:
 
     def _room(self) -> int:
         """Files this client may still be given (the server's per-client cap)."""
-        return self.server.max_files_per_client - self.server.files_of(self.pid)
+        return self.server.file_room(self.pid, self.uid)
 
     def _control(self, rid: int, msg: p.Control) -> bool:
         op = msg.request["op"]
@@ -371,7 +371,9 @@ class Session:
         if isinstance(msg, p.Read):
             self.send(p.Data(data), rid)
             return
-        ends = [self.server.export_file(f, self.pid) for f, _ in ctx.installed]
+        ends = [
+            self.server.export_file(f, self.pid, self.uid, self.token) for f, _ in ctx.installed
+        ]
         placeholders = tuple(PLACEHOLDER_BASE + i for i in range(len(ends)))
         # Our copies of the client ends go before a CLOSE of this session is
         # served, so that the client's last close() finds the end hung up.

@@ -15,10 +15,19 @@ import os
 import socket
 import struct
 from collections.abc import Sequence
+from pathlib import Path
 
+from ..errors import PermissionDenied, TooManyFiles
 from .protocol import MAX_FDS, MAX_MESSAGE, ProtocolError
 
-__all__ = ["peer_credentials", "recv_fds", "recv_record", "send_fds", "send_record"]
+__all__ = [
+    "connect_verified",
+    "peer_credentials",
+    "recv_fds",
+    "recv_record",
+    "send_fds",
+    "send_record",
+]
 
 _CREDS = struct.Struct("3i")
 
@@ -59,6 +68,8 @@ def recv_record(
     Raises:
         ProtocolError: the record was longer than ``max_size`` or carried more
             than ``max_fds`` descriptors (those received are closed).
+        TooManyFiles: ``EMFILE``: descriptors were dropped because this process's
+            descriptor table is full (those received are closed).
         OSError: the socket failed.
     """
     data, anc, flags, _ = sock.recvmsg(
@@ -67,6 +78,13 @@ def recv_record(
     fds = _fds_of(anc)
     if flags & socket.MSG_CTRUNC:
         close_all(fds)
+        if len(fds) < max_fds:
+            # There was room for more: the kernel could not install them, because
+            # this process's descriptor table is full (scm_detach_fds).
+            raise TooManyFiles(
+                f"descriptors of a record were dropped: this process (pid {os.getpid()}) "
+                "has no free descriptor"
+            )
         raise ProtocolError(f"record carried more than {max_fds} descriptors")
     if flags & socket.MSG_TRUNC or len(data) > max_size:
         close_all(fds)
@@ -80,6 +98,32 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
     )
     return pid, uid, gid
+
+
+def connect_verified(path: Path | str) -> socket.socket:
+    """Connect to the server socket at ``path`` and check, before anything is sent,
+    that the process listening there (``SO_PEERCRED``) runs as this uid or as root:
+    a socket another user planted gets nothing, not even a HELLO.
+
+    Raises:
+        PermissionDenied: the listener runs as another uid.
+        OSError: the connection failed (``ENOENT``, ``ECONNREFUSED``…).
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(str(path))
+        pid, uid, _ = peer_credentials(sock)
+    except BaseException:
+        sock.close()
+        raise
+    me = os.geteuid()
+    if uid not in (me, 0):
+        sock.close()
+        raise PermissionDenied(
+            f"refusing the devfs socket {path}: its server (pid {pid}) runs as uid {uid}, "
+            f"not as uid {me} or root"
+        )
+    return sock
 
 
 def send_fds(sock: socket.socket, fds: Sequence[int], data: bytes = b"fd") -> None:
