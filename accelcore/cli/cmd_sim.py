@@ -8,6 +8,8 @@ server's default.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import click
 
 from ..errors import AccelError
 from ..server.daemon import control_request, server_status, spawn_server, stop_server
+from ..server.limits import ServerLimits
 from ..server.server import default_runtime_dir
 from .exitcodes import AccelctlError, ExitCode, NoServerError, exit_code_of
 from .options import emit, get_state, json_option
@@ -62,6 +65,34 @@ runtime_dir_option = click.option(
 )
 
 
+#: What each cap's option says in ``sim start --help`` (the errno when it is hit).
+_CAP_HELP = {
+    "sessions_per_client": "Control connections per client process (EMFILE past it)",
+    "files_per_client": "Open files the server holds for one client process (EMFILE)",
+    "files_per_uid": "Open files the server holds for one uid (EMFILE)",
+    "arenas_per_client": "User-memory arenas per client process (ENOMEM)",
+    "address_space_per_client": "Bytes of client memory the server maps per process (ENOMEM)",
+    "address_space_per_uid": "Bytes of client memory the server maps per uid (ENOMEM)",
+    "mappings_per_client": "Live mmaps per client process (ENOMEM)",
+    "uevent_queue": "Uevents queued for a monitor that does not read, then an "
+    "overflow marker (ENOBUFS)",
+    "hello_timeout": "Seconds a new connection may take to send its first record",
+}
+
+
+def limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One ``--max-…`` option per :class:`~accelcore.server.limits.ServerLimits` cap."""
+    for f in reversed(fields(ServerLimits)):
+        fn = click.option(
+            ServerLimits.option_name(f.name),
+            f"limit_{f.name}",
+            type=click.FloatRange(min=0.1) if f.type == "float" else click.IntRange(min=1),
+            default=None,
+            help=f"{_CAP_HELP[f.name]} [default: {f.default}].",
+        )(fn)
+    return fn
+
+
 @click.group("sim")
 def sim_group() -> None:
     """Run a simulated machine in the background (the devfs server)."""
@@ -76,13 +107,29 @@ def sim_group() -> None:
     "built-in machine].",
 )
 @runtime_dir_option
+@limit_options
 @json_option
 @click.pass_context
 def sim_start_cmd(
-    ctx: click.Context, config: Path | None, runtime_dir: Path | None, as_json: bool
+    ctx: click.Context,
+    config: Path | None,
+    runtime_dir: Path | None,
+    as_json: bool,
+    **caps: Any,
 ) -> None:
-    """Start the server and wait until it serves; print its directory and devices."""
+    """Start the server and wait until it serves; print its directory and devices.
+
+    The --max-… options cap what one client process, or one uid, may make the
+    server hold (see the guide's "limits and privileges" table).
+    """
     rt = _runtime_dir(ctx, runtime_dir)
+    limits = ServerLimits(
+        **{
+            name[len("limit_") :]: value
+            for name, value in caps.items()
+            if name.startswith("limit_") and value is not None
+        }
+    )
     cfg = config if config is not None else get_state(ctx).config
     running = server_status(rt)
     if running is not None:
@@ -91,7 +138,7 @@ def sim_start_cmd(
             "stop it with 'accelctl sim stop'"
         )
     try:
-        pid = spawn_server(cfg, rt, timeout=START_TIMEOUT)
+        pid = spawn_server(cfg, rt, timeout=START_TIMEOUT, limits=limits)
     except AccelError as exc:
         # The message may carry the log's tail; the error stays one line.
         first = (exc.strerror or str(exc)).splitlines()[0]

@@ -301,6 +301,11 @@ class ClientProcess:
             sock = connect_verified(self.runtime_dir / CONTROL_NAME)
         except PermissionDenied:
             raise
+        except PermissionError as exc:
+            raise PermissionDenied(
+                f"{self.runtime_dir / CONTROL_NAME}: {exc.strerror} (the runtime "
+                "directory's mode keeps this user out)"
+            ) from None
         except OSError as exc:
             raise NoDevice(f"no devfs server at {self.runtime_dir}: {exc.strerror}") from exc
         chan = _Channel(sock)

@@ -327,19 +327,24 @@ STOP_ANSWER_TIMEOUT = 2.0
 STOP_GRACE = 2.0
 
 
-def _pidfile_pid(rt: Path) -> int | None:
-    """The pid in ``rt/server.pid`` if it is our regular file naming a live
-    ``accelcore.server`` process (never this one)."""
+def _read_pidfile(rt: Path) -> int | None:
+    """The pid in ``rt/server.pid`` if that is a regular file of ours."""
     path = rt / PID_NAME
     try:
         if check_entry(path, stat.S_IFREG) is None:
             return None
         fd = open_private(path, os.O_RDONLY)
         with open(fd) as f:
-            pid = int(f.read().strip() or "0")
+            return int(f.read().strip() or "0")
     except (OSError, ValueError):
         return None
-    if pid <= 0 or pid == os.getpid() or not _alive(pid):
+
+
+def _pidfile_pid(rt: Path) -> int | None:
+    """The pid in ``rt/server.pid`` if it names a live ``accelcore.server``
+    process (never this one)."""
+    pid = _read_pidfile(rt)
+    if pid is None or pid <= 0 or pid == os.getpid() or not _alive(pid):
         return None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -358,12 +363,8 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 def _remove_leftovers(rt: Path, pid: int) -> None:
     """After server ``pid`` died: remove its pid file and the sockets nobody listens
     on any more (only sockets and a pid file of ours, never through a symlink)."""
-    path = rt / PID_NAME
-    with contextlib.suppress(OSError, ValueError):
-        fd = open_private(path, os.O_RDONLY)
-        with open(fd) as f:
-            if int(f.read().strip() or "0") == pid:
-                remove_if_ours(path, kind=stat.S_IFREG)
+    if _read_pidfile(rt) == pid:
+        remove_if_ours(rt / PID_NAME, kind=stat.S_IFREG)
     for dirpath, dirnames, filenames in os.walk(rt):  # os.walk does not follow symlinks
         for name in [*filenames, *dirnames]:
             sock_path = Path(dirpath) / name
@@ -382,6 +383,9 @@ def stop_server(runtime_dir: Path | str | None = None, timeout: float = 10) -> b
     the server does not answer). Its pid file and sockets are removed if it could
     not remove them itself.
 
+    A server that died without cleaning up (``SIGKILL``) has its leftovers removed
+    too (then the result is ``False``).
+
     Returns:
         Whether a server was running.
     """
@@ -389,6 +393,9 @@ def stop_server(runtime_dir: Path | str | None = None, timeout: float = 10) -> b
     status = server_status(rt, timeout=STOP_ANSWER_TIMEOUT)
     pid = int(status["pid"]) if status is not None else _pidfile_pid(rt)
     if pid is None:
+        dead = _read_pidfile(rt)
+        if dead is not None and dead != os.getpid() and not _alive(dead):
+            _remove_leftovers(rt, dead)  # a server that died (SIGKILL) left them
         return False
     if pid == os.getpid():  # an in-process server: only ask
         with contextlib.suppress(NoDevice, OSError, p.ProtocolError):

@@ -44,6 +44,7 @@ from . import protocol as p
 from .control_ops import CONTROL_OPS
 from .limits import DEFAULT_LIMITS, Ledger, ServerLimits
 from .rundir import (
+    UnsafeRuntimeDir,
     check_entry,
     ensure_dir,
     ensure_runtime_dir,
@@ -222,18 +223,26 @@ class Server:
 
         Raises:
             AlreadyExists: another server answers on this runtime directory.
+            UnsafeRuntimeDir: the runtime directory, or a path the server would use
+                in it, could have been planted by another user (see
+                :mod:`~accelcore.server.rundir`); nothing was made or removed.
         """
-        prepare_runtime_dir(self.runtime_dir)
-        raise_nofile_limit()
-        # Kept free so that EMFILE in accept() can still take (and refuse) the
-        # connection instead of leaving it pending, which would spin the selector.
-        self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        ctl = self._bind(self.control_path)
-        self._control = ctl
-        self._write_pidfile()
-        self._sel.register(ctl, selectors.EVENT_READ, "control")
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        self._sync_nodes()
+        try:
+            prepare_runtime_dir(self.runtime_dir)
+            raise_nofile_limit()
+            # Kept free so that EMFILE in accept() can still take (and refuse) the
+            # connection instead of leaving it pending, which would spin the selector.
+            self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            ctl = self._bind(self.control_path)
+            self._control = ctl
+            self._write_pidfile()
+            self._sel.register(ctl, selectors.EVENT_READ, "control")
+            self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+            self._sync_nodes(strict=True)
+        except BaseException:
+            self._stopping = True
+            self._close_endpoints()
+            raise
         with self.clock.lock:
             self._unsubscribe = self.machine.sysfs.subscribe(lambda ev: self.post(self._sync_nodes))
         self._thread = threading.Thread(target=self._serve, name="accel-devfs", daemon=True)
@@ -325,10 +334,17 @@ class Server:
             ends = set(self._ends.values()) | set(self._by_key.values()) | set(self._closing_ends)
         for end in ends:
             self._release_end(end)
+        self._close_endpoints()
+        self.stopped.set()
+        log.info("devfs server stopped")
+
+    def _close_endpoints(self) -> None:
+        """Close and remove the sockets and the pid file this server made."""
         for path, lsock in list(self._listeners.items()):
             self._close_listener(path, lsock)
         if self._control is not None:
             self._control.close()
+            self._control = None
             self._unlink(self.control_path)
         if self._pidfile is not None:
             remove_if_ours(self.pid_path, self._pidfile)
@@ -339,8 +355,6 @@ class Server:
         self._sel.close()
         self._wake_r.close()
         self._wake_w.close()
-        self.stopped.set()
-        log.info("devfs server stopped")
 
     def __enter__(self) -> Server:
         self.start()
@@ -439,13 +453,17 @@ class Server:
         t.start()
 
     # -- nodes ---------------------------------------------------------------------
-    def _sync_nodes(self) -> None:
+    def _sync_nodes(self, strict: bool = False) -> None:
+        """Bind the nodes that appeared, close those that went. With ``strict`` (at
+        start) an unsafe path in the runtime directory is raised, else logged."""
         with self.clock.lock:
             paths = set(self.machine.subsystem.nodes)
         for path in sorted(paths - set(self._listeners)):
             try:
                 lsock = self._bind(self.socket_path(path))
             except (OSError, AccelError) as exc:
+                if strict and isinstance(exc, UnsafeRuntimeDir):
+                    raise
                 log.error("cannot serve %s: %s", path, exc)
                 continue
             self._listeners[path] = lsock

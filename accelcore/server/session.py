@@ -31,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AccelError
+from ..errors import AccelError, NoMemory
 from ..memory import PAGE_SIZE, SharedMemory
 from ..syscalls import Syscalls, fd_offsets, ioctl_may_sleep, read_may_sleep
 from ..sysfs import Uevent as SysUevent
@@ -97,6 +97,9 @@ class Session:
         self._mappings: dict[int, Mapping] = {}
         self._next_mapping = 1
         self.closing = False
+        #: The server closed the connection (a protocol violation, an internal
+        #: error): the files served for this session are released with it.
+        self.refused = False
 
     # -- plumbing ----------------------------------------------------------------
     def send(self, message: p.Message, rid: int = 0, fds: list[int] | None = None) -> None:
@@ -119,9 +122,16 @@ class Session:
 
     def run(self) -> None:
         """Serve the connection until it ends; never raises."""
+        first = True
         try:
+            # A connection that says nothing within the timeout is closed: silent
+            # connects must not hold a thread and a descriptor for ever.
+            self.sock.settimeout(self.server.limits.hello_timeout)
             while not self.closing:
                 data, fds = recv_record(self.sock)
+                if first:
+                    first = False
+                    self.sock.settimeout(None)
                 if not data and not fds:
                     break
                 try:
@@ -137,15 +147,23 @@ class Session:
                 if not self._handle(frame.rid, frame.message, fds):
                     break
         except p.ProtocolError as exc:
+            self.refused = True
             log.warning(
                 "refused a record from pid %d on the control endpoint: %s; closing that connection",
                 self.pid,
                 exc,
             )
+        except TimeoutError:
+            log.warning(
+                "pid %d sent nothing within %g s of connecting; closing that connection",
+                self.pid,
+                self.server.limits.hello_timeout,
+            )
         except OSError as exc:
             if not self.closing:
                 log.debug("pid %d: connection error: %s", self.pid, exc)
         except Exception:
+            self.refused = True
             log.exception("pid %d: internal error; closing its connection", self.pid)
         finally:
             self.teardown()
@@ -248,12 +266,22 @@ class Session:
         return True
 
     def _stream_uevents(self, rid: int) -> None:
-        events: queue.SimpleQueue[SysUevent] = queue.SimpleQueue()
+        """Stream uevents until the client closes or the server stops. At most
+        ``limits.uevent_queue`` events wait for a client that does not read; later
+        ones are dropped and counted, and one overflow marker
+        (:func:`overflow_marker`) goes out before the next event, as the kernel's
+        uevent socket reports ``ENOBUFS``."""
+        limit = self.server.limits.uevent_queue
+        events: queue.Queue[SysUevent] = queue.Queue(maxsize=max(1, limit))
+        dropped = [0]
         wake_r, wake_w = socket.socketpair()
         wake_w.setblocking(False)
 
         def listener(ev: SysUevent) -> None:
-            events.put(ev)
+            try:
+                events.put_nowait(ev)
+            except queue.Full:
+                dropped[0] += 1
             with contextlib.suppress(OSError):  # a full wake socket already wakes us
                 wake_w.send(b"x")
 
@@ -273,7 +301,10 @@ class Session:
                         wake_r.recv(4096)
                 if ready.get(self.sock.fileno()) and not self.sock.recv(1):
                     return
-                while True:
+                while not self.closing:
+                    if dropped[0]:
+                        lost, dropped[0] = dropped[0], 0
+                        self.send(p.Uevent(overflow_marker(lost)))
                     try:
                         ev = events.get_nowait()
                     except queue.Empty:
@@ -306,7 +337,11 @@ class Session:
         out: list[OpenFile] = []
         try:
             for fd in fds:
-                file = self.server.lookup_fd(fd) or _adopt_memfd(fd) or OpenFile()
+                file = (
+                    self.server.lookup_fd(fd)
+                    or _adopt_memfd(fd, self._address_room())
+                    or OpenFile()
+                )
                 out.append(file)
                 os.close(fd)
         except BaseException:
@@ -394,23 +429,95 @@ class Session:
                 raise OSError(errno.EINVAL, f"arena memfd is smaller than {msg.size:#x} bytes")
             if msg.addr % PAGE_SIZE:
                 raise OSError(errno.EINVAL, f"arena address {msg.addr:#x} is not page-aligned")
+            self._charge_arena(msg.size)
         except OSError:
             os.close(fd)
             raise
-        mem = SharedMemory(msg.size, f"arena-{self.pid}", fd=fd)
+        try:
+            mem = SharedMemory(msg.size, f"arena-{self.pid}", fd=fd)
+        except BaseException:
+            self._uncharge_arena(msg.size)
+            raise
         try:
             with self.clock.lock:
                 assert self.task is not None
                 self.task.mm.map(mem.view(), addr=msg.addr, name="arena")
         except BaseException:
             mem.close()
+            self._uncharge_arena(msg.size)
             raise
         self._arenas[msg.addr] = mem
         self.send(p.Result(), rid)
 
+    # -- caps (the server's ledger) --------------------------------------------------
+    def _charge_arena(self, size: int) -> None:
+        """Charge one arena of ``size`` bytes to this process and its uid.
+
+        Raises:
+            NoMemory: past ``arenas_per_client`` or the address-space caps.
+        """
+        lim, ledger = self.server.limits, self.server.ledger
+        if size <= 0:
+            raise OSError(errno.EINVAL, f"arena size {size} must be positive")
+        ledger.charge(
+            "arenas", 1, self.pid, self.uid, (lim.arenas_per_client, -1), NoMemory, "arenas"
+        )
+        try:
+            ledger.charge(
+                "address_space",
+                size,
+                self.pid,
+                self.uid,
+                (lim.address_space_per_client, lim.address_space_per_uid),
+                NoMemory,
+                "bytes of address space in the server",
+            )
+        except BaseException:
+            ledger.uncharge("arenas", 1, self.pid, self.uid)
+            raise
+
+    def _uncharge_arena(self, size: int) -> None:
+        self.server.ledger.uncharge("arenas", 1, self.pid, self.uid)
+        self.server.ledger.uncharge("address_space", size, self.pid, self.uid)
+
+    def _address_room(self) -> int:
+        """Bytes this process may still have the server map."""
+        lim, ledger = self.server.limits, self.server.ledger
+        return min(
+            lim.address_space_per_client - ledger.used("address_space", pid=self.pid),
+            lim.address_space_per_uid - ledger.used("address_space", uid=self.uid),
+        )
+
+    def _charge_mapping(self) -> None:
+        """Raises:
+        NoMemory: the process has ``mappings_per_client`` mappings."""
+        self.server.ledger.charge(
+            "mappings",
+            1,
+            self.pid,
+            self.uid,
+            (self.server.limits.mappings_per_client, -1),
+            NoMemory,
+            "mappings",
+        )
+
+    def _uncharge_mapping(self, n: int = 1) -> None:
+        if n:
+            self.server.ledger.uncharge("mappings", n, self.pid, self.uid)
+
     def _mmap(self, rid: int, msg: p.Mmap, fds: list[int]) -> None:
         assert self.task is not None
-        (file,) = self._resolve(fds)
+        try:
+            self._charge_mapping()
+        except BaseException:
+            close_all(fds)
+            raise
+        try:
+            (file,) = self._resolve(fds)
+        except BaseException:
+            self._uncharge_mapping()
+            raise
+        charged = True
         try:
             with self.clock.lock, self._target(file):
                 mapping = self.syscalls.mmap(
@@ -429,8 +536,11 @@ class Session:
                 mid = self._next_mapping
                 self._next_mapping += 1
                 self._mappings[mid] = mapping
+                charged = False  # now the mapping's, given back when it goes
         finally:
             self._put([file])
+            if charged:
+                self._uncharge_mapping()
         try:
             self.send(p.Mapped(mid, offset, mapping.length), rid, [memfd])
         finally:
@@ -454,6 +564,7 @@ class Session:
             raise OSError(errno.EINVAL, f"no mapping {msg.mapping_id}")
         assert self.task is not None
         self.syscalls.munmap(self.task, mapping)
+        self._uncharge_mapping()
         self.send(p.Result(), rid)
 
     def _poll(self, rid: int, msg: p.Poll, fds: list[int]) -> None:
@@ -503,14 +614,20 @@ class Session:
                 )
         if self._workers is not None:
             self._workers.shutdown(wait=False)
+        if self.refused:
+            n = self.server.release_session_files(self.token)
+            if n:
+                log.warning("pid %d: released %d files of the session closed", self.pid, n)
         if task is not None:
             with self.clock.lock:
                 for mapping in self._mappings.values():
                     mapping.unmap()
+                self._uncharge_mapping(len(self._mappings))
                 self._mappings.clear()
                 for addr, mem in self._arenas.items():
                     with contextlib.suppress(AccelError):
                         task.mm.unmap(addr)
+                    self._uncharge_arena(mem.size)
                     mem.close()
                 self._arenas.clear()
                 sub = self.server.machine.subsystem
@@ -522,11 +639,28 @@ class Session:
             self.sock.close()
 
 
-def _adopt_memfd(fd: int) -> MemfdFile | None:
+def overflow_marker(dropped: int) -> dict[str, Any]:
+    """The uevent a subscription gets in place of ``dropped`` uevents it was too slow
+    to read: action ``overflow``, ``env["ERRNO"]`` ``"ENOBUFS"``, ``env["DROPPED"]``
+    the count (the kernel's uevent socket fails a ``recv`` with ``ENOBUFS``)."""
+    return {
+        "action": "overflow",
+        "devpath": "",
+        "subsystem": "",
+        "seqnum": 0,
+        "env": {"ERRNO": "ENOBUFS", "DROPPED": str(dropped)},
+    }
+
+
+def _adopt_memfd(fd: int, room: int) -> MemfdFile | None:
     """A :class:`MemfdFile` over the pages of a received memfd, or ``None``.
 
     It keeps the descriptor's access mode, and a write-sealed memfd (which
     cannot be mapped writable) is mapped read-only, so udmabuf sees its seals.
+
+    Raises:
+        NoMemory: the memfd is larger than ``room``, the bytes the sender may still
+            have the server map (``address_space_per_client``/``_per_uid``).
     """
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
@@ -536,6 +670,11 @@ def _adopt_memfd(fd: int) -> MemfdFile | None:
         return None
     if size <= 0:
         return None
+    if size > room:
+        raise NoMemory(
+            f"memfd of {size} bytes exceeds the {max(room, 0)} bytes of address space "
+            "this client may still have the server map"
+        )
     readonly = bool(seals & WRITE_SEALS) or (flags & os.O_ACCMODE) == os.O_RDONLY
     try:
         memory = SharedMemory(size, "memfd", fd=os.dup(fd), readonly=readonly)
