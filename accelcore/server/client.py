@@ -659,6 +659,9 @@ class ClientProcess:
         if self._chan is not None:
             self._chan.close()
             self._chan = None
+        # The per-thread scratch buffers are views of the arenas: drop them first,
+        # or the arenas' mappings (and their descriptors) outlive the session.
+        self._tls = threading.local()
         for a in self._arenas:
             a.close()
         self._arenas = []

@@ -193,6 +193,10 @@ class Server:
         self.clock = machine.clock
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
+        # Never blocks: post() runs under the clock lock, and a full wake socket
+        # already wakes the selector (a uevent flood deadlocked a blocking one).
+        self._wake_w.setblocking(False)
+        self._sync_pending = False
         self._posted: list[Callable[[], None]] = []
         self._post_lock = threading.Lock()
         self._listeners: dict[str, socket.socket] = {}
@@ -244,7 +248,7 @@ class Server:
             self._close_endpoints()
             raise
         with self.clock.lock:
-            self._unsubscribe = self.machine.sysfs.subscribe(lambda ev: self.post(self._sync_nodes))
+            self._unsubscribe = self.machine.sysfs.subscribe(lambda ev: self._node_event())
         self._thread = threading.Thread(target=self._serve, name="accel-devfs", daemon=True)
         self._thread.start()
         log.info(
@@ -453,9 +457,19 @@ class Server:
         t.start()
 
     # -- nodes ---------------------------------------------------------------------
+    def _node_event(self) -> None:
+        """A uevent: resync the nodes once, however many uevents came meanwhile."""
+        with self._post_lock:
+            if self._sync_pending:
+                return
+            self._sync_pending = True
+        self.post(self._sync_nodes)
+
     def _sync_nodes(self, strict: bool = False) -> None:
         """Bind the nodes that appeared, close those that went. With ``strict`` (at
         start) an unsafe path in the runtime directory is raised, else logged."""
+        with self._post_lock:
+            self._sync_pending = False
         with self.clock.lock:
             paths = set(self.machine.subsystem.nodes)
         for path in sorted(paths - set(self._listeners)):

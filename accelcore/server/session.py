@@ -274,6 +274,7 @@ class Session:
         limit = self.server.limits.uevent_queue
         events: queue.Queue[SysUevent] = queue.Queue(maxsize=max(1, limit))
         dropped = [0]
+        drop_lock = threading.Lock()
         wake_r, wake_w = socket.socketpair()
         wake_w.setblocking(False)
 
@@ -281,7 +282,8 @@ class Session:
             try:
                 events.put_nowait(ev)
             except queue.Full:
-                dropped[0] += 1
+                with drop_lock:
+                    dropped[0] += 1
             with contextlib.suppress(OSError):  # a full wake socket already wakes us
                 wake_w.send(b"x")
 
@@ -302,8 +304,9 @@ class Session:
                 if ready.get(self.sock.fileno()) and not self.sock.recv(1):
                     return
                 while not self.closing:
-                    if dropped[0]:
+                    with drop_lock:
                         lost, dropped[0] = dropped[0], 0
+                    if lost:
                         self.send(p.Uevent(overflow_marker(lost)))
                     try:
                         ev = events.get_nowait()
