@@ -138,6 +138,15 @@ class Clock:
         with self.lock:
             self.changed.notify_all()
 
+    def cond_resched(self) -> None:
+        """Let other threads into the engine in the middle of long work (the
+        kernel's ``cond_resched_lock``): call with the lock held, between bounded
+        chunks of work (a fill, a copy), at a point where the state is consistent.
+        The lock is released (all levels) and taken back.
+
+        With one thread (:class:`VirtualClock`) there is no one to let in: no-op.
+        """
+
     def _scheduled(self) -> None:
         """Hook: a timer was added."""
 
@@ -292,8 +301,16 @@ class RealClock(Clock):
     def _host_seconds(self, device_ns: int) -> float:
         return max(0.0, device_ns / self._speed / NSEC_PER_SEC)
 
+    #: Seconds :meth:`cond_resched` leaves the lock free, so that a thread woken by
+    #: the release can take it (the lock is not fair).
+    RESCHED_SECONDS = 50e-6
+
     def _scheduled(self) -> None:
         self._wakeup.notify()
+
+    def cond_resched(self) -> None:
+        # Condition.wait releases every level of the RLock and takes them back.
+        self.changed.wait(self.RESCHED_SECONDS)
 
     def stop(self) -> None:
         """Stop the timer thread (pending callbacks never run)."""

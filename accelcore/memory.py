@@ -24,6 +24,7 @@ import numpy as np
 from .errors import BadAddress, InvalidArgument, NoMemory
 
 __all__ = [
+    "FILL_CHUNK",
     "LIVE",
     "MAX_LFS_FILESIZE",
     "PAGE_SIZE",
@@ -32,11 +33,49 @@ __all__ = [
     "MemoryBlock",
     "RangeAllocator",
     "SharedMemory",
+    "fill_chunked",
     "is_page_aligned",
     "page_align",
 ]
 
 PAGE_SIZE = mmap.PAGESIZE
+#: Bytes a fill or copy does between two :meth:`~accelcore.clock.Clock.cond_resched`.
+FILL_CHUNK = 1 << 20
+
+
+def fill_chunked(
+    view: memoryview, byte: int, resched: Callable[[], None], chunk: int = FILL_CHUNK
+) -> None:
+    """Set every byte of ``view`` to ``byte``, ``chunk`` bytes at a time, calling
+    ``resched`` (:meth:`~accelcore.clock.Clock.cond_resched`) between chunks, so a
+    fill of hundreds of MiB does not hold the engine lock throughout.
+
+    Raises:
+        ValueError: ``byte`` is not in ``0..255``.
+    """
+    n = len(view)
+    pattern = bytes([byte]) * min(chunk, n)
+    for start in range(0, n, chunk):
+        if start:
+            resched()
+        end = min(start + chunk, n)
+        view[start:end] = pattern[: end - start]
+
+
+def copy_chunked(
+    dst: memoryview,
+    src: memoryview | bytes,
+    resched: Callable[[], None],
+    chunk: int = FILL_CHUNK,
+) -> None:
+    """``dst[:] = src`` (same length), ``chunk`` bytes at a time, calling
+    ``resched`` between chunks (see :func:`fill_chunked`)."""
+    if len(dst) != len(src):
+        raise ValueError(f"copy of {len(src)} bytes into {len(dst)}")
+    for start in range(0, len(dst), chunk):
+        if start:
+            resched()
+        dst[start : start + chunk] = src[start : start + chunk]
 
 #: ``LLONG_MAX``, the largest size a file (a memfd, a shmem-backed GEM object) can
 #: have. A ``__u64`` size from user space above it is ``EINVAL``, as in
@@ -184,11 +223,22 @@ class SharedMemory:
         self._check_writable()
         self._map[offset : offset + n] = data
 
-    def fill(self, offset: int, length: int, byte: int = 0) -> None:
-        """Set ``length`` bytes from ``offset`` to ``byte``."""
+    def fill(
+        self, offset: int, length: int, byte: int = 0, resched: Callable[[], None] | None = None
+    ) -> None:
+        """Set ``length`` bytes from ``offset`` to ``byte``; with ``resched``
+        (:meth:`~accelcore.clock.Clock.cond_resched`), in chunks of
+        :data:`FILL_CHUNK` bytes that let other threads into the engine."""
         self.check_range(offset, length)
         self._check_writable()
-        self._map[offset : offset + length] = bytes([byte]) * length
+        if resched is None:
+            self._map[offset : offset + length] = bytes([byte]) * length
+            return
+        view = self._view[offset : offset + length]
+        try:
+            fill_chunked(view, byte, resched)
+        finally:
+            view.release()
 
     @staticmethod
     def backing(view: memoryview) -> tuple[SharedMemory, int] | None:

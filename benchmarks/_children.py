@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
+import time
 from typing import Any
 
 from accelcore.server import connect, recv_fds, send_fds
@@ -109,9 +111,69 @@ def _importer(params: dict[str, Any]) -> dict[str, float]:
     return {"imports": float(n)}
 
 
+def _p99(samples: list[int]) -> float:
+    ordered = sorted(samples)
+    return float(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))])
+
+
+def _info_during_fill(params: dict[str, Any]) -> dict[str, float]:
+    """INFO latencies on accel1: idle, then while fills of ``size`` bytes run on
+    accel0 (submitted by this process; a thread waits for each)."""
+    proc = connect(params["rt"])
+    fa, fb = proc.open("/dev/accel/accel0"), proc.open("/dev/accel/accel1")
+    out, args = proc.alloc(64), proc.alloc(64)
+    info = CORE.new(
+        "struct accel_info", op=CORE.ACCEL_INFO_STATUS, return_pointer=out.addr, return_size=32
+    )
+    args.view[: CORE.sizeof("struct accel_info")] = CORE.to_bytes(info)
+    cmd = CORE.ACCEL_IOCTL_INFO
+
+    def sample(until: threading.Event | None, n: int) -> list[int]:
+        got = []
+        while (until is None and len(got) < n) or (until is not None and not until.is_set()):
+            t0 = time.perf_counter_ns()
+            proc.ioctl(fb, cmd, args.addr)
+            got.append(time.perf_counter_ns() - t0)
+        return got
+
+    bo = V.new("struct vaccel_create_bo", size=params["size"])
+    proc.ioctl(fa, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
+    idle = sample(None, params["loops"])
+    busy: list[int] = []
+    fill_ns: list[int] = []
+    for i in range(params["fills"]):
+        done = threading.Event()
+        job = V.new("struct vaccel_submit", handle=bo.handle, fill=i + 1, delay_ns=0)
+
+        def fill(job: Any = job, done: threading.Event = done) -> None:
+            t0 = time.perf_counter_ns()
+            proc.ioctl(fa, V.DRM_IOCTL_VACCEL_SUBMIT, job)
+            wait = V.new("struct vaccel_wait", seqno=job.seqno, timeout_ns=-1)
+            proc.ioctl(fa, V.DRM_IOCTL_VACCEL_WAIT, wait)
+            fill_ns.append(time.perf_counter_ns() - t0)
+            done.set()
+
+        t = threading.Thread(target=fill)
+        t.start()
+        busy += sample(done, 0)
+        t.join()
+    proc.exit()
+    return {
+        "idle_p99": _p99(idle),
+        "busy_p99": _p99(busy),
+        "busy_samples": float(len(busy)),
+        "fill_ms": sorted(fill_ns)[len(fill_ns) // 2] / 1e6,
+    }
+
+
 def main(kind: str, params: dict[str, Any]) -> None:
     """Run role ``kind`` and print its result as one JSON line."""
     if params.get("cpu"):
         os.sched_setaffinity(0, set(params["cpu"]))
-    role = {"info": _info, "exporter": _exporter, "importer": _importer}[kind]
+    role = {
+        "info": _info,
+        "exporter": _exporter,
+        "importer": _importer,
+        "info_during_fill": _info_during_fill,
+    }[kind]
     print(json.dumps(role(params)), flush=True)

@@ -29,7 +29,7 @@ from accelcore.server.daemon import load_machine
 
 from .harness import Figure, ratio_figure
 
-__all__ = ["dmabuf_share_1g", "ioctl_crossprocess"]
+__all__ = ["dmabuf_share_1g", "info_during_fill", "ioctl_crossprocess"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 _MACHINE = {
@@ -210,4 +210,41 @@ def dmabuf_share_1g(quick: bool) -> list[Figure]:
     ]
 
 
-SUITES: list[Callable[[bool], list[Figure]]] = [ioctl_crossprocess, dmabuf_share_1g]
+#: Bytes of the fill that runs on device A while INFO is timed on device B.
+FILL_BYTES = 512 << 20
+
+
+def info_during_fill(quick: bool) -> list[Figure]:
+    """INFO p99 on device B while the same client fills a 512 MiB buffer on device
+    A (vaccel SUBMIT, the fill runs on the server's clock thread), as a ratio to
+    INFO p99 on B when idle, in the same run. Fills work in chunks with
+    ``Clock.cond_resched`` between them, so they do not hold the engine lock."""
+    with _served() as srv:
+        child = _run_child(
+            "info_during_fill",
+            {
+                "rt": str(srv.runtime_dir),
+                "size": FILL_BYTES,
+                "loops": 2_000 if quick else 10_000,
+                "fills": 2 if quick else 5,
+            },
+        )
+        res = _result(child)
+    return [
+        ratio_figure(
+            "info_p99_during_fill",
+            res["busy_p99"] / 1e3,
+            res["idle_p99"] / 1e3,
+            "us",
+            5.0,
+            note=f"baseline: INFO p99 on an idle machine; {res['busy_samples']:.0f} INFOs "
+            f"during {FILL_BYTES >> 20} MiB fills of {res['fill_ms']:.0f} ms (median)",
+        )
+    ]
+
+
+SUITES: list[Callable[[bool], list[Figure]]] = [
+    ioctl_crossprocess,
+    dmabuf_share_1g,
+    info_during_fill,
+]

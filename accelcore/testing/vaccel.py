@@ -32,6 +32,7 @@ from ..driver import (
 from ..errors import AccelError, InvalidArgument, NoEntry, TimedOut
 from ..fence import Fence, FenceContext
 from ..gem import BufferObject, dma_resv_wait
+from ..memory import copy_chunked, fill_chunked
 from ..sched import SchedEntity, SchedJob, SchedStat, Scheduler, SchedulerOps
 from ..syncobj import lookup_syncobj, syncobj_find_fence
 from ..sysfs import Attribute, AttributeGroup
@@ -93,19 +94,25 @@ class _Engine(SchedulerOps):
 
         def complete() -> None:
             work.timer = None
+            # In chunks, letting other threads into the engine between them: a
+            # 512 MiB fill or copy must not stall every other device's ioctls.
+            resched = self.dev.subsystem.clock.cond_resched
             try:
                 if work.src is not None:
                     n = min(work.src.size, work.dst.size)
-                    work.dst.view(0, n)[:] = work.src.view(0, n)
+                    copy_chunked(work.dst.view(0, n), work.src.view(0, n), resched)
                 else:
-                    work.dst.view()[:] = bytes([work.fill]) * work.dst.size
+                    fill_chunked(work.dst.view(), work.fill, resched)
             except AccelError as exc:  # the memory is gone: the job fails, it does not crash
-                hw.set_error(-(exc.errno or errno.EIO))
+                if not hw.signalled:
+                    hw.set_error(-(exc.errno or errno.EIO))
             else:
-                st.completed += 1
-                st.busy_ns += work.delay
-                work.file.engine_time_ns += work.delay
-            hw.signal()
+                if not hw.signalled:  # not ended meanwhile (timeout, reset)
+                    st.completed += 1
+                    st.busy_ns += work.delay
+                    work.file.engine_time_ns += work.delay
+            if not hw.signalled:
+                hw.signal()
 
         work.timer = self.dev.subsystem.clock.call_later(work.delay, complete)
         return hw

@@ -6,6 +6,7 @@ ledger, the accounting, the server's descriptors and threads return to baseline.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -273,8 +274,11 @@ def test_exhausted_descriptors_are_emfile_not_a_protocol_error() -> None:
     if pid == 0:  # pragma: no cover - reports through its exit status
         code = 1
         try:
-            used = len(os.listdir("/proc/self/fd"))
-            resource.setrlimit(resource.RLIMIT_NOFILE, (used + 1, used + 1))
+            top = max(int(f) for f in os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, top + 1))
+            with contextlib.suppress(OSError):  # fill the holes below the limit
+                while True:
+                    os.dup(0)
             try:
                 recv_record(b)
             except OSError as exc:
@@ -303,9 +307,15 @@ def test_emfile_in_accept_refuses_without_spinning(rt: Path, summary: Summary) -
             # Accepted connections stay silent through the measurement.
             srv = Server(machine, rt, limits=ServerLimits(hello_timeout=3.0))
             srv.start()
-            used = len(os.listdir("/proc/self/fd"))
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (used + 2, hard))
+            top = max(int(f) for f in os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (top + 3, hard))
+            fillers = []
+            with contextlib.suppress(OSError):  # fill the holes: 2 descriptors left
+                while True:
+                    fillers.append(os.dup(0))
+            for fd in fillers[-2:]:
+                os.close(fd)
             os.write(ready_w, b"r")
             os.read(r, 1)  # the attack is on
             cpu0, t0 = time.process_time(), time.monotonic()
