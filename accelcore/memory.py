@@ -62,21 +62,6 @@ def fill_chunked(
         view[start:end] = pattern[: end - start]
 
 
-def copy_chunked(
-    dst: memoryview,
-    src: memoryview | bytes,
-    resched: Callable[[], None],
-    chunk: int = FILL_CHUNK,
-) -> None:
-    """``dst[:] = src`` (same length), ``chunk`` bytes at a time, calling
-    ``resched`` between chunks (see :func:`fill_chunked`)."""
-    if len(dst) != len(src):
-        raise ValueError(f"copy of {len(src)} bytes into {len(dst)}")
-    for start in range(0, len(dst), chunk):
-        if start:
-            resched()
-        dst[start : start + chunk] = src[start : start + chunk]
-
 #: ``LLONG_MAX``, the largest size a file (a memfd, a shmem-backed GEM object) can
 #: have. A ``__u64`` size from user space above it is ``EINVAL``, as in
 #: ``shmem_file_setup``.
@@ -228,7 +213,7 @@ class SharedMemory:
     ) -> None:
         """Set ``length`` bytes from ``offset`` to ``byte``; with ``resched``
         (:meth:`~accelcore.clock.Clock.cond_resched`), in chunks of
-        :data:`FILL_CHUNK` bytes that let other threads into the engine."""
+        ``FILL_CHUNK`` (1 MiB) bytes that let other threads into the engine."""
         self.check_range(offset, length)
         self._check_writable()
         if resched is None:

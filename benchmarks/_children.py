@@ -129,7 +129,7 @@ def _info_during_fill(params: dict[str, Any]) -> dict[str, float]:
     cmd = CORE.ACCEL_IOCTL_INFO
 
     def sample(until: threading.Event | None, n: int) -> list[int]:
-        got = []
+        got: list[int] = []
         while (until is None and len(got) < n) or (until is not None and not until.is_set()):
             t0 = time.perf_counter_ns()
             proc.ioctl(fb, cmd, args.addr)

@@ -112,6 +112,7 @@ def sim_group() -> None:
 @click.pass_context
 def sim_start_cmd(
     ctx: click.Context,
+    /,
     config: Path | None,
     runtime_dir: Path | None,
     as_json: bool,

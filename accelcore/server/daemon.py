@@ -379,7 +379,7 @@ def _remove_leftovers(rt: Path, pid: int) -> None:
 def stop_server(runtime_dir: Path | str | None = None, timeout: float = 10) -> bool:
     """End the server at ``runtime_dir``, also a wedged one: ask it to shut down,
     then ``SIGTERM`` (with ``SIGCONT``, for a stopped one), then ``SIGKILL``, each
-    step after :data:`STOP_GRACE` seconds (the pid comes from ``server.pid`` when
+    step after ``STOP_GRACE`` seconds (the pid comes from ``server.pid`` when
     the server does not answer). Its pid file and sockets are removed if it could
     not remove them itself.
 

@@ -635,8 +635,7 @@ class Server:
         TooManyFiles: ``pid`` or ``uid`` holds its cap of open files."""
         if self.files_of(pid) >= self.limits.files_per_client:
             raise TooManyFiles(
-                f"pid {pid} holds {self.limits.files_per_client} open files "
-                "(the per-client limit)"
+                f"pid {pid} holds {self.limits.files_per_client} open files (the per-client limit)"
             )
         if self.files_of_uid(uid) >= self.limits.files_per_uid:
             raise TooManyFiles(
@@ -662,9 +661,7 @@ class Server:
         """The pids of the client processes with a session now."""
         return {s.pid for s in list(self._sessions.values())}
 
-    def export_file(
-        self, file: OpenFile, pid: int = 0, uid: int = -1, session: bytes = b""
-    ) -> int:
+    def export_file(self, file: OpenFile, pid: int = 0, uid: int = -1, session: bytes = b"") -> int:
         """Make a socket pair for ``file`` (taking over one reference) and return the
         client end's descriptor, to be sent and then closed by the caller; the file
         is charged to client process ``pid`` of ``uid`` (session ``session``)."""

@@ -63,9 +63,7 @@ def test_a_symlinked_runtime_dir_is_refused(machine: Machine, base: Path) -> Non
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o720, 0o702])
-def test_a_runtime_dir_others_may_write_is_refused(
-    machine: Machine, base: Path, mode: int
-) -> None:
+def test_a_runtime_dir_others_may_write_is_refused(machine: Machine, base: Path, mode: int) -> None:
     rt = base / "rt"
     rt.mkdir()
     rt.chmod(mode)

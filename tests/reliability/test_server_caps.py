@@ -179,9 +179,7 @@ def test_arena_count_and_bytes_are_capped_per_client_and_per_uid(
     summary("arenas: 256 MiB per client, 384 MiB per uid, 6 per client -> ENOMEM")
 
 
-def test_mappings_are_capped_per_client(
-    capped: tuple[Server, Machine], summary: Summary
-) -> None:
+def test_mappings_are_capped_per_client(capped: tuple[Server, Machine], summary: Summary) -> None:
     server, machine = capped
     back = _baseline(server, machine)
     proc = connect(server.runtime_dir)

@@ -8,6 +8,7 @@ returns), not speed targets."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -54,18 +55,14 @@ def _leftovers(rt: Path) -> list[str]:
 def spawned(rt: Path) -> Iterator[int]:
     pid = spawn_server(VACCEL_MACHINE, rt, timeout=30)
     yield pid
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     stop_server(rt)
 
 
 def _gone(pid: int) -> bool:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
