@@ -16,8 +16,9 @@ import mmap
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -31,8 +32,10 @@ __all__ = [
     "DeviceMemory",
     "LiveCounter",
     "MemoryBlock",
+    "MemoryCharge",
     "RangeAllocator",
     "SharedMemory",
+    "charge_to",
     "fill_chunked",
     "is_page_aligned",
     "page_align",
@@ -97,6 +100,35 @@ class LiveCounter:
 #: Every :class:`SharedMemory` not yet closed, counted.
 LIVE = LiveCounter()
 
+
+class MemoryCharge(Protocol):
+    """Who pays for new memory (see :func:`charge_to`)."""
+
+    def charge(self, nbytes: int) -> None:
+        """Take ``nbytes`` more; raise (``NoMemory``) to refuse the allocation."""
+
+    def uncharge(self, nbytes: int) -> None:
+        """Give back what :meth:`charge` took (the memory was freed)."""
+
+
+_CHARGE = threading.local()
+
+
+@contextlib.contextmanager
+def charge_to(account: MemoryCharge) -> Iterator[None]:
+    """Charge every :class:`SharedMemory` this thread creates meanwhile (buffer
+    objects, not adopted memfds) to ``account`` until it is freed, as the kernel
+    charges an allocation to the current task's memory cgroup. The devfs server
+    charges a client's calls to that client and its uid.
+    """
+    before = getattr(_CHARGE, "account", None)
+    _CHARGE.account = account
+    try:
+        yield
+    finally:
+        _CHARGE.account = before
+
+
 #: Live regions by the id of their mmap, so a view can be traced to its memfd.
 _BY_MAP: weakref.WeakValueDictionary[int, SharedMemory] = weakref.WeakValueDictionary()
 
@@ -122,11 +154,13 @@ class SharedMemory:
         InvalidArgument: ``size`` is not positive, or above
             :data:`~accelcore.memory.MAX_LFS_FILESIZE`.
         NoMemory: the memfd or the mapping could not be created (also a size the
-            address space cannot hold).
+            address space cannot hold), or the account this thread charges
+            (:func:`~accelcore.memory.charge_to`) refused it.
     """
 
     __slots__ = (
         "__weakref__",
+        "_account",
         "_closed",
         "_map",
         "_refs",
@@ -148,6 +182,10 @@ class SharedMemory:
         self.name = name
         self.readonly = readonly
         prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
+        account: MemoryCharge | None = getattr(_CHARGE, "account", None) if fd is None else None
+        if account is not None:
+            account.charge(size)  # may refuse: nothing made yet
+        self._account = account
         try:
             if fd is None:
                 fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
@@ -160,6 +198,8 @@ class SharedMemory:
         except (OSError, OverflowError, ValueError) as exc:
             if fd is not None:
                 os.close(fd)
+            if account is not None:
+                account.uncharge(size)
             raise NoMemory(f"cannot create {size}-byte shared memory {name!r}: {exc}") from exc
         self._view = memoryview(self._map)
         self._closed = False
@@ -293,6 +333,8 @@ class SharedMemory:
         _BY_MAP.pop(id(self._map), None)
         self._closed = True
         LIVE.add(self.size, -1)
+        if self._account is not None:
+            self._account.uncharge(self.size)
         self._view.release()
         # A caller may still hold a view; then the mapping goes with the last one.
         with contextlib.suppress(BufferError):

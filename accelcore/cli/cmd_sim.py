@@ -74,6 +74,10 @@ _CAP_HELP = {
     "address_space_per_client": "Bytes of client memory the server maps per process (ENOMEM)",
     "address_space_per_uid": "Bytes of client memory the server maps per uid (ENOMEM)",
     "mappings_per_client": "Live mmaps per client process (ENOMEM)",
+    "buffers_per_client": "Buffers one client process's calls allocated (ENOMEM)",
+    "buffers_per_uid": "Buffers the calls of one uid allocated (ENOMEM)",
+    "buffer_bytes_per_client": "Bytes of buffers per client process (ENOMEM)",
+    "buffer_bytes_per_uid": "Bytes of buffers per uid (ENOMEM)",
     "uevent_queue": "Uevents queued for a monitor that does not read, then an "
     "overflow marker (ENOBUFS)",
     "hello_timeout": "Seconds a new connection may take to send its first record",

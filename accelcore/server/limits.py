@@ -21,6 +21,12 @@ cap                           errno      counts
 ``address_space_per_uid``     ENOMEM     the same, summed over one uid
 ``mappings_per_client``       ENOMEM     live ``mmap`` s of one pid (the kernel's
                                          ``vm.max_map_count``)
+``buffers_per_client``        ENOMEM     buffers (memfds: one server descriptor
+                                         each) the pid's calls allocated
+``buffers_per_uid``           ENOMEM     the same, summed over one uid
+``buffer_bytes_per_client``   ENOMEM     bytes of those buffers (device memory
+                                         of virtual devices, GTT, …)
+``buffer_bytes_per_uid``      ENOMEM     the same, summed over one uid
 ``uevent_queue``              ENOBUFS    uevents queued for a subscriber that
                                          does not read; then one overflow marker
 ``hello_timeout``             (closed)   seconds a new connection may take to
@@ -56,6 +62,11 @@ class ServerLimits:
             process (arenas, memfds passed as ioctl arguments); ``ENOMEM``.
         address_space_per_uid: The same, for all processes of one uid; ``ENOMEM``.
         mappings_per_client: Live ``mmap`` s of one process; ``ENOMEM``.
+        buffers_per_client: Buffers (memfds the server holds, one descriptor
+            each) allocated by one process's calls and not yet freed; ``ENOMEM``.
+        buffers_per_uid: The same, for all processes of one uid; ``ENOMEM``.
+        buffer_bytes_per_client: Bytes of those buffers; ``ENOMEM``.
+        buffer_bytes_per_uid: The same, for all processes of one uid; ``ENOMEM``.
         uevent_queue: Uevents queued for a subscriber that does not read; past it
             they are dropped and an overflow marker (``ENOBUFS``) is sent.
         hello_timeout: Seconds a new control or node connection may take to send
@@ -69,6 +80,10 @@ class ServerLimits:
     address_space_per_client: int = 16 * GiB
     address_space_per_uid: int = 64 * GiB
     mappings_per_client: int = 4096
+    buffers_per_client: int = 4096
+    buffers_per_uid: int = 8192
+    buffer_bytes_per_client: int = 16 * GiB
+    buffer_bytes_per_uid: int = 64 * GiB
     uevent_queue: int = 1024
     hello_timeout: float = 5.0
 

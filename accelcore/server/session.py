@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AccelError, NoMemory
-from ..memory import PAGE_SIZE, SharedMemory
+from ..memory import PAGE_SIZE, SharedMemory, charge_to
 from ..syscalls import Syscalls, fd_offsets, ioctl_may_sleep, read_may_sleep
 from ..sysfs import Uevent as SysUevent
 from ..task import Task
@@ -96,6 +96,7 @@ class Session:
         self._arenas: dict[int, SharedMemory] = {}
         self._mappings: dict[int, Mapping] = {}
         self._next_mapping = 1
+        self._charge = _BufferCharge(server, self.pid, self.uid)
         self.closing = False
         #: The server closed the connection (a protocol violation, an internal
         #: error): the files served for this session are released with it.
@@ -394,7 +395,7 @@ class Session:
         else:
             ctx.files = {TARGET_FD: files[0]}
         try:
-            with task.files.call(ctx):
+            with task.files.call(ctx), charge_to(self._charge):
                 if isinstance(msg, p.Ioctl):
                     ret = self.syscalls.ioctl(task, msg.fd_numbers[0], msg.cmd, msg.argp)
                 else:
@@ -640,6 +641,44 @@ class Session:
                     task.exit()
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+class _BufferCharge:
+    """The memory a client's calls allocate, charged to it and its uid in the
+    server's ledger (:func:`~accelcore.memory.charge_to`), until it is freed —
+    also after the session ended, if another process still holds the buffer."""
+
+    def __init__(self, server: Server, pid: int, uid: int) -> None:
+        self.ledger, self.limits, self.pid, self.uid = server.ledger, server.limits, pid, uid
+
+    def charge(self, nbytes: int) -> None:
+        lim = self.limits
+        self.ledger.charge(
+            "buffers",
+            1,
+            self.pid,
+            self.uid,
+            (lim.buffers_per_client, lim.buffers_per_uid),
+            NoMemory,
+            "buffers",
+        )
+        try:
+            self.ledger.charge(
+                "buffer_bytes",
+                nbytes,
+                self.pid,
+                self.uid,
+                (lim.buffer_bytes_per_client, lim.buffer_bytes_per_uid),
+                NoMemory,
+                "bytes of buffers",
+            )
+        except BaseException:
+            self.ledger.uncharge("buffers", 1, self.pid, self.uid)
+            raise
+
+    def uncharge(self, nbytes: int) -> None:
+        self.ledger.uncharge("buffers", 1, self.pid, self.uid)
+        self.ledger.uncharge("buffer_bytes", nbytes, self.pid, self.uid)
 
 
 def overflow_marker(dropped: int) -> dict[str, Any]:

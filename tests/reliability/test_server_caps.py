@@ -393,3 +393,59 @@ def test_exported_files_are_capped_per_uid(rt: Path, summary: Summary) -> None:
         server.stop()
         machine.shutdown()
     summary("open files: per-uid cap 10 over two processes -> EMFILE on the 11th")
+
+
+def test_buffers_are_capped_per_client_and_per_uid(rt: Path, summary: Summary) -> None:
+    """vaccel takes buffers of up to 4 GiB each: the server charges what a client's
+    calls allocate to it and its uid (count and bytes) until it is freed."""
+    machine = load_machine(VACCEL_MACHINE)
+    limits = ServerLimits(
+        buffers_per_client=8, buffer_bytes_per_client=64 * MiB, buffer_bytes_per_uid=96 * MiB
+    )
+    server = Server(machine, rt, limits=limits)
+    server.start()
+
+    def create(proc: object, fd: int, size: int) -> int:
+        bo = V.new("struct vaccel_create_bo", size=size)
+        try:
+            proc.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)  # type: ignore[attr-defined]
+        except OSError as exc:
+            return exc.errno or -1
+        return 0
+
+    try:
+        back = _baseline(server, machine)
+        a = connect(rt)
+        fa = a.open("/dev/accel/accel0")
+        assert [create(a, fa, PAGE_SIZE) for _ in range(9)] == [0] * 8 + [errno.ENOMEM]
+        a.exit()
+        back()
+        a = connect(rt)
+        fa = a.open("/dev/accel/accel0")
+        assert [create(a, fa, 32 * MiB) for _ in range(3)] == [0, 0, errno.ENOMEM]
+        assert server.ledger.used("buffer_bytes", pid=os.getpid()) == 64 * MiB
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - same uid, another process
+            codes = []
+            try:
+                b = connect(rt)
+                fb = b.open("/dev/accel/accel1")
+                codes = [create(b, fb, 32 * MiB), create(b, fb, PAGE_SIZE)]
+                b.exit()
+            finally:
+                os.write(w, repr(codes).encode())
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            codes = f.read()
+        os.waitpid(pid, 0)
+        assert codes == repr([0, errno.ENOMEM])  # 64 + 32 MiB: the uid's cap
+        assert wait_for(lambda: server.ledger.used("buffer_bytes", uid=os.getuid()) == 64 * MiB)
+        assert _peer_served(rt)
+        a.exit()
+        back()
+    finally:
+        server.stop()
+        machine.shutdown()
+    summary("buffers: 8 per client, 64 MiB per client, 96 MiB per uid -> ENOMEM; peer served")
