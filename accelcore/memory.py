@@ -248,22 +248,12 @@ class SharedMemory:
         self._check_writable()
         self._map[offset : offset + n] = data
 
-    def fill(
-        self, offset: int, length: int, byte: int = 0, resched: Callable[[], None] | None = None
-    ) -> None:
-        """Set ``length`` bytes from ``offset`` to ``byte``; with ``resched``
-        (:meth:`~accelcore.clock.Clock.cond_resched`), in chunks of
-        ``FILL_CHUNK`` (1 MiB) bytes that let other threads into the engine."""
+    def fill(self, offset: int, length: int, byte: int = 0) -> None:
+        """Set ``length`` bytes from ``offset`` to ``byte`` (a fill of hundreds of
+        MiB under the engine lock should use :func:`fill_chunked`)."""
         self.check_range(offset, length)
         self._check_writable()
-        if resched is None:
-            self._map[offset : offset + length] = bytes([byte]) * length
-            return
-        view = self._view[offset : offset + length]
-        try:
-            fill_chunked(view, byte, resched)
-        finally:
-            view.release()
+        self._map[offset : offset + length] = bytes([byte]) * length
 
     @staticmethod
     def backing(view: memoryview) -> tuple[SharedMemory, int] | None:
