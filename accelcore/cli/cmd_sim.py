@@ -68,6 +68,7 @@ runtime_dir_option = click.option(
 #: What each cap's option says in ``sim start --help`` (the errno when it is hit).
 _CAP_HELP = {
     "sessions_per_client": "Control connections per client process (EMFILE past it)",
+    "sessions_per_uid": "Control connections per uid (EMFILE)",
     "files_per_client": "Open files the server holds for one client process (EMFILE)",
     "files_per_uid": "Open files the server holds for one uid (EMFILE)",
     "arenas_per_client": "User-memory arenas per client process (ENOMEM)",

@@ -12,6 +12,7 @@ cap                           errno      counts
 ============================  =========  =======================================
 ``sessions_per_client``       EMFILE     control connections of one pid; also
                                          node connections not yet opened
+``sessions_per_uid``          EMFILE     the same, summed over one uid
 ``files_per_client``          EMFILE     open files served for one pid (nodes,
                                          dma-bufs, sync files; one server fd each)
 ``files_per_uid``             EMFILE     the same, summed over one uid
@@ -55,6 +56,7 @@ class ServerLimits:
     Attributes:
         sessions_per_client: Control connections (and, separately, node connections
             that have not sent OPEN yet) of one process; ``EMFILE`` past it.
+        sessions_per_uid: The same, for all processes of one uid; ``EMFILE``.
         files_per_client: Open files served for one process; ``EMFILE``.
         files_per_uid: Open files served for all processes of one uid; ``EMFILE``.
         arenas_per_client: User-memory arenas of one process; ``ENOMEM``.
@@ -74,6 +76,7 @@ class ServerLimits:
     """
 
     sessions_per_client: int = 64
+    sessions_per_uid: int = 1024
     files_per_client: int = 1024
     files_per_uid: int = 4096
     arenas_per_client: int = 64

@@ -187,7 +187,8 @@ class Server:
         self._reserve: int | None = None
         self._connections: set[Session] = set()
         self._conns: dict[tuple[str, int], int] = {}
-        self._peer: dict[socket.socket, int] = {}
+        self._uid_conns: dict[tuple[str, int], int] = {}
+        self._peer: dict[socket.socket, tuple[int, int]] = {}
         self.runtime_dir = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
         self.description = dict(description) if description is not None else None
         self.clock = machine.clock
@@ -710,26 +711,30 @@ class Server:
             self._leave(conn, "session")
 
     def _admit(self, conn: socket.socket, kind: str) -> bool:
-        """Count a new ``kind`` connection against its peer's cap; refuse it with
-        ``EMFILE`` (and close it) past the cap."""
+        """Count a new ``kind`` connection against its peer's caps (per process and
+        per uid); refuse it with ``EMFILE`` (and close it) past one."""
         try:
-            pid = peer_credentials(conn)[0]
+            pid, uid, _ = peer_credentials(conn)
         except OSError:
             conn.close()
             return False
         with self._post_lock:
             held = self._conns.get((kind, pid), 0)
-            if held < self.max_sessions_per_client:
+            by_uid = self._uid_conns.get((kind, uid), 0)
+            if held < self.max_sessions_per_client and by_uid < self.limits.sessions_per_uid:
                 self._conns[(kind, pid)] = held + 1
-                self._peer[conn] = pid
+                self._uid_conns[(kind, uid)] = by_uid + 1
+                self._peer[conn] = (pid, uid)
                 return True
         # Refused before reading anything: the reply has request id 0, which the
         # client takes as the answer to whatever it sent first.
-        log.warning("refused %s connection %d of pid %d (the per-client limit)", kind, held, pid)
+        if held >= self.max_sessions_per_client:
+            why = f"pid {pid} holds {held} {kind} connections (the per-client limit)"
+        else:
+            why = f"uid {uid} holds {by_uid} {kind} connections (the per-uid limit)"
+        log.warning("refused a %s connection: %s", kind, why)
         with contextlib.suppress(OSError):
-            refusal = p.Result(
-                errno=errno.EMFILE, message=f"pid {pid} holds {held} {kind} connections"
-            )
+            refusal = p.Result(errno=errno.EMFILE, message=why)
             send_record(conn, p.encode(refusal))
             # Closing with the client's first record unread would reset the
             # connection and lose the refusal: read until it closes (briefly).
@@ -742,12 +747,13 @@ class Server:
 
     def _leave(self, conn: socket.socket, kind: str) -> None:
         with self._post_lock:
-            pid = self._peer.pop(conn)
-            left = self._conns[(kind, pid)] - 1
-            if left:
-                self._conns[(kind, pid)] = left
-            else:
-                del self._conns[(kind, pid)]
+            pid, uid = self._peer.pop(conn)
+            for table, key in ((self._conns, (kind, pid)), (self._uid_conns, (kind, uid))):
+                left = table[key] - 1
+                if left:
+                    table[key] = left
+                else:
+                    del table[key]
 
     def add_session(self, session: Session) -> None:
         self._sessions[session.token] = session
