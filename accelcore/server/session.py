@@ -114,7 +114,11 @@ class Session:
     def _fail(self, rid: int, exc: BaseException) -> None:
         # (An interrupted call reaches here as EINTR: the system-call layer
         # turns RestartSyscall into Interrupted or restarts the call.)
-        if isinstance(exc, OSError):
+        if self.closing and isinstance(exc, OSError) and exc.errno == errno.EINTR:
+            # Interrupted by the server's own stop, not by a signal of the client:
+            # the device is going away, as after a hot-unplug.
+            self.send(p.Result(errno=errno.ENODEV, message="the devfs server is stopping"), rid)
+        elif isinstance(exc, OSError):
             code = exc.errno if exc.errno and 0 < exc.errno < 4096 else errno.EIO
             self.send(p.Result(errno=code, message=str(exc.strerror or exc)), rid)
         else:

@@ -22,7 +22,7 @@ import pytest
 from accelcore.errors import NoDevice
 from accelcore.machine import Machine
 from accelcore.memory import PAGE_SIZE
-from accelcore.server import Server, connect
+from accelcore.server import ClientProcess, Server, connect
 from accelcore.server.daemon import (
     STOP_ANSWER_TIMEOUT,
     STOP_GRACE,
@@ -95,11 +95,20 @@ def test_stop_with_a_monitor_subscribed_is_a_clean_shutdown(
 
     t = threading.Thread(target=monitor, daemon=True)
     t.start()
-    time.sleep(0.3)  # subscribed
+    proc = connect(rt)
+    fd = proc.open("/dev/accel/accel0")
+    blocked: list[BaseException] = []
+    reader = threading.Thread(target=lambda: blocked.append(_raised(lambda: proc.read(fd, 64))))
+    reader.start()
+    time.sleep(0.3)  # subscribed, and the read sleeps in the server
     t0 = time.monotonic()
     assert stop_server(rt)
     took = time.monotonic() - t0
     assert ended.wait(PROMPT)  # the subscription was interrupted
+    reader.join(PROMPT)
+    # The read the stop interrupted is ENODEV (the device went away), not EINTR.
+    assert isinstance(blocked[0], NoDevice) and blocked[0].errno == errno.ENODEV
+    proc.exit()
     assert _gone(spawned)
     assert _leftovers(rt) == []
     assert took < STOP_GRACE  # the shutdown request did it, no signal was needed
@@ -169,3 +178,47 @@ def test_a_session_the_server_closed_releases_ownership_at_once(
     assert wait_for(lambda: machine.subsystem.accounting() == base)
     assert wait_for(lambda: open_fds() == fds)
     summary("session closed by the server: ownership released at once; the next owner served")
+
+
+@pytest.mark.long
+def test_soak_servers_killed_under_blocked_clients(rt: Path, summary: Summary) -> None:
+    """Soak: a server killed (SIGKILL, or SIGSTOP then ``stop``) under a client
+    blocked in the server, round after round: the client gets ENODEV promptly,
+    ``stop`` leaves nothing, the next server starts on the same directory."""
+    fds = open_fds()
+    rounds = 8
+    for i in range(rounds):
+        pid = spawn_server(VACCEL_MACHINE, rt, timeout=30)
+        proc = connect(rt)
+        fd = proc.open("/dev/accel/accel0")
+        errors: list[BaseException] = []
+
+        def blocked(
+            proc: ClientProcess = proc, fd: int = fd, out: list[BaseException] = errors
+        ) -> None:
+            out.append(_raised(lambda: proc.read(fd, 64)))
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        time.sleep(0.1)
+        if i % 2:
+            os.kill(pid, signal.SIGSTOP)
+            assert stop_server(rt)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            assert wait_for(lambda pid=pid: _gone(pid))  # type: ignore[misc]
+            assert not stop_server(rt)  # removes what the dead server left
+        t.join(PROMPT)
+        assert not t.is_alive() and isinstance(errors[0], NoDevice)
+        proc.exit()
+        assert _gone(pid) and _leftovers(rt) == []
+    assert open_fds() == fds
+    summary(f"soak: {rounds} servers killed under a blocked client: ENODEV each time")
+
+
+def _raised(call: Callable[[], object]) -> BaseException:
+    try:
+        call()
+    except BaseException as exc:
+        return exc
+    raise AssertionError("the call returned")
