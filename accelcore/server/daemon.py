@@ -221,9 +221,11 @@ def uevents(runtime_dir: Path | str | None = None) -> Iterator[dict[str, Any]]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs: not reaped, and not a zombie (a killed multithreaded
+    process is a zombie before it can be reaped, while its threads exit)."""
     proc = _SPAWNED.get(pid)
-    if proc is not None:
-        return proc.poll() is None
+    if proc is not None and proc.poll() is not None:
+        return False
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
