@@ -36,6 +36,7 @@ __all__ = [
     "RangeAllocator",
     "SharedMemory",
     "charge_to",
+    "copy_chunked",
     "fill_chunked",
     "is_page_aligned",
     "page_align",
@@ -69,6 +70,23 @@ def fill_chunked(
 #: have. A ``__u64`` size from user space above it is ``EINVAL``, as in
 #: ``shmem_file_setup``.
 MAX_LFS_FILESIZE = (1 << 63) - 1
+
+
+def copy_chunked(
+    dst: memoryview, src: memoryview, resched: Callable[[], None], chunk: int = FILL_CHUNK
+) -> None:
+    """``dst[:] = src`` (same length), ``chunk`` bytes at a time, calling ``resched``
+    between chunks (see :func:`fill_chunked`).
+
+    Raises:
+        ValueError: the lengths differ.
+    """
+    if len(dst) != len(src):
+        raise ValueError(f"copy of {len(src)} bytes into {len(dst)}")
+    for start in range(0, len(dst), chunk):
+        if start:
+            resched()
+        dst[start : start + chunk] = src[start : start + chunk]
 
 
 def page_align(n: int) -> int:
