@@ -396,8 +396,9 @@ def stop_server(runtime_dir: Path | str | None = None, timeout: float = 10) -> b
     pid = int(status["pid"]) if status is not None else _pidfile_pid(rt)
     if pid is None:
         dead = _read_pidfile(rt)
-        if dead is not None and dead != os.getpid() and not _alive(dead):
-            _remove_leftovers(rt, dead)  # a server that died (SIGKILL) left them
+        # A server that died (SIGKILL) left them; one still exiting is waited for.
+        if dead is not None and dead != os.getpid() and _wait_gone(dead, STOP_GRACE):
+            _remove_leftovers(rt, dead)
         return False
     if pid == os.getpid():  # an in-process server: only ask
         with contextlib.suppress(NoDevice, OSError, p.ProtocolError):
