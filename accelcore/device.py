@@ -35,6 +35,11 @@ __all__ = ["AccelDevice", "BusDevice", "DeviceState", "DeviceStatus", "Oops"]
 _UNIQUE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "accel.accelcore")
 
 ACCEL_MAJOR = 261
+#: Character major of control nodes (``accel_controlDN``, minor N). The accel core
+#: has no control nodes; habanalabs' ``hl_controlD`` nodes, which they model, were
+#: char devices of a dynamically allocated major, and dynamic majors are handed
+#: out from 511 down (``CHRDEV_MAJOR_DYN_EXT_START``), so this is the first one.
+ACCEL_CONTROL_MAJOR = 511
 
 
 class BusDevice(Protocol):

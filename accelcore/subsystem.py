@@ -18,7 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .clock import Clock, VirtualClock, WaitResult
-from .device import ACCEL_MAJOR, AccelDevice, BusDevice, DeviceState, DeviceStatus, Oops
+from .device import (
+    ACCEL_CONTROL_MAJOR,
+    ACCEL_MAJOR,
+    AccelDevice,
+    BusDevice,
+    DeviceState,
+    DeviceStatus,
+    Oops,
+)
 from .dmabuf import DmaBufRegistry
 from .driver import AccelDriver, DriverFeature, InfoDesc, IoctlDesc, OwnershipPolicy
 from .errors import (
@@ -269,6 +277,7 @@ class Subsystem:
                 parent=parent_node,
                 subsystem="accel",
                 kind="class",
+                devnum=(ACCEL_CONTROL_MAJOR, dev.minor),
                 devname=f"accel/accel_controlD{dev.minor}",
                 devtype="accel_control",
                 subdir="accel" if parent_node is not None else "virtual/accel",
@@ -283,7 +292,7 @@ class Subsystem:
                     0,
                     0,
                     lambda task, flags: self._open_accel(dev, task, flags, True),
-                    None,
+                    (ACCEL_CONTROL_MAJOR, dev.minor),
                     "control",
                 )
             )

@@ -167,10 +167,13 @@ def complete_devices(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
     """Shell completion of selectors: ``all``, device names, nodes and PCI addresses."""
+    state = get_state(ctx)
     try:
-        devices = get_state(ctx).source(quiet=True).devices()
+        devices = state.source(quiet=True).devices()
     except Exception:  # completion must never fail loudly
         return []
+    finally:
+        state.close()  # no group callback closes it during completion
     items = [CompletionItem("all", help="every device")]
     for d in devices:
         label = f"{d.driver or '?'} {d.status}"

@@ -156,3 +156,20 @@ def test_info_and_ps_as_processes_while_a_process_holds_accel0(
     assert [(f["pid"], f["owner"]) for f in files] == [(holder.pid, True)]
     events = accelctl("monitor", "-t", "0.2", "--json")
     assert events == ""  # nothing happened meanwhile: no uevents, exit 0
+
+
+def test_completion_against_a_server_closes_its_connection(served: Server) -> None:
+    """Shell completion runs no group callback, so it must close the server source
+    it opened itself (an unclosed socket is a ResourceWarning, an error here)."""
+    import gc
+
+    env = {
+        "_ACCELCTL_COMPLETE": "bash_complete",
+        "COMP_WORDS": "accelctl info acc",
+        "COMP_CWORD": "2",
+        "ACCEL_RUNTIME_DIR": str(served.runtime_dir),
+    }
+    res = CliRunner().invoke(main, [], prog_name="accelctl", env=env)
+    gc.collect()  # an unclosed socket would warn here, inside the test
+    assert res.exit_code == 0, res.output
+    assert "plain,accel0" in res.stdout.splitlines()

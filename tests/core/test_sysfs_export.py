@@ -67,3 +67,21 @@ def test_pyudev_sees_simulated_devices_under_umockdev(tmp_path: Path) -> None:
         check=True,
     )
     assert out.stdout.split() == ["accel0", "/dev/accel/accel0", "0000:00:10.0", "0x1234"]
+
+
+def test_control_nodes_have_a_device_number_like_the_others() -> None:
+    """A control node is a char device too (``accel_controlDN`` is major 511, minor
+    N), so libudev consumers and ``accelctl run --udev`` see it with MAJOR/MINOR."""
+    from accelcore import DriverFeature, Subsystem
+    from accelcore.device import ACCEL_CONTROL_MAJOR
+    from accelcore.testing import make_driver
+
+    sub = Subsystem()
+    drv = make_driver("ctl", features=DriverFeature.CONTROL_NODE)
+    sub.register_driver(drv)
+    dev = sub.create_device(drv)
+    assert sub.sysfs.read("/sys/class/accel/accel_controlD0/dev") == f"{ACCEL_CONTROL_MAJOR}:0\n"
+    assert sub.nodes[dev.control_path].devnum == (ACCEL_CONTROL_MAJOR, dev.minor)
+    text = umockdev_description(sub.sysfs)
+    para = next(p for p in text.split("\n\n") if "N: accel/accel_controlD0" in p)
+    assert f"E: MAJOR={ACCEL_CONTROL_MAJOR}" in para and "E: MINOR=0" in para
