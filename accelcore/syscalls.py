@@ -43,12 +43,13 @@ True
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from .errors import Interrupted, InvalidArgument, RestartSyscall
-from .memory import SharedMemory
+from .errors import Interrupted, InvalidArgument, RestartSyscall, error_for_errno
+from .memory import PAGE_SIZE, SharedMemory
 from .uapi import CORE
 from .udmabuf import MemfdFile
 from .vfs import Mapping, OpenFile
@@ -58,7 +59,14 @@ if TYPE_CHECKING:
     from .subsystem import Subsystem
     from .task import Task
 
-__all__ = ["Syscalls", "fd_offsets", "ioctl_desc", "ioctl_may_sleep", "read_may_sleep"]
+__all__ = [
+    "Syscalls",
+    "check_mmap_range",
+    "fd_offsets",
+    "ioctl_desc",
+    "ioctl_may_sleep",
+    "read_may_sleep",
+]
 
 _T = TypeVar("_T")
 
@@ -185,11 +193,10 @@ class Syscalls:
         the task's until :meth:`Syscalls.munmap` or exit.
 
         Raises:
-            InvalidArgument: ``length`` is not positive, or the file refuses the range.
+            InvalidArgument: see :func:`check_mmap_range`, or the file refuses the range.
             NoDevice: the file cannot be mapped.
         """
-        if length <= 0:
-            raise InvalidArgument(f"mmap length {length} must be positive")
+        check_mmap_range(offset, length)
         with self.lock:
             mapping = task.files.get(fd).mmap(task, offset, length, write)
             task.mappings.append(mapping)
@@ -222,6 +229,30 @@ class Syscalls:
         """Process exit (also what SIGKILL does): mappings dropped, every descriptor closed."""
         with self.lock:
             self.subsystem.exit_task(task)
+
+
+def check_mmap_range(offset: int, length: int) -> None:
+    """The checks ``mmap(2)`` makes before any file sees the call: a positive
+    length, a page-aligned offset, and a range that does not wrap the 64-bit
+    offset space (``ksys_mmap_pgoff`` takes the offset unsigned, so drivers such
+    as amdkfd encode a type in its top bits; ``do_mmap`` refuses a wrap with
+    ``EOVERFLOW``). Every transport runs them, the client before it encodes.
+
+    Raises:
+        InvalidArgument: ``length`` is not positive, or ``offset`` is negative,
+            not a multiple of the page size, or not below 2**64.
+        AccelError: ``EOVERFLOW``, ``offset + length`` wraps past 2**64.
+    """
+    if length <= 0:
+        raise InvalidArgument(f"mmap length {length} must be positive")
+    if not 0 <= offset < 1 << 64 or offset % PAGE_SIZE:
+        raise InvalidArgument(
+            f"mmap offset {offset:#x} must be a page-aligned unsigned 64-bit offset"
+        )
+    if offset + length > 1 << 64:
+        raise error_for_errno(
+            errno.EOVERFLOW, f"mmap range [{offset:#x}, +{length:#x}) wraps the offset space"
+        )
 
 
 def ioctl_desc(file: OpenFile, cmd: int) -> IoctlDesc | None:

@@ -41,6 +41,7 @@ from ..errors import (
     error_for_errno,
 )
 from ..memory import page_align
+from ..syscalls import check_mmap_range
 from ..task import UserBuffer
 from ..userspace import ioctl_buffer
 from . import protocol as p
@@ -163,7 +164,17 @@ class _Channel:
                 self._replies[frame.rid] = (frame.message, fds)
                 self._cond.notify_all()
 
-    def close(self) -> None:
+    def close(self, *, shutdown: bool) -> None:
+        """Close the connection. With ``shutdown`` (the process that owns the
+        session is ending it) the socket is shut down first: that wakes a thread
+        blocked receiving for a call, which then fails with ``ENODEV``, and the
+        server sees the session end even while other copies of the socket exist.
+        A forked child that inherited the socket must not shut down its parent's
+        session, so it only closes its copy."""
+        if shutdown:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self._lost("the process exited")
         self.sock.close()
 
 
@@ -312,10 +323,10 @@ class ClientProcess:
         try:
             msg, _ = chan.call(p.Hello(self._restart, ""))
         except BaseException:
-            chan.close()
+            chan.close(shutdown=False)
             raise
         if not isinstance(msg, p.Welcome):
-            chan.close()
+            chan.close(shutdown=False)
             raise NoDevice(f"devfs server answered HELLO with {msg.TYPE.name}")
         self._chan = chan
         self._pid = os.getpid()
@@ -553,9 +564,12 @@ class ClientProcess:
         raise InvalidArgument(f"{buf.addr:#x} was not allocated by this process")
 
     def mmap(self, fd: int, length: int, offset: int = 0, *, write: bool = True) -> ClientMapping:
-        """``mmap(2)``: maps the very memory the server's object uses."""
-        if length <= 0:
-            raise InvalidArgument(f"mmap length {length} must be positive")
+        """``mmap(2)``: maps the very memory the server's object uses.
+
+        Raises:
+            InvalidArgument: see :func:`accelcore.syscalls.check_mmap_range`.
+        """
+        check_mmap_range(offset, length)
         reply, rfds = self._session().call(p.Mmap(offset, length, write), [fd])
         try:
             _raise_for(reply)
@@ -657,7 +671,7 @@ class ClientProcess:
                     self._chan.call(p.Close(*key))
         self._exited = True
         if self._chan is not None:
-            self._chan.close()
+            self._chan.close(shutdown=os.getpid() == self._pid)
             self._chan = None
         # The per-thread scratch buffers are views of the arenas: drop them first,
         # or the arenas' mappings (and their descriptors) outlive the session.

@@ -14,6 +14,7 @@ from accelcore.subsystem import Subsystem
 from accelcore.syscalls import Syscalls, fd_offsets, ioctl_may_sleep, read_may_sleep
 from accelcore.task import Task
 from accelcore.testing import vaccel_subsystem
+from accelcore.testing.transports import ProcessFactory
 from accelcore.testing.vaccel import VACCEL_UAPI as V
 from accelcore.uapi import load_uapi
 from drivers.habana_like import HLK
@@ -211,3 +212,36 @@ def test_a_descriptor_field_that_is_not_32_bit_is_refused_by_name() -> None:
     with pytest.raises(InvalidArgument) as info:
         load_uapi("t.h", text=HEADER % "__u64 bad; /* accel:fd */")
     assert "struct outer.bad" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("offset", "length", "code"),
+    [
+        (-4096, 4096, errno.EINVAL),  # a negative offset (an API misuse: off_t is unsigned here)
+        (100, 4096, errno.EINVAL),  # not page-aligned
+        (1 << 64, 4096, errno.EINVAL),  # not a 64-bit offset
+        (0, 0, errno.EINVAL),  # empty
+        ((1 << 64) - 4096, 8192, errno.EOVERFLOW),  # wraps the offset space (do_mmap)
+    ],
+    ids=["negative", "unaligned", "too-big", "empty", "wraps"],
+)
+def test_mmap_arguments_are_checked_before_the_file_in_both_transports(
+    accel_process_factory: ProcessFactory, offset: int, length: int, code: int
+) -> None:
+    """mmap's own argument checks give the same errno in process and through the
+    server (where a bad offset used to escape as a struct.error while encoding)."""
+    from accelcore.machine import Machine
+    from accelcore.testing import VAccelDriver
+
+    machine = Machine()
+    drv = VAccelDriver()
+    machine.add_driver(drv)
+    machine.subsystem.create_device(drv)
+    base = machine.subsystem.accounting()
+    proc = accel_process_factory(machine)
+    fd = proc.open("/dev/accel/accel0")
+    with pytest.raises(OSError) as exc:
+        proc.mmap(fd, length, offset)
+    assert exc.value.errno == code, exc.value
+    proc.close(fd)
+    assert machine.subsystem.accounting()["files"] == base["files"]

@@ -337,3 +337,33 @@ def test_open_with_someone_elses_token_is_eperm(server: Server, client: ClientPr
         data, _ = recv_record(s)
         msg = p.decode(data).message
         assert isinstance(msg, p.Result) and msg.errno == errno.EPERM
+
+
+def test_exit_ends_a_call_blocked_in_another_thread(server: Server, machine: Machine) -> None:
+    """exit() ends the session even while a thread is blocked in a wait: that
+    thread's call fails with ENODEV and the server-side task goes at once."""
+    base = _baseline(machine)
+    proc = connect(server.runtime_dir)
+    fd = proc.open("/dev/accel/accel0")
+    bo = _own(proc, fd)
+    job = V.new("struct vaccel_submit", handle=bo.handle, fill=1, delay_ns=60 * 10**9)  # type: ignore[attr-defined]
+    proc.ioctl(fd, V.DRM_IOCTL_VACCEL_SUBMIT, job)
+    errors: list[int | None] = []
+
+    def waiter() -> None:
+        wait = V.new("struct vaccel_wait", seqno=job.seqno, timeout_ns=-1)
+        try:
+            proc.ioctl(fd, V.DRM_IOCTL_VACCEL_WAIT, wait)
+        except OSError as exc:
+            errors.append(exc.errno)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    # the wait is running on a worker of the server-side session
+    session = server._sessions[proc.token]
+    assert wait_for(lambda: bool(session._inflight), 5)
+    proc.exit()
+    t.join(10)
+    assert not t.is_alive()
+    assert errors == [errno.ENODEV]
+    assert wait_for(lambda: _baseline(machine) == base)
