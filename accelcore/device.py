@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .driver import AccelDriver, InfoDesc, IoctlDesc
+from .driver import AccelDriver, DriverFeature, InfoDesc, IoctlDesc
 from .errors import InvalidArgument, NoDevice
 from .ownership import Ownership
 from .resources import release_scope
@@ -134,8 +134,6 @@ class AccelDevice:
     @property
     def control_path(self) -> str | None:
         """The control node, if the driver has one."""
-        from .driver import DriverFeature
-
         if DriverFeature.CONTROL_NODE in self.driver.features:
             return f"/dev/accel/accel_controlD{self.minor}"
         return None

@@ -47,8 +47,10 @@ from .errors import (
     PermissionDenied,
 )
 from .gem import gem_close_ioctl
+from .info import info_ioctl
 from .ioctl import IoctlCallBase, IoctlNode, run_ioctl
 from .prime import prime_fd_to_handle_ioctl, prime_handle_to_fd_ioctl
+from .syncobj import syncobj_ioctls  # rows and handlers live with the syncobjs
 from .uapi import CORE
 
 if TYPE_CHECKING:
@@ -229,8 +231,6 @@ def _set_client_name(call: IoctlCall) -> None:
 
 
 def _info(call: IoctlCall) -> None:
-    from .info import info_ioctl
-
     info_ioctl(call)
 
 
@@ -251,8 +251,6 @@ def _core_table() -> dict[int, IoctlDesc]:
     for name, flags, func in rows:
         d = CORE.ioctls[name]
         table[d.nr] = IoctlDesc(d.cmd, name, flags, func, d.arg_type, uapi=CORE)
-    from .syncobj import syncobj_ioctls  # rows and handlers live with the syncobjs
-
     for name, flags, func, waits in syncobj_ioctls():
         d = CORE.ioctls[name]
         table[d.nr] = IoctlDesc(d.cmd, name, flags, func, d.arg_type, waits, uapi=CORE)

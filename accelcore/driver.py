@@ -491,6 +491,9 @@ class AccelDriver:
     def prime_import(self, file: AccelFile, dmabuf: DmaBuf) -> BufferObject:
         """Import a foreign dma-buf; the default attaches statically and maps it
         (:func:`accelcore.gem.import_dmabuf`)."""
+        # Calls up: gem imports this module (DriverFeature), so the default hook
+        # imports gem at run time, as drm_driver's NULL gem_prime_import falls back
+        # to drm_gem_prime_import (drm_prime.c) above the driver model.
         from .gem import import_dmabuf
 
         return import_dmabuf(file.device, dmabuf)
@@ -499,6 +502,8 @@ class AccelDriver:
         """Export ``bo`` as a dma-buf; the default shares its memory and its
         reservation object (``drm_gem_prime_export``), so the job fences a driver
         adds to ``bo.resv`` are the dma-buf's fences too."""
+        # Calls up: dmabuf and gem import this module (IoctlDesc via ioctl,
+        # DriverFeature), so the default hook imports them at run time.
         from .dmabuf import DmaBuf
         from .gem import GemDmaBufOps
 

@@ -15,6 +15,7 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .clock import WaitResult
 from .dispatch import IoctlCall, dispatch, lookup, permit
 from .errors import InvalidArgument, NoMemory, RestartSyscall, TryAgain
 from .gem import HandleTable
@@ -149,8 +150,6 @@ class AccelFile(OpenFile):
                 if nonblock:
                     raise TryAgain("no event to read")
                 task.enter_wait()
-                from .clock import WaitResult
-
                 res = clock.wait_until(
                     lambda: bool(self._events), None, lambda: task.signal_pending
                 )

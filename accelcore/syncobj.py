@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .driver import DriverFeature, IoctlFlags
 from .errors import (
     BadFd,
     InvalidArgument,
@@ -47,7 +48,6 @@ from .vfs import OpenFile
 if TYPE_CHECKING:
     from .clock import Clock
     from .dispatch import IoctlCall
-    from .driver import IoctlFlags
     from .file import AccelFile
 
 __all__ = [
@@ -249,8 +249,6 @@ def syncobj_add_point(file: AccelFile, handle: int, fence: Fence, point: int) ->
 
 
 def _require(call: IoctlCall, timeline: bool = False) -> None:
-    from .driver import DriverFeature
-
     feats = call.device.driver.features
     need = DriverFeature.SYNCOBJ_TIMELINE if timeline else DriverFeature.SYNCOBJ
     if need not in feats:
@@ -507,8 +505,6 @@ def syncobj_ioctls() -> list[tuple[str, IoctlFlags, Callable[[IoctlCall], None],
     Any opener may use them (``DRM_RENDER_ALLOW``), also during a reset; not on
     a control node.
     """
-    from .driver import IoctlFlags
-
     ok = IoctlFlags.RESET_OK
     return [
         ("DRM_IOCTL_SYNCOBJ_CREATE", ok, _create, False),
