@@ -333,7 +333,7 @@ def __getattr__(name: str) -> object:
     # SyncFile moved to accelcore.sync_file (it is a file with an ioctl table, and
     # the ioctl machinery sits above fences); old imports keep working.
     if name == "SyncFile":
-        from .sync_file import SyncFile
+        from .sync_file import SyncFile  # calls up: sync_file imports this module
 
         return SyncFile
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,6 +38,7 @@ from .driver import PciDriver
 from .function import PciFunction
 from .ids import match_id_table
 from .kinds import ErrorSeverity, FaultKind, ResetKind
+from .machine import create_device, parse_description
 
 __all__ = ["InjectedFault", "PciBus"]
 
@@ -134,8 +135,6 @@ class PciBus:
             Busy: the model instance is already on a bus.
             NoSpace: no free slot, or no bus address space for its BARs.
         """
-        from .machine import create_device
-
         with self.clock.lock:
             if isinstance(model, str):
                 device = create_device(model, options or {})
@@ -289,8 +288,6 @@ class PciBus:
         Raises:
             InvalidArgument: a malformed description, naming the entry and key.
         """
-        from .machine import parse_description
-
         with self.clock.lock:
             planned = parse_description(description, taken=set(self._hardware))
             added: list[PciFunction] = []
