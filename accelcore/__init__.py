@@ -14,14 +14,34 @@ The public API for driver authors and tool authors. Layers (DESIGN §2):
 
 from __future__ import annotations
 
-from .clock import Clock, Deadlock, RealClock, VirtualClock, WaitResult
+from .clock import (
+    NSEC_PER_MSEC,
+    NSEC_PER_SEC,
+    NSEC_PER_USEC,
+    Clock,
+    Deadlock,
+    RealClock,
+    Timer,
+    VirtualClock,
+    WaitResult,
+)
 from .device import AccelDevice, DeviceState, DeviceStatus, Oops
 from .dispatch import IoctlCall
-from .dmabuf import Attachment, DmaBuf, DmaBufOps, DmaMapping, ImporterOps, SgEntry
+from .dmabuf import (
+    Attachment,
+    DmaBuf,
+    DmaBufOps,
+    DmaMapping,
+    ImporterOps,
+    SgEntry,
+    require_dmabuf,
+)
 from .driver import (
+    DRM_IOCTL_BASE,
     AccelDriver,
     DriverFeature,
     EngineInfo,
+    IoctlDesc,
     IoctlFlags,
     MemoryRegionInfo,
     OwnershipPolicy,
@@ -48,18 +68,27 @@ from .errors import (
     TimedOut,
     TooManyFiles,
     TryAgain,
+    error_for_errno,
 )
 from .fence import Fence, FenceArray, FenceContext, ReservationObject, Usage
 from .file import AccelFile
-from .gem import BufferObject, GemDmaBufOps, HandleTable
+from .gem import BufferObject, GemDmaBufOps, HandleTable, import_dmabuf
 from .ioctl import IoctlCallBase, IoctlNode, run_ioctl
-from .memory import PAGE_SIZE, SharedMemory
+from .machine import Machine
+from .memory import (
+    PAGE_SIZE,
+    DeviceMemory,
+    MemoryBlock,
+    RangeAllocator,
+    SharedMemory,
+    page_align,
+)
 from .ownership import OwnerState
 from .resources import IdTable, ResourceScope, context_scope, device_scope, file_scope
 from .sched import SchedEntity, SchedJob, SchedStat, Scheduler, SchedulerOps
 from .subsystem import DevNode, Subsystem
 from .sync_file import SyncFile
-from .syncobj import Syncobj
+from .syncobj import Syncobj, lookup_syncobj
 from .sysfs import Attribute, AttributeGroup, SysfsNode, SysfsTree, Uevent
 from .task import AddressSpace, Credentials, Task, UserBuffer
 from .uapi import CORE, Uapi, load_uapi
@@ -70,6 +99,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CORE",
+    "DRM_IOCTL_BASE",
+    "NSEC_PER_MSEC",
+    "NSEC_PER_SEC",
+    "NSEC_PER_USEC",
     "PAGE_SIZE",
     "AccelDevice",
     "AccelDriver",
@@ -88,6 +121,7 @@ __all__ = [
     "Deadlock",
     "DevNode",
     "DeviceIOError",
+    "DeviceMemory",
     "DeviceState",
     "DeviceStatus",
     "DmaBuf",
@@ -106,9 +140,12 @@ __all__ = [
     "InvalidArgument",
     "IoctlCall",
     "IoctlCallBase",
+    "IoctlDesc",
     "IoctlFlags",
     "IoctlNode",
+    "Machine",
     "Mapping",
+    "MemoryBlock",
     "MemoryRegionInfo",
     "NoDevice",
     "NoEntry",
@@ -123,6 +160,7 @@ __all__ = [
     "OwnershipPolicy",
     "PermissionDenied",
     "Process",
+    "RangeAllocator",
     "RealClock",
     "ReservationObject",
     "ResourceScope",
@@ -141,6 +179,7 @@ __all__ = [
     "SysfsTree",
     "Task",
     "TimedOut",
+    "Timer",
     "TooManyFiles",
     "TryAgain",
     "Uapi",
@@ -152,9 +191,14 @@ __all__ = [
     "__version__",
     "context_scope",
     "device_scope",
+    "error_for_errno",
     "file_scope",
+    "import_dmabuf",
     "info_query",
     "ioctl",
     "load_uapi",
+    "lookup_syncobj",
+    "page_align",
+    "require_dmabuf",
     "run_ioctl",
 ]

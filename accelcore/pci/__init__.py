@@ -26,7 +26,7 @@ from .function import PciFunction
 from .ids import PCI_ANY_ID, PciDeviceId
 from .irq import IrqMode, IrqType
 from .kinds import ErrorSeverity, FaultKind, ResetKind
-from .machine import register_device_model
+from .machine import device_models, register_device_model
 
 __all__ = [
     "PCI_ANY_ID",
@@ -56,5 +56,6 @@ __all__ = [
     "PciFunction",
     "ResetKind",
     "SimDevice",
+    "device_models",
     "register_device_model",
 ]

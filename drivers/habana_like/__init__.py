@@ -7,8 +7,7 @@ machine description ``{"model": "habana_like", "count": 2}`` works.
 
 from __future__ import annotations
 
-from accelcore.pci import register_device_model
-from accelcore.pci.machine import device_models
+from accelcore.pci import device_models, register_device_model
 
 from .device import HabanaLikeDevice
 from .driver import HabanaLikeDriver

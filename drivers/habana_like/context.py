@@ -17,10 +17,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from accelcore import AccelDevice, Fence, FenceContext, SharedMemory
-from accelcore.memory import DeviceMemory
-from accelcore.resources import IdTable
-from accelcore.sched import SchedEntity, Scheduler
+from accelcore import (
+    AccelDevice,
+    DeviceMemory,
+    Fence,
+    FenceContext,
+    IdTable,
+    SchedEntity,
+    Scheduler,
+    SharedMemory,
+)
 
 from .memory import DramBlock, VaMapping, VaSpace
 

@@ -31,8 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from accelcore import BadAddress, InvalidArgument
-from accelcore.memory import PAGE_SIZE, DeviceMemory
+from accelcore import PAGE_SIZE, BadAddress, DeviceMemory, InvalidArgument
 from accelcore.pci import BarKind, BarSpec, DmaError, MmioRegion, ResetKind, SimDevice
 
 from .kernels import KERNELS, as_f32

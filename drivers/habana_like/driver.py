@@ -46,6 +46,9 @@ from functools import partial
 from typing import Any
 
 from accelcore import (
+    NSEC_PER_MSEC,
+    NSEC_PER_USEC,
+    PAGE_SIZE,
     AccelDevice,
     AccelDriver,
     AccelError,
@@ -61,16 +64,19 @@ from accelcore import (
     Mapping,
     NoDevice,
     OwnershipPolicy,
+    SchedEntity,
+    SchedJob,
+    SchedStat,
+    Scheduler,
+    SchedulerOps,
     SharedMemory,
     TimedOut,
     TryAgain,
+    context_scope,
     ioctl,
+    page_align,
 )
-from accelcore.clock import NSEC_PER_MSEC, NSEC_PER_USEC
-from accelcore.memory import PAGE_SIZE, page_align
 from accelcore.pci import IrqType, PciDeviceId, PciFunction
-from accelcore.resources import context_scope
-from accelcore.sched import SchedEntity, SchedJob, SchedStat, Scheduler, SchedulerOps
 from accelcore.testing.conformance.steps import Call, Fails, Setup, UserArray, Write
 
 from .context import (

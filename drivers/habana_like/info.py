@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from accelcore import (
+    NSEC_PER_MSEC,
     AccelDevice,
     AccelFile,
     Attribute,
@@ -27,7 +28,6 @@ from accelcore import (
     MemoryRegionInfo,
     info_query,
 )
-from accelcore.clock import NSEC_PER_MSEC
 
 from .uapi import HLK
 

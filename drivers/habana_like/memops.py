@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from accelcore import (
     CORE,
+    PAGE_SIZE,
     AccelError,
     DmaBuf,
     DmaBufOps,
@@ -30,8 +31,8 @@ from accelcore import (
     IoctlFlags,
     NotSupported,
     ioctl,
+    page_align,
 )
-from accelcore.memory import PAGE_SIZE, page_align
 
 from .device import DRAM_PHYS_BASE
 from .memory import DramBlock, MapKind, VaMapping

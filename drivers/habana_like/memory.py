@@ -21,8 +21,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from accelcore import BadAddress, Busy, InvalidArgument, NoSpace, ReservationObject
-from accelcore.memory import MemoryBlock
+from accelcore import BadAddress, Busy, InvalidArgument, MemoryBlock, NoSpace, ReservationObject
 
 from .uapi import HLK
 

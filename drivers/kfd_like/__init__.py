@@ -8,8 +8,7 @@
 
 from __future__ import annotations
 
-from accelcore.pci import register_device_model
-from accelcore.pci.machine import device_models
+from accelcore.pci import device_models, register_device_model
 
 from .abi import KFD_UAPI, get_gpu_id, get_idr, make_handle, mmap_offset, split_mmap_offset
 from .chardev import KfdCall, KfdFile

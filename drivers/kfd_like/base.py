@@ -13,8 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from accelcore import AccelDriver, InvalidArgument, NotTTY
-from accelcore.dispatch import IoctlCallBase
+from accelcore import AccelDriver, InvalidArgument, IoctlCallBase, NotTTY
 
 from .chardev import KfdCall
 from .process import GpuNode, KfdProcess, Pdd

@@ -23,11 +23,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from accelcore import BadFd, Mapping, OpenFile
-from accelcore.clock import Clock
-from accelcore.dispatch import IoctlCallBase, run_ioctl
-from accelcore.driver import DRM_IOCTL_BASE, IoctlDesc
-from accelcore.errors import NotTTY
+from accelcore import (
+    DRM_IOCTL_BASE,
+    BadFd,
+    Clock,
+    IoctlCallBase,
+    IoctlDesc,
+    Mapping,
+    NotTTY,
+    OpenFile,
+    run_ioctl,
+)
 
 if TYPE_CHECKING:
     from accelcore import Task

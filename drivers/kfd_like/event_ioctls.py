@@ -18,8 +18,15 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from accelcore import InvalidArgument, NoDevice, NoMemory, NotSupported, RestartSyscall, ioctl
-from accelcore.errors import error_for_errno
+from accelcore import (
+    InvalidArgument,
+    NoDevice,
+    NoMemory,
+    NotSupported,
+    RestartSyscall,
+    error_for_errno,
+    ioctl,
+)
 
 from .abi import KFD_UAPI, mmap_offset
 from .base import KfdBase, kfd_only

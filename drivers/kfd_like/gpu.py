@@ -29,9 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from accelcore import PAGE_SIZE, Fence, FenceContext, InvalidArgument, NoMemory
-from accelcore.errors import error_for_errno
-from accelcore.memory import DeviceMemory, MemoryBlock
+from accelcore import (
+    PAGE_SIZE,
+    DeviceMemory,
+    Fence,
+    FenceContext,
+    InvalidArgument,
+    MemoryBlock,
+    NoMemory,
+    error_for_errno,
+)
 from accelcore.pci import BarKind, BarSpec, MmioRegion, ResetKind, SimDevice
 
 if TYPE_CHECKING:

@@ -26,21 +26,21 @@ from typing import TYPE_CHECKING
 
 from accelcore import (
     CORE,
+    NSEC_PER_SEC,
     AccelError,
     BufferObject,
     Busy,
+    DeviceIOError,
     DmaBuf,
     Fence,
     GemDmaBufOps,
     InvalidArgument,
     NoMemory,
     TimedOut,
+    import_dmabuf,
     ioctl,
+    require_dmabuf,
 )
-from accelcore.clock import NSEC_PER_SEC
-from accelcore.dmabuf import require_dmabuf
-from accelcore.errors import DeviceIOError
-from accelcore.gem import import_dmabuf
 
 from .abi import KFD_UAPI, get_gpu_id, mmap_offset
 from .base import KfdBase, kfd_only

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from accelcore.clock import Timer
+from accelcore import Timer
 
 from .abi import KFD_UAPI
 from .gpu import GpuVmFault, KfdGpu, PageTable

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from accelcore import Interrupted, Mapping, Process, UserBuffer
-from accelcore.machine import Machine
+from accelcore import Interrupted, Machine, Mapping, Process, UserBuffer
 
 from .abi import KFD_UAPI
 from .driver import KfdLikeDriver

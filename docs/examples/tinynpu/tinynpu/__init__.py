@@ -7,8 +7,7 @@ descriptions can name it; the driver is found by name through the
 
 from __future__ import annotations
 
-from accelcore.pci import register_device_model
-from accelcore.pci.machine import device_models
+from accelcore.pci import device_models, register_device_model
 
 from .device import TinyNpuDevice
 from .driver import TINYNPU_UAPI, TinyNpuDriver

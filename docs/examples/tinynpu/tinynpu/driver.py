@@ -28,9 +28,9 @@ from accelcore import (
     SchedulerOps,
     ioctl,
     load_uapi,
+    lookup_syncobj,
 )
 from accelcore.pci import IrqType, PciDeviceId, PciFunction
-from accelcore.syncobj import lookup_syncobj
 
 from .device import TinyNpuDevice
 
