@@ -6,10 +6,17 @@ The public API for driver authors and tool authors. Layers (DESIGN §2):
   uAPI rules checker;
 * core engine — :class:`Subsystem`, :class:`AccelDriver`, :class:`AccelDevice`,
   :class:`AccelFile`, the dispatcher, INFO, ownership, buffer objects, dma-buf,
-  fences, the job scheduler, syncobjs, managed resources, sysfs — sans-I/O;
+  fences, the job scheduler, syncobjs, managed resources, sysfs — sans-I/O (a
+  thread runs only in :class:`RealClock`);
 * buses — :mod:`accelcore.pci`, the simulated PCI backend;
 * transports — :class:`Process` in one interpreter, :mod:`accelcore.server`
   across processes.
+
+The public API is this module's ``__all__`` and that of the public subpackages
+(:mod:`accelcore.uapi`, :mod:`accelcore.pci`, :mod:`accelcore.server`,
+:mod:`accelcore.testing`); ``tests/core/public_api.txt`` is its snapshot. The
+engine's modules behind the facade (``accelcore.gem``, ``accelcore.dispatch``,
+…) are private: drivers import from here.
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ pushes it to the entity. The scheduler then:
   running jobs: their finished fences signal with the error the driver gives.
 
 Everything runs in device time on the subsystem's clock, with the engine lock
-held: there are no threads. Deviations from the kernel (stated in the guide's
+held: the scheduler starts no thread (a :class:`~accelcore.RealClock`'s timer
+thread runs its callbacks; a :class:`~accelcore.VirtualClock` runs them in the
+waiter). Deviations from the kernel (stated in the guide's
 table): the timeout is per job, from the moment it runs (the kernel has one timer
 per scheduler, re-armed as the head job finishes), and a job may carry its own
 timeout (habanalabs' per-submission timeout); :meth:`SchedEntity.fini` also
