@@ -83,6 +83,7 @@ from .gem import BufferObject, GemDmaBufOps, HandleTable, import_dmabuf
 from .ioctl import IoctlCallBase, IoctlNode, run_ioctl
 from .machine import Machine
 from .memory import (
+    FILL_CHUNK,
     PAGE_SIZE,
     DeviceMemory,
     MemoryBlock,
@@ -107,6 +108,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CORE",
     "DRM_IOCTL_BASE",
+    "FILL_CHUNK",
     "NSEC_PER_MSEC",
     "NSEC_PER_SEC",
     "NSEC_PER_USEC",

@@ -578,10 +578,16 @@ class DeviceMemory:
     def alloc(self, size: int, label: str = "") -> MemoryBlock:
         """A new zeroed block of ``size`` bytes (rounded up to pages).
 
+        The block's memfd is a :class:`SharedMemory`, so it is charged to the
+        account this thread charges (:func:`charge_to`: the devfs server's client
+        and its uid) until the block's last reference goes — device memory is
+        charged as the kernel charges an allocation to the current task's memory
+        cgroup, and a refused charge gives the range back.
+
         Raises:
             InvalidArgument: ``size`` is not positive.
             NoMemory: no free range is large enough, ``size`` exceeds the whole
-                memory, or no memfd could be made.
+                memory, no memfd could be made, or the charge was refused.
         """
         addr = self.allocator.alloc(size)
         nbytes = self.allocator.round(size)

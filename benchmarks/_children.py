@@ -15,6 +15,9 @@ from typing import Any
 from accelcore.server import connect, recv_fds, send_fds
 from accelcore.testing.vaccel import VACCEL_UAPI as V
 from accelcore.uapi import CORE
+from drivers.habana_like import HLK
+from drivers.habana_like.packets import encode_lin_dma
+from drivers.habana_like.userlib import HlkClient
 
 from .harness import compare
 
@@ -118,7 +121,8 @@ def _p99(samples: list[int]) -> float:
 
 def _info_during_fill(params: dict[str, Any]) -> dict[str, float]:
     """INFO latencies on accel1: idle, then while fills of ``size`` bytes run on
-    accel0 (submitted by this process; a thread waits for each)."""
+    accel0 (submitted by this process; a thread waits for each): vaccel fill jobs,
+    or with ``driver`` ``habana_like`` LIN_DMA memsets of one DRAM allocation."""
     proc = connect(params["rt"])
     fa, fb = proc.open("/dev/accel/accel0"), proc.open("/dev/accel/accel1")
     out, args = proc.alloc(64), proc.alloc(64)
@@ -136,20 +140,36 @@ def _info_during_fill(params: dict[str, Any]) -> dict[str, float]:
             got.append(time.perf_counter_ns() - t0)
         return got
 
-    bo = V.new("struct vaccel_create_bo", size=params["size"])
-    proc.ioctl(fa, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
+    size = params["size"]
+    if params.get("driver") == "habana_like":
+        # ClientProcess has accelcore.Process's API (HlkClient is typed for the latter).
+        proc_any: Any = proc
+        hl = HlkClient(proc_any, fa)
+        dva = hl.map_device(hl.mem_alloc(size))
+
+        def run_fill(i: int) -> None:
+            cb = encode_lin_dma(i + 1, dva, size, HLK.HLK_DMA_DRAM_TO_DRAM, memset=True)
+            hl.wait(hl.submit([(hl.cb_with(cb), HLK.HLK_QUEUE_ID_DMA_0)]))
+
+    else:
+        bo = V.new("struct vaccel_create_bo", size=size)
+        proc.ioctl(fa, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
+
+        def run_fill(i: int) -> None:
+            job = V.new("struct vaccel_submit", handle=bo.handle, fill=i + 1, delay_ns=0)
+            proc.ioctl(fa, V.DRM_IOCTL_VACCEL_SUBMIT, job)
+            wait = V.new("struct vaccel_wait", seqno=job.seqno, timeout_ns=-1)
+            proc.ioctl(fa, V.DRM_IOCTL_VACCEL_WAIT, wait)
+
     idle = sample(None, params["loops"])
     busy: list[int] = []
     fill_ns: list[int] = []
     for i in range(params["fills"]):
         done = threading.Event()
-        job = V.new("struct vaccel_submit", handle=bo.handle, fill=i + 1, delay_ns=0)
 
-        def fill(job: Any = job, done: threading.Event = done) -> None:
+        def fill(i: int = i, done: threading.Event = done) -> None:
             t0 = time.perf_counter_ns()
-            proc.ioctl(fa, V.DRM_IOCTL_VACCEL_SUBMIT, job)
-            wait = V.new("struct vaccel_wait", seqno=job.seqno, timeout_ns=-1)
-            proc.ioctl(fa, V.DRM_IOCTL_VACCEL_WAIT, wait)
+            run_fill(i)
             fill_ns.append(time.perf_counter_ns() - t0)
             done.set()
 

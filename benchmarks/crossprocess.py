@@ -29,7 +29,7 @@ from accelcore.server.daemon import load_machine
 
 from .harness import Figure, ratio_figure
 
-__all__ = ["dmabuf_share_1g", "info_during_fill", "ioctl_crossprocess"]
+__all__ = ["dmabuf_share_1g", "info_during_fill", "info_during_fill_habana", "ioctl_crossprocess"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 _MACHINE = {
@@ -54,11 +54,19 @@ def _pinned() -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
+#: Two habana_like devices with room for a 512 MiB DRAM allocation.
+_HABANA_MACHINE = {
+    "machine": {"clock": "real", "drivers": ["habana_like"]},
+    "pci": [{"model": "habana_like", "count": 2, "options": {"dram_mb": 1024}}],
+}
+
+
 @contextlib.contextmanager
-def _served() -> Iterator[Server]:
+def _served(description: dict[str, Any] | None = None) -> Iterator[Server]:
+    description = description or _MACHINE
     rt = Path(tempfile.mkdtemp(prefix="accel-bench-"))
-    machine = load_machine(_MACHINE)
-    srv = Server(machine, rt, description=_MACHINE)
+    machine = load_machine(description)
+    srv = Server(machine, rt, description=description)
     srv.start()
     try:
         yield srv
@@ -243,8 +251,38 @@ def info_during_fill(quick: bool) -> list[Figure]:
     ]
 
 
+def info_during_fill_habana(quick: bool) -> list[Figure]:
+    """:func:`info_during_fill` with habana_like: a LIN_DMA memset of 512 MiB of
+    DRAM on device A (it works in 1 MiB chunks with ``Clock.cond_resched``
+    between them) while INFO is timed on device B."""
+    with _served(_HABANA_MACHINE) as srv:
+        child = _run_child(
+            "info_during_fill",
+            {
+                "rt": str(srv.runtime_dir),
+                "size": FILL_BYTES,
+                "loops": 2_000 if quick else 10_000,
+                "fills": 2 if quick else 5,
+                "driver": "habana_like",
+            },
+        )
+        res = _result(child)
+    return [
+        ratio_figure(
+            "info_p99_during_fill_habana",
+            res["busy_p99"] / 1e3,
+            res["idle_p99"] / 1e3,
+            "us",
+            5.0,
+            note=f"baseline: INFO p99 on an idle machine; {res['busy_samples']:.0f} INFOs "
+            f"during {FILL_BYTES >> 20} MiB LIN_DMA memsets of {res['fill_ms']:.0f} ms (median)",
+        )
+    ]
+
+
 SUITES: list[Callable[[bool], list[Figure]]] = [
     ioctl_crossprocess,
     dmabuf_share_1g,
     info_during_fill,
+    info_during_fill_habana,
 ]

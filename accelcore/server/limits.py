@@ -26,7 +26,8 @@ cap                           errno      counts
                                          each) the pid's calls allocated
 ``buffers_per_uid``           ENOMEM     the same, summed over one uid
 ``buffer_bytes_per_client``   ENOMEM     bytes of those buffers (device memory
-                                         of virtual devices, GTT, …)
+                                         of virtual devices, GTT, allocations
+                                         of DRAM/VRAM, …)
 ``buffer_bytes_per_uid``      ENOMEM     the same, summed over one uid
 ``uevent_queue``              ENOBUFS    uevents queued for a subscriber that
                                          does not read; then one overflow marker

@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from accelcore import PAGE_SIZE, BadAddress, DeviceMemory, InvalidArgument
+from accelcore import FILL_CHUNK, PAGE_SIZE, BadAddress, DeviceMemory, InvalidArgument
 from accelcore.pci import BarKind, BarSpec, DmaError, MmioRegion, ResetKind, SimDevice
 
 from .kernels import KERNELS, as_f32
@@ -84,6 +84,11 @@ class _Job:
     cb: bytes
     error: int = 0
     cancelled: bool = False
+
+
+class _JobAborted(Exception):
+    """A LIN_DMA found, after letting other threads in, that its job was cancelled
+    (context teardown) or the device was reset meanwhile: the job stops there."""
 
 
 class HabanaLikeDevice(SimDevice):
@@ -140,6 +145,10 @@ class HabanaLikeDevice(SimDevice):
         self.events = [0] * HLK.HLK_NUM_EVENTS
         self.errors: list[str] = []
         self._jobs: dict[int, _Job] = {}
+        #: Bumped by every power-on (reset): a job that started before it is void.
+        self.epoch = 0
+        #: LIN_DMA chunks done (each one at most :data:`FILL_CHUNK` bytes).
+        self.dma_chunks = 0
 
     # -- lifecycle ---------------------------------------------------------------
     def realize(self, fn: PciFunction) -> None:
@@ -171,6 +180,7 @@ class HabanaLikeDevice(SimDevice):
         self.events = [0] * HLK.HLK_NUM_EVENTS
 
     def _power_on(self) -> None:
+        self.epoch += 1
         for e in self.engines:
             e.free_at = 0
             e.stalled = False
@@ -263,6 +273,7 @@ class HabanaLikeDevice(SimDevice):
         except PacketError as exc:  # the driver patched garbage: a HW error, not a crash
             self._engine_error(job, f"{engine.name}: {exc}")
             packets = []
+        epoch = self.epoch
         for p in packets:
             if p.opcode == HLK.HLK_PACKET_MSG_PROT:
                 self._complete(engine, job, p, duration)
@@ -274,7 +285,14 @@ class HabanaLikeDevice(SimDevice):
                 self.errors.append(f"{engine.name}: FENCE on SOB {p.value >> 30} stalled")
                 return
             try:
-                self._execute(p)
+                self._execute(p, job, epoch)
+            except _JobAborted:
+                # Ended while it let others in. Cancelled: it completes without
+                # effect or completion entry (as a cancelled job that never
+                # started). Reset: the power-on already idled the engine.
+                if self.epoch == epoch:
+                    engine.completed += 1
+                return
             except DmaError as exc:
                 self.events[HLK.HLK_EVENT_DMA_FAULT] += 1
                 job.error = -errno.EFAULT
@@ -305,23 +323,49 @@ class HabanaLikeDevice(SimDevice):
         return True
 
     # -- packet execution ---------------------------------------------------------------
-    def _execute(self, p: Packet) -> None:
+    def _execute(self, p: Packet, job: _Job, epoch: int) -> None:
         op = p.opcode
         if op == HLK.HLK_PACKET_WREG_32:
             self.write_reg(p.ctl & HLK.HLK_WREG32_REG_MASK, p.value)
         elif op == HLK.HLK_PACKET_MSG_LONG:
             self._write_phys(p.words[0], struct.pack("<I", p.value))
         elif op == HLK.HLK_PACKET_LIN_DMA:
-            src, dst = p.words
-            size = p.value
-            if p.ctl & HLK.HLK_LIN_DMA_CTL_MEMSET:
-                self._write_phys(dst, bytes([src & 0xFF]) * size)
-            else:
-                self._write_phys(dst, self._read_phys(src, size))
+            self._lin_dma(p, job, epoch)
         elif op == HLK.HLK_PACKET_KERNEL:
             self._kernel(p)
         elif op != HLK.HLK_PACKET_NOP:
             raise InvalidArgument(f"packet {op:#x} is not executable by an engine")
+
+    def _lin_dma(self, p: Packet, job: _Job, epoch: int) -> None:
+        """A LIN_DMA (memset or copy) in chunks of :data:`FILL_CHUNK` bytes, letting
+        other threads into the engine between them (``Clock.cond_resched``), so a
+        512 MiB fill does not stall every other device's ioctls.
+
+        Releasing the lock between chunks is safe because nothing is carried
+        across it but the packet's *physical addresses*: every chunk translates
+        them again (DRAM allocation bounds, IOMMU mapping), and first checks that
+        the job is still live. The engine stays busy meanwhile (``submitted >
+        completed``), so ``is_idle`` is false and the owner's release resets the
+        device. A context teardown (``cancel``) or a reset (``epoch``) that ran
+        in between is seen by the next chunk, which stops the job
+        (:class:`_JobAborted`); memory unmapped in between faults the chunk
+        (``EFAULT``/``EIO`` job error), it is never written after release.
+        """
+        src, dst = p.words
+        size = p.value
+        memset = bool(p.ctl & HLK.HLK_LIN_DMA_CTL_MEMSET)
+        pattern = bytes([src & 0xFF]) * min(size, FILL_CHUNK) if memset else b""
+        for start in range(0, size, FILL_CHUNK):
+            if start:
+                self.clock.cond_resched()
+                if job.cancelled or self.epoch != epoch or not self.present:
+                    raise _JobAborted
+            n = min(FILL_CHUNK, size - start)
+            if memset:
+                self._write_phys(dst + start, pattern[:n])
+            else:
+                self._write_phys(dst + start, self._read_phys(src + start, n))
+            self.dma_chunks += 1
 
     def _dram_view(self, addr: int, size: int) -> memoryview:
         """The DRAM bytes at engine-physical ``addr``; they must lie in one allocation."""

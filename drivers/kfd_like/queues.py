@@ -38,6 +38,10 @@ PACKET_SIZE = KFD_UAPI.sizeof("struct kfd_like_dispatch_packet")
 BACKOFF_LIMIT = 64
 
 
+class _QueueGone(Exception):
+    """A kernel's queue was removed while the kernel let others in."""
+
+
 @dataclass(eq=False)
 class HwQueue:
     """A queue as the GPU sees it (an MQD: ring, pointers, doorbell, VM)."""
@@ -82,6 +86,8 @@ class CommandProcessor:
         #: Packets that ran to completion, and the device time they ran (INFO engines).
         self.completed = 0
         self.busy_ns = 0
+        #: Times a kernel let other threads in between two of its chunks.
+        self.resched_calls = 0
         self._interrupt = interrupt
         self._fault = fault
         self._poll_timer: Timer | None = None
@@ -155,17 +161,31 @@ class CommandProcessor:
         self.dispatched += 1
         run_ns = run_time_ns(kernel, args)
 
+        def resched() -> None:
+            # Other threads may take the engine lock here. The packet stays in
+            # flight (q.busy, so nothing starts it twice); a removal (destroy,
+            # teardown, reset) in the gap is seen here and stops the kernel.
+            self.gpu.clock.cond_resched()
+            self.resched_calls += 1
+            if not q.active or q not in self.queues:
+                raise _QueueGone
+
         def complete() -> None:
-            q.busy = False
             if not q.active:
+                q.busy = False
                 return
             self.busy_ns += run_ns
             try:
-                kernel.run(lambda va, n, w: q.vm.translate(va, n, write=w), args)
+                try:
+                    kernel.run(lambda va, n, w: q.vm.translate(va, n, write=w), args, resched)
+                finally:
+                    q.busy = False
                 if signal:
                     view = q.vm.translate(signal, 8, write=True)
                     value = int.from_bytes(view, "little", signed=True) - 1
                     view[:] = value.to_bytes(8, "little", signed=True)
+            except _QueueGone:
+                return  # dropped with its queue, as a packet whose timer was cancelled
             except GpuVmFault as fault:
                 self._stop(q, fault, str(fault))
                 return
