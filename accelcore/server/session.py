@@ -222,12 +222,16 @@ class Session:
                 return
         with self.clock.lock:
             sub = self.server.machine.subsystem
+            # A session is a task (its own descriptor table and memory). A second
+            # session of one client process gets an engine-allocated pid, so the
+            # two tasks neither replace each other in ``sub.tasks`` nor pass the
+            # opener checks as one process (tests drive several through one server).
             task = sub.new_task(
                 uid=self.uid,
                 gid=self.gid,
                 groups=_groups_of(self.pid),
                 comm=msg.comm or _comm_of(self.pid),
-                pid=self.pid,
+                pid=self.pid if self.pid not in sub.tasks else None,
                 restart_syscalls=msg.restart,
             )
             task.files = ServerFdTable(self._room)
@@ -243,7 +247,7 @@ class Session:
         with self.clock.lock:
             table = fd_offsets(self.server.machine.subsystem)
         pairs = tuple((cmd, off) for cmd, offs in sorted(table.items()) for off in offs)
-        self.send(p.Welcome(self.token, os.getpid(), self.pid, __version__, pairs), rid)
+        self.send(p.Welcome(self.token, os.getpid(), task.pid, __version__, pairs), rid)
 
     def _room(self) -> int:
         """Files this client may still be given (the server's per-client cap)."""

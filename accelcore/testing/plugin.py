@@ -6,8 +6,9 @@ Fixtures:
     accel_leak_check: snapshots :meth:`Subsystem.accounting` and fails the test if
         anything is still alive, or an oops happened, when it ends.
     accel_process_factory: a :class:`~accelcore.testing.transports.ProcessFactory`;
-        the test runs once per transport (ids ``inproc`` and ``server``), and
-        ``factory(machine)`` gives a user process of the machine over it.
+        the test runs once per transport (ids ``inproc`` and ``server``, or those
+        ``--accel-transport`` names), and ``factory(machine)`` gives a user
+        process of the machine over it.
     accel_driver: the driver class under test (``--accel-driver``).
     accel_conformance: a :class:`~accelcore.testing.conformance.session.Conformance`
         session; after the test body every process exits and any leaked resource
@@ -19,7 +20,11 @@ The conformance suite (``accelcore.testing.conformance``) runs with::
 
 ``NAME`` is an ``accelcore.drivers`` entry point or ``module:Class``. Every test
 that uses ``accel_conformance`` (or ``accel_driver``) is parametrized once per
-driver, with the id ``drv=NAME``. Without ``--accel-driver`` such tests are
+driver, with the id ``drv=NAME``, and every test that uses ``accel_conformance``
+once per transport, with the id ``via=inproc`` (an :class:`~accelcore.Process`
+calling the engine directly) or ``via=server`` (sessions of a devfs server over
+the machine); ``--accel-transport inproc|server`` (repeatable) selects them, both
+by default. Without ``--accel-driver`` such tests are
 collected once as ``drv=none`` and skipped, with a reason naming the option, so
 a run that forgot it shows skips instead of passing silently; the project's own
 ``pytest`` run (``testpaths = ["tests"]``) never collects the package at all.
@@ -56,9 +61,10 @@ def accel_leak_check(accel_subsystem: Subsystem) -> Iterator[Subsystem]:
     assert not leaked, f"resources leaked (before, after): {leaked}"
 
 
-@pytest.fixture(params=TRANSPORTS)
+@pytest.fixture
 def accel_process_factory(request: pytest.FixtureRequest) -> Iterator[ProcessFactory]:
-    """User processes in process, then through a devfs server (one run each)."""
+    """User processes in process, then through a devfs server (one run each;
+    parametrized by :func:`pytest_generate_tests`)."""
     factory = ProcessFactory(request.param)
     yield factory
     factory.close()
@@ -77,6 +83,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the conformance checks on this driver (an accelcore.drivers entry point "
         "or module:Class); repeatable",
     )
+    group.addoption(
+        "--accel-transport",
+        action="append",
+        default=[],
+        choices=TRANSPORTS,
+        metavar="TRANSPORT",
+        help="run the conformance checks (and tests using accel_process_factory) through "
+        "this transport: inproc or server; repeatable; default: both",
+    )
+
+
+def _transports(config: pytest.Config) -> list[str]:
+    chosen: list[str] = config.getoption("accel_transport") or []
+    return [t for t in TRANSPORTS if t in chosen] or list(TRANSPORTS)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -84,6 +104,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    transports = _transports(metafunc.config)
+    if "accel_process_factory" in metafunc.fixturenames:
+        metafunc.parametrize("accel_process_factory", transports, indirect=True, ids=transports)
+    if "accel_transport_name" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "accel_transport_name", transports, ids=[f"via={t}" for t in transports]
+        )
     if "accel_driver_name" not in metafunc.fixturenames:
         return
     names: list[str] = metafunc.config.getoption("accel_driver") or []
@@ -113,12 +140,15 @@ def accel_driver(accel_driver_name: str) -> type[AccelDriver]:
 
 @pytest.fixture
 def accel_conformance(
-    request: pytest.FixtureRequest, accel_driver: type[AccelDriver]
+    request: pytest.FixtureRequest, accel_driver: type[AccelDriver], accel_transport_name: str
 ) -> Iterator[object]:
-    """A conformance session for the driver; leaks and oopses fail the test."""
+    """A conformance session for the driver over one transport; leaks and oopses
+    fail the test."""
     from .conformance.session import Conformance
 
-    conf = Conformance(accel_driver, request.config.stash.get(_SUMMARY, []))
+    conf = Conformance(
+        accel_driver, request.config.stash.get(_SUMMARY, []), transport=accel_transport_name
+    )
     yield conf
     conf.finish()  # when the test body never ran (a fixture failed)
 

@@ -54,7 +54,15 @@ def test_suite_passes_on_vaccel(pytester: pytest.Pytester) -> None:
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, result.stdout.str()
     assert outcomes["passed"] >= 25
-    result.stdout.fnmatch_lines(["*accelcore conformance*", "drv=vaccel: fuzz: * calls*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*accelcore conformance*",
+            "drv=vaccel via inproc: fuzz: * calls*",
+            "drv=vaccel via server: fuzz: * calls*",
+        ]
+    )
+    # Each check ran through both transports, to the same outcome.
+    assert outcomes["passed"] % 2 == 0 and outcomes.get("skipped", 0) % 2 == 0, outcomes
 
 
 def test_without_driver_everything_skips(pytester: pytest.Pytester) -> None:
@@ -70,17 +78,18 @@ def test_suite_runs_two_drivers(pytester: pytest.Pytester) -> None:
     result = _run(
         pytester, "--accel-driver", "vaccel", "--accel-driver", spec, "-k", "all_ones_flags"
     )
-    result.stdout.fnmatch_lines(
-        [
-            "PASSED *test_all_ones_flags_einval[[]drv=vaccel[]]*",
-            "FAILED *test_all_ones_flags_einval[[]drv=broken_drivers:FlagsIgnored[]]*",
-        ]
-    )
+    for via in ("inproc", "server"):
+        result.stdout.fnmatch_lines(
+            [
+                f"PASSED *test_all_ones_flags_einval[[]via={via}-drv=vaccel[]]*",
+                f"FAILED *test_all_ones_flags_einval[[]via={via}-drv=broken_drivers:FlagsIgnored[]]*",
+            ]
+        )
 
 
 def test_partial_failure_checker_passes_a_resumable_driver(pytester: pytest.Pytester) -> None:
     result = _run(pytester, "--accel-driver", "broken_drivers:MultiDevice", "-k", "multi_device")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)  # through each transport
     result.stdout.fnmatch_lines(["*partial-failure checker: 1 multi-device ioctl(s)*"])
 
 
@@ -113,9 +122,10 @@ def test_suite_catches_broken_driver(pytester: pytest.Pytester, broken: object) 
     result = _run(pytester, "--accel-driver", f"broken_drivers:{name}", "-k", broken.check)  # type: ignore[attr-defined]
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, out
-    assert any(
-        line.startswith(("FAILED", "ERROR")) and f"{broken.check}[" in line  # type: ignore[attr-defined]
-        for line in out.splitlines()
-    ), f"{broken.check} did not fail for {name}:\n{out}"  # type: ignore[attr-defined]
+    for via in ("inproc", "server"):  # the bug shows through both transports
+        assert any(
+            line.startswith(("FAILED", "ERROR")) and f"{broken.check}[via={via}-" in line  # type: ignore[attr-defined]
+            for line in out.splitlines()
+        ), f"{broken.check} did not fail for {name} via {via}:\n{out}"  # type: ignore[attr-defined]
     for word in broken.message:  # type: ignore[attr-defined]
         assert word in out, f"the failure report for {name} does not say {word!r}:\n{out}"

@@ -14,8 +14,10 @@ compared with the baseline taken right after the build.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ...clock import VirtualClock
@@ -27,6 +29,7 @@ from ...memory import LIVE
 from ...pci import PciFunction
 from ...uapi import CORE, IoctlDef, Uapi
 from ...userspace import Process
+from ..transports import TRANSPORTS, ServerProcess, start_server
 from .payloads import decode_fields, example_bytes, set_fields
 from .steps import Call, Close, Fails, Open, Setup, Unique, UserArray, Value, Write
 
@@ -133,6 +136,12 @@ class Rig:
     exporter: tuple[Process, int] | None = field(default=None, repr=False)
     #: Uses of each :class:`~.steps.Unique` step label on this machine.
     unique: dict[str, int] = field(default_factory=dict, repr=False)
+    #: How the processes reach the machine: ``"inproc"`` (:class:`~accelcore.Process`)
+    #: or ``"server"`` (sessions of a devfs server over the machine, serving on a
+    #: thread of the test process: see :mod:`accelcore.testing.transports`).
+    transport: str = "inproc"
+    #: The server and its runtime directory, once a process was made through it.
+    server: tuple[Any, Path] | None = field(default=None, repr=False)
 
     # -- identity --------------------------------------------------------------
     @property
@@ -161,17 +170,38 @@ class Rig:
     def make_process(self, *, restart: bool = False, comm: str = "conformance") -> Process:
         """The one factory of every user process the suite uses.
 
-        Every check gets its processes from here (through :meth:`process`), so a
-        transport other than in-process calls (a server in another process, with
-        the system-call layer) plugs in by replacing this one method.
+        Every check gets its processes from here (through :meth:`process`): an
+        in-process :class:`~accelcore.Process`, or through the ``server``
+        transport a :class:`~accelcore.testing.transports.ServerProcess` (a new
+        session of the machine's server, started by the first call). ``comm``
+        is the in-process task's name; a server session takes its process's.
         """
-        return Process(self.subsystem, restart=restart, comm=comm)
+        if self.transport == "inproc":
+            return Process(self.subsystem, restart=restart, comm=comm)
+        if self.server is None:
+            self.server = start_server(self.machine)
+        server, rt = self.server
+        return ServerProcess(server, rt, restart=restart)  # type: ignore[return-value]
+
+    def file_of(self, proc: Any, fd: int) -> Any:
+        """The open file (engine object) behind ``proc``'s descriptor ``fd``."""
+        if isinstance(proc, ServerProcess):
+            return proc.file_of(fd)
+        return proc.task.files.get(fd)
 
     def process(self, *, restart: bool = False, comm: str = "conformance") -> Process:
         """A new root process (tracked: it exits at the end of the test)."""
         proc = self.make_process(restart=restart, comm=comm)
         self.processes.append(proc)
         return proc
+
+    def engine_mapping(self, proc: Any, mapping: Any) -> Any:
+        """The engine's CPU mapping (:class:`accelcore.vfs.Mapping`) behind
+        ``mapping``, a mapping ``proc`` made: itself in process, the server's
+        through the server (whose client maps the shared pages directly)."""
+        if isinstance(proc, ServerProcess):
+            return proc.engine_mapping(mapping)
+        return mapping
 
     def open(self, proc: Process, index: int = 0, *, control: bool = False) -> int:
         """Open device ``index``'s compute node (or control node) in ``proc``."""
@@ -367,7 +397,7 @@ class Rig:
         ioctl would (the lazy policy creates it there, before the handler runs),
         so a snapshot taken next does not count the core's context as the
         effect of the call under test."""
-        file = proc.task.files.get(fd)
+        file = self.file_of(proc, fd)
         if isinstance(file, AccelFile) and file.context is None:
             with self.clock.lock:
                 file.device.ownership.require(file)
@@ -673,6 +703,12 @@ class Rig:
         """
         for proc in self.processes:
             proc.exit()
+        if self.server is not None:
+            # Sessions end on the server's threads: stopping it waits for them.
+            server, rt = self.server
+            self.server = None
+            server.stop()
+            shutil.rmtree(rt, ignore_errors=True)
         for task in list(self.subsystem.tasks.values()):
             self.subsystem.exit_task(task)
         self.clock.run_until_idle(IDLE_LIMIT)
@@ -705,12 +741,18 @@ def _vaccel_peer(machine: Machine, driver: AccelDriver) -> AccelDevice:
     return sub.create_device(peer_driver)
 
 
-def build_rig(driver_cls: type[AccelDriver], *, count: int = 1, peer: bool = False) -> Rig:
-    """A fresh machine with ``count`` devices of the driver (and a vaccel peer).
+def build_rig(
+    driver_cls: type[AccelDriver], *, count: int = 1, peer: bool = False, transport: str = "inproc"
+) -> Rig:
+    """A fresh machine with ``count`` devices of the driver (and a vaccel peer),
+    whose processes reach it through ``transport`` (``"inproc"`` or ``"server"``).
 
     Raises:
         RigError: the driver refused registration, or fewer devices bound.
+        ValueError: an unknown transport.
     """
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport {transport!r} is not one of {TRANSPORTS}")
     live_before = LIVE.regions
     machine = Machine(VirtualClock())
     driver = driver_cls()
@@ -741,7 +783,7 @@ def build_rig(driver_cls: type[AccelDriver], *, count: int = 1, peer: bool = Fal
             f"driver {driver.name}: {len(devices)} device(s) bound, expected {count} "
             f"(device_model {driver.device_model!r}, pci_ids {list(driver.pci_ids)})"
         )
-    rig = Rig(machine, driver, devices)
+    rig = Rig(machine, driver, devices, transport=transport)
     if peer:
         rig.peer = _vaccel_peer(machine, driver)
     rig.baseline = machine.subsystem.accounting()

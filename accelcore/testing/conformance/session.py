@@ -35,10 +35,18 @@ class Conformance:
     Args:
         driver_cls: The driver class (``--accel-driver``).
         summary: Where summary lines for the terminal report go.
+        transport: How the checks' processes reach the machines: ``"inproc"``
+            or ``"server"`` (see :mod:`accelcore.testing.transports`).
     """
 
-    def __init__(self, driver_cls: type[AccelDriver], summary: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        driver_cls: type[AccelDriver],
+        summary: list[str] | None = None,
+        transport: str = "inproc",
+    ) -> None:
         self.driver_cls = driver_cls
+        self.transport = transport
         self.rigs: list[Rig] = []
         self.summary = summary if summary is not None else []
         self._finished = False
@@ -58,7 +66,7 @@ class Conformance:
         if not self.rigs:
             self._live_base = LIVE.regions
         try:
-            rig = build_rig(self.driver_cls, count=count, peer=peer)
+            rig = build_rig(self.driver_cls, count=count, peer=peer, transport=self.transport)
         except RigError as exc:
             problem = str(exc)
         else:
@@ -72,7 +80,7 @@ class Conformance:
 
     def report(self, line: str) -> None:
         """Add a line to the terminal summary (``accelcore conformance`` section)."""
-        self.summary.append(f"drv={self.name}: {line}")
+        self.summary.append(f"drv={self.name} via {self.transport}: {line}")
 
     # -- capability gates: skip only for what the driver declares absent ---------
     def require_gem(self) -> None:

@@ -34,9 +34,9 @@ def _import(proc: Process, fd: int, dmabuf_fd: int) -> int:
     return int(a.handle)
 
 
-def _bo(proc: Process, fd: int, handle: int) -> Any:
+def _bo(rig: Rig, proc: Process, fd: int, handle: int) -> Any:
     """The buffer object behind a handle (the model's kernel side, for its bytes)."""
-    return proc.task.files.get(fd).handles.lookup(handle)  # type: ignore[attr-defined]
+    return rig.file_of(proc, fd).handles.lookup(handle)
 
 
 def _other_file(rig: Rig, *, needs_owner: bool) -> tuple[Process, int]:
@@ -74,7 +74,7 @@ def test_gem_close_foreign_handle(accel_conformance: Conformance) -> None:
         b.ioctl, fb, CORE.DRM_IOCTL_GEM_CLOSE, CORE.new("struct drm_gem_close", handle=h)
     )
     assert got == errno.EINVAL, f"GEM_CLOSE of another file's handle {h}: errno {got}, not EINVAL"
-    _bo(a, fa, h)  # still there
+    _bo(rig, a, fa, h)  # still there
     a.ioctl(fa, CORE.DRM_IOCTL_GEM_CLOSE, CORE.new("struct drm_gem_close", handle=h))
 
 
@@ -111,7 +111,7 @@ def test_cross_driver_import(accel_conformance: Conformance) -> None:
     fa = rig.open(a)
     fp = a.open(rig.peer.node_path)
     h = rig.create_bo(a, fa)
-    size = _bo(a, fa, h).size
+    size = _bo(rig, a, fa, h).size
     dfd = _export(a, fa, h)
     hp = _import(a, fp, dfd)
     back_fd = _export(a, fp, hp)
@@ -124,7 +124,7 @@ def test_cross_driver_import(accel_conformance: Conformance) -> None:
             "bytes written through the exported dma-buf are not seen through the vaccel "
             "device's re-export"
         )
-        assert bytes(_bo(a, fa, h3).view()[: len(data)]) == data, (
+        assert bytes(_bo(rig, a, fa, h3).view()[: len(data)]) == data, (
             f"the buffer imported back (handle {h3}) does not share the original's bytes"
         )
     finally:
@@ -141,7 +141,7 @@ def test_buffer_lives_until_last_fd(accel_conformance: Conformance) -> None:
     fa = rig.open(a)
     base = rig.subsystem.accounting()
     h = rig.create_bo(a, fa)
-    data = _fill(_bo(a, fa, h).view(), 9)
+    data = _fill(_bo(rig, a, fa, h).view(), 9)
     dfd = _export(a, fa, h)
     a.ioctl(fa, CORE.DRM_IOCTL_GEM_CLOSE, CORE.new("struct drm_gem_close", handle=h))
     live = rig.subsystem.accounting()
@@ -163,8 +163,8 @@ def test_buffer_lives_until_last_fd(accel_conformance: Conformance) -> None:
 
 @check("dma-buf", "mmap of the dma-buf fd sees the buffer object's bytes, both ways")
 def test_dmabuf_mmap_coherent(accel_conformance: Conformance) -> None:
-    _rig, a, fa, h = _owner_with_bo(accel_conformance)
-    bo = _bo(a, fa, h)
+    rig, a, fa, h = _owner_with_bo(accel_conformance)
+    bo = _bo(rig, a, fa, h)
     dfd = _export(a, fa, h)
     m = a.mmap(dfd, bo.size)
     try:
@@ -178,8 +178,8 @@ def test_dmabuf_mmap_coherent(accel_conformance: Conformance) -> None:
 
 @check("dma-buf", "mmap of a dma-buf beyond its size gets EINVAL")
 def test_dmabuf_mmap_out_of_range(accel_conformance: Conformance) -> None:
-    _rig, a, fa, h = _owner_with_bo(accel_conformance)
-    size = _bo(a, fa, h).size
+    rig, a, fa, h = _owner_with_bo(accel_conformance)
+    size = _bo(rig, a, fa, h).size
     dfd = _export(a, fa, h)
     cases = {
         f"length {size + PAGE_SIZE:#x}": (size + PAGE_SIZE, 0),

@@ -84,7 +84,7 @@ def test_info_only_file_upgrades(accel_conformance: Conformance) -> None:
     else:
         b.ioctl(fb, CORE.DRM_IOCTL_SET_MASTER, 0)
     owner = _owner_of(rig)
-    assert owner is not None and owner is b.task.files.get(fb), (
+    assert owner is not None and owner is rig.file_of(b, fb), (
         "the INFO-only file did not become the owner of the free device"
     )
 

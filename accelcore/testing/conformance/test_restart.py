@@ -95,10 +95,17 @@ def _run(
         break
     seen = max(seen, proc.task.wait_points_seen)
     rig.settle()
+    # A user array's address is where this process's allocator put it: not state
+    # (through the server, arenas land wherever mmap puts them), so it is named.
+    addrs = {
+        res["addr"]: f"<address of {label}>"
+        for label, res in prep.results.items()
+        if isinstance(res, dict) and "addr" in res
+    }
     args: dict[str, Any] = {}
     if desc.arg_type is not None:
         args = {
-            f"args.{k}": v
+            f"args.{k}": addrs.get(v, v) if isinstance(v, int) else v
             for k, v in decode_fields(rig.uapi, desc.arg_type, bytes(payload)).items()
         }
     return Outcome(bytes(payload), {**args, **rig.snapshot()}, seen, errors)
