@@ -41,7 +41,7 @@ from ..userspace import Process
 from ..vfs import Mapping as VfsMapping
 from ..vfs import OpenFile
 
-__all__ = ["TRANSPORTS", "ProcessFactory", "ServerProcess", "start_server"]
+__all__ = ["TRANSPORTS", "ProcessFactory", "ServerProcess", "file_of", "start_server"]
 
 #: The transports a test runs through, in the order of its parameter ids.
 TRANSPORTS = ("inproc", "server")
@@ -127,6 +127,19 @@ class ServerProcess(ClientProcess):
             return to._track(os.dup(fd))
         except OSError as exc:
             raise BadFd(f"file descriptor {fd} is not open") from exc
+
+
+def file_of(proc: Process | ServerProcess, fd: int) -> OpenFile:
+    """The engine's open file behind ``proc``'s descriptor ``fd``, whichever
+    transport made ``proc`` (a test reads engine state with it).
+
+    Raises:
+        BadFd: (in process) ``fd`` is not open.
+        LookupError: (through the server) ``fd`` is no open file of the server.
+    """
+    if isinstance(proc, ServerProcess):
+        return proc.file_of(fd)
+    return proc.task.files.get(fd)
 
 
 class ProcessFactory:

@@ -29,7 +29,7 @@ from ...memory import LIVE
 from ...pci import PciFunction
 from ...uapi import CORE, IoctlDef, Uapi
 from ...userspace import Process
-from ..transports import TRANSPORTS, ServerProcess, start_server
+from ..transports import TRANSPORTS, ServerProcess, file_of, start_server
 from .payloads import decode_fields, example_bytes, set_fields
 from .steps import Call, Close, Fails, Open, Setup, Unique, UserArray, Value, Write
 
@@ -185,9 +185,7 @@ class Rig:
 
     def file_of(self, proc: Any, fd: int) -> Any:
         """The open file (engine object) behind ``proc``'s descriptor ``fd``."""
-        if isinstance(proc, ServerProcess):
-            return proc.file_of(fd)
-        return proc.task.files.get(fd)
+        return file_of(proc, fd)
 
     def process(self, *, restart: bool = False, comm: str = "conformance") -> Process:
         """A new root process (tracked: it exits at the end of the test)."""

@@ -9,6 +9,7 @@ import pytest
 
 from accelcore import Process, VirtualClock
 from accelcore.machine import Machine
+from accelcore.testing.transports import ProcessFactory
 from drivers.habana_like import HabanaLikeDriver
 from drivers.habana_like.userlib import HlkClient
 
@@ -45,6 +46,30 @@ def client(procs: Callable[..., Process]) -> Callable[..., HlkClient]:
 
     def make(path: str = "/dev/accel/accel0", **kwargs: object) -> HlkClient:
         p = procs(**kwargs)
+        return HlkClient(p, p.open(path))
+
+    return make
+
+
+@pytest.fixture
+def procs_both(
+    machine: Machine, accel_process_factory: ProcessFactory
+) -> Iterator[Callable[..., Process]]:
+    """:func:`procs` once in process and once as sessions of a devfs server over
+    the machine (``accel_process_factory``); the same baseline check at the end."""
+    baseline = machine.subsystem.accounting()
+    yield lambda **kwargs: accel_process_factory(machine, **kwargs)
+    accel_process_factory.close()
+    assert machine.subsystem.oopses == []
+    assert machine.subsystem.accounting() == baseline
+
+
+@pytest.fixture
+def client_both(procs_both: Callable[..., Process]) -> Callable[..., HlkClient]:
+    """:func:`client` through each transport."""
+
+    def make(path: str = "/dev/accel/accel0", **kwargs: object) -> HlkClient:
+        p = procs_both(**kwargs)
         return HlkClient(p, p.open(path))
 
     return make

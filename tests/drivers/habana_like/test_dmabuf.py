@@ -8,6 +8,7 @@ import pytest
 
 from accelcore import CORE
 from accelcore.memory import PAGE_SIZE
+from accelcore.testing.transports import file_of
 from accelcore.testing.vaccel import VACCEL_UAPI as V
 from accelcore.testing.vaccel import VAccelDriver
 from drivers.habana_like import HLK
@@ -27,12 +28,12 @@ def _fill(owner, va, byte, size):
     assert owner.wait(owner.submit([(cb, HLK.HLK_QUEUE_ID_DMA_0)])) == 0
 
 
-def test_export_is_imported_by_another_driver(machine, client, procs, vaccel):
-    owner = client()
+def test_export_is_imported_by_another_driver(machine, client_both, procs_both, vaccel):
+    owner = client_both()
     va = owner.map_device(owner.mem_alloc(4 * PAGE_SIZE))
     _fill(owner, va, 0xAB, 4 * PAGE_SIZE)
     fd = owner.export(va, 2 * PAGE_SIZE, offset=PAGE_SIZE)
-    other = procs()
+    other = procs_both()
     vfd = other.open(vaccel.node_path)
     theirs = owner.proc.send_fd(fd, other)
     owner.proc.close(fd)
@@ -46,15 +47,15 @@ def test_export_is_imported_by_another_driver(machine, client, procs, vaccel):
     other.close(theirs)
 
 
-def test_export_pins_ownership_until_released(machine, client, procs, vaccel):
-    owner = client()
+def test_export_pins_ownership_until_released(machine, client_both, procs_both, vaccel):
+    owner = client_both()
     va = owner.map_device(owner.mem_alloc(PAGE_SIZE))
     fd = owner.export(va, PAGE_SIZE)
-    keeper = procs()
+    keeper = procs_both()
     kept = owner.proc.send_fd(fd, keeper)
     owner.proc.close(fd)
     owner.proc.close(owner.fd)
-    nxt = client()
+    nxt = client_both()
     with pytest.raises(OSError) as exc:
         nxt.mem_alloc(PAGE_SIZE)
     assert exc.value.errno == errno.EBUSY
@@ -62,22 +63,22 @@ def test_export_pins_ownership_until_released(machine, client, procs, vaccel):
     assert nxt.mem_alloc(PAGE_SIZE) == 1
 
 
-def test_exported_memory_survives_reset(machine, client, procs):
-    owner = client()
+def test_exported_memory_survives_reset(machine, client_both, procs_both):
+    owner = client_both()
     va = owner.map_device(owner.mem_alloc(PAGE_SIZE))
     _fill(owner, va, 0x5C, PAGE_SIZE)
     fd = owner.export(va, PAGE_SIZE)
     dev = machine.subsystem.device(0)
     dev.reset("test")
-    buf = owner.proc.task.files.get(fd)
+    buf = file_of(owner.proc, fd)
     assert bytes(buf.memory.read(buf.offset, 4)) == b"\x5c" * 4
     assert dev.private.allocator.used == PAGE_SIZE
     owner.proc.close(fd)
     assert dev.private.allocator.used == 0
 
 
-def test_unmap_of_exported_mapping_is_einval(client):
-    owner = client()
+def test_unmap_of_exported_mapping_is_einval(client_both):
+    owner = client_both()
     va = owner.map_device(owner.mem_alloc(PAGE_SIZE))
     fd = owner.export(va, PAGE_SIZE)
     with pytest.raises(OSError) as exc:
@@ -87,8 +88,8 @@ def test_unmap_of_exported_mapping_is_einval(client):
     owner.unmap(va)
 
 
-def test_exported_buffer_has_no_cpu_mmap(client):
-    owner = client()
+def test_exported_buffer_has_no_cpu_mmap(client_both):
+    owner = client_both()
     va = owner.map_device(owner.mem_alloc(PAGE_SIZE))
     fd = owner.export(va, PAGE_SIZE)
     with pytest.raises(OSError) as exc:
@@ -98,15 +99,15 @@ def test_exported_buffer_has_no_cpu_mmap(client):
 
 
 def test_importer_on_another_driver_waits_for_the_cs_writing_the_memory(
-    machine, client, procs, vaccel
+    machine, client_both, procs_both, vaccel
 ):
     """Implicit sync across two drivers and two processes, no fence passed: a
     habana_like CS writes device memory; another process imports the exported
     range into a vaccel device and copies it; the copy runs after the CS."""
-    owner = client()
+    owner = client_both()
     va = owner.map_device(owner.mem_alloc(PAGE_SIZE))
     fd = owner.export(va, PAGE_SIZE)
-    reader = procs()
+    reader = procs_both()
     vfd = reader.open(vaccel.node_path)
     src = CORE.new("struct drm_prime_handle", fd=owner.proc.send_fd(fd, reader))
     reader.ioctl(vfd, CORE.DRM_IOCTL_PRIME_FD_TO_HANDLE, src)
@@ -114,7 +115,7 @@ def test_importer_on_another_driver_waits_for_the_cs_writing_the_memory(
     reader.ioctl(vfd, V.DRM_IOCTL_VACCEL_CREATE_BO, dst)
     cb = owner.cb_with(encode_lin_dma(0xC3, va, PAGE_SIZE, HLK.HLK_DMA_DRAM_TO_DRAM, memset=True))
     seq = owner.submit([(cb, HLK.HLK_QUEUE_ID_DMA_0)])  # not waited for
-    buf = owner.proc.task.files.get(fd)
+    buf = file_of(owner.proc, fd)
     assert buf.poll() == 0  # the CS's fence is on the exported memory
     cp = V.new("struct vaccel_copy", src_handle=src.handle, dst_handle=dst.handle, delay_ns=1)
     reader.ioctl(vfd, V.DRM_IOCTL_VACCEL_COPY, cp)

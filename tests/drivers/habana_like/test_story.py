@@ -19,9 +19,9 @@ def _status(mon):
     return mon.info(HLK.HLK_INFO_DEVICE_STATUS, "struct hlk_info_device_status").status
 
 
-def test_gemm_round_trip_with_monitor(machine, client):
-    owner = client()
-    mon = client("/dev/accel/accel_controlD0")
+def test_gemm_round_trip_with_monitor(machine, client_both):
+    owner = client_both()
+    mon = client_both("/dev/accel/accel_controlD0")
     rng = np.random.default_rng(7)
     a = rng.standard_normal((M, K), dtype=np.float32)
     b = rng.standard_normal((K, N), dtype=np.float32)
@@ -68,8 +68,8 @@ def test_gemm_round_trip_with_monitor(machine, client):
     owner.proc.free(host)
 
 
-def test_engine_time_passes_in_device_time(machine, client):
-    owner = client()
+def test_engine_time_passes_in_device_time(machine, client_both):
+    owner = client_both()
     handle = owner.mem_alloc(1 << 20)
     dva = owner.map_device(handle)
     t0 = machine.clock.now()
@@ -78,9 +78,9 @@ def test_engine_time_passes_in_device_time(machine, client):
     assert machine.clock.now() - t0 >= (1 << 20) // 10
 
 
-def test_hang_resets_device_and_next_owner_works(machine, client):
-    owner = client()
-    mon = client("/dev/accel/accel_controlD0")
+def test_hang_resets_device_and_next_owner_works(machine, client_both):
+    owner = client_both()
+    mon = client_both("/dev/accel/accel_controlD0")
     dev = machine.subsystem.device(0)
     fn = dev.parent
     handle = owner.mem_alloc(4096)
@@ -110,8 +110,8 @@ def test_hang_resets_device_and_next_owner_works(machine, client):
     assert seq < owner.submit([(cb, HLK.HLK_QUEUE_ID_DMA_0)])
 
 
-def test_reset_aborts_other_pending_cs(machine, client):
-    owner = client()
+def test_reset_aborts_other_pending_cs(machine, client_both):
+    owner = client_both()
     dev = machine.subsystem.device(0)
     handle = owner.mem_alloc(4096)
     dva = owner.map_device(handle)
@@ -123,8 +123,8 @@ def test_reset_aborts_other_pending_cs(machine, client):
     assert exc.value.errno == errno.EIO
 
 
-def test_aborted_wait_reports_status_aborted(machine, client):
-    owner = client()
+def test_aborted_wait_reports_status_aborted(machine, client_both):
+    owner = client_both()
     handle = owner.mem_alloc(4096)
     dva = owner.map_device(handle)
     cb = owner.cb_with(encode_lin_dma(1, dva, 4096, HLK.HLK_DMA_DRAM_TO_DRAM, memset=True))
@@ -137,11 +137,11 @@ def test_aborted_wait_reports_status_aborted(machine, client):
     assert args.output.status == HLK.HLK_WAIT_CS_STATUS_ABORTED
 
 
-def test_next_owner_after_close_works(machine, client):
-    first = client()
+def test_next_owner_after_close_works(machine, client_both):
+    first = client_both()
     first.mem_alloc(4096)
     first.proc.close(first.fd)
-    second = client()
+    second = client_both()
     handle = second.mem_alloc(4096)
     assert handle == 1
 
@@ -160,8 +160,8 @@ def test_machine_description_builds_devices():
     assert devs[0].private.allocator.size == 16 << 20
 
 
-def test_cb_info_counts_usage(client):
-    owner = client()
+def test_cb_info_counts_usage(client_both):
+    owner = client_both()
     nop = owner.cb_create(64)
     owner.cb_write(nop, encode_nop())
     owner.wait(owner.submit([((nop, 8), HLK.HLK_QUEUE_ID_DMA_0)]))
@@ -171,8 +171,8 @@ def test_cb_info_counts_usage(client):
     assert a.output.usage_cnt == 1 and a.output.size == 4096
 
 
-def test_signal_interrupts_wait_with_eintr(client):
-    owner = client()
+def test_signal_interrupts_wait_with_eintr(client_both):
+    owner = client_both()
     dva = owner.map_device(owner.mem_alloc(1 << 16))
     cb = owner.cb_with(encode_lin_dma(0, dva, 1 << 16, HLK.HLK_DMA_DRAM_TO_DRAM, memset=True))
     seq = owner.submit([(cb, HLK.HLK_QUEUE_ID_DMA_0)])
