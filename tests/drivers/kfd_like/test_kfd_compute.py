@@ -12,10 +12,10 @@ VA_IN = 0x10_0000_0000
 VA_OUT = 0x20_0000_0000
 
 
-def test_vector_add_on_every_gpu(leak_check):
+def test_vector_add_on_every_gpu(leak_check, accel_process_factory):
     m = make_machine(5_000, 5_000, 5_000)
     check = leak_check(m)
-    k = Kfd(m)
+    k = Kfd(m, accel_process_factory(m))
     k.acquire_all()
     rng = np.random.default_rng(6)
     a, b = rng.random(N, dtype=np.float32), rng.random(N, dtype=np.float32)
@@ -44,6 +44,7 @@ def test_vector_add_on_every_gpu(leak_check):
     del cpu_out
     assert all(q.read_index == 1 for q in k.queues)
     k.close()
+    accel_process_factory.close()  # every process exits (a server session too)
     check()
 
 

@@ -20,10 +20,10 @@ def machine_with_vaccel():
     return m, vdev
 
 
-def test_import_vaccel_buffer_map_on_all_gpus_and_write_it(leak_check):
+def test_import_vaccel_buffer_map_on_all_gpus_and_write_it(leak_check, accel_process_factory):
     m, vdev = machine_with_vaccel()
     check = leak_check(m)
-    k = Kfd(m)
+    k = Kfd(m, accel_process_factory(m))
     k.acquire_all()
     vfd = k.p.open(vdev.node_path)
     bo = V.new("struct vaccel_create_bo", size=SIZE)
@@ -47,13 +47,14 @@ def test_import_vaccel_buffer_map_on_all_gpus_and_write_it(leak_check):
     k.map(k.map_args(imp.handle, k.gpu_ids, unmap=True), unmap=True)
     k.ioctl("DRM_IOCTL_KFD_FREE_MEMORY_OF_GPU", handle=imp.handle)
     k.close()
+    accel_process_factory.close()  # every process exits (a server session too)
     check()
 
 
-def test_export_vram_to_vaccel_which_fills_it(leak_check):
+def test_export_vram_to_vaccel_which_fills_it(leak_check, accel_process_factory):
     m, vdev = machine_with_vaccel()
     check = leak_check(m)
-    k = Kfd(m)
+    k = Kfd(m, accel_process_factory(m))
     k.acquire_all()
     gid = k.gpu_ids[0]
     a = k.alloc(gid, SIZE, VA, VRAM)
@@ -70,6 +71,7 @@ def test_export_vram_to_vaccel_which_fills_it(leak_check):
     assert bytes(cpu[:2]) == b"\x5a\x5a"
     del cpu
     k.close()
+    accel_process_factory.close()  # every process exits (a server session too)
     check()
 
 

@@ -31,10 +31,12 @@ def _free(k: Kfd, handle: int) -> None:
 
 
 @pytest.mark.parametrize("flags", [VRAM, GTT], ids=["vram", "gtt"])
-def test_free_under_a_live_mapping_keeps_the_memory_until_munmap(machine, leak_check, flags):
+def test_free_under_a_live_mapping_keeps_the_memory_until_munmap(
+    machine, leak_check, flags, accel_process_factory
+):
     check = leak_check(machine)
     drv = driver_of(machine)
-    a = Kfd(machine)
+    a = Kfd(machine, accel_process_factory(machine))
     a.acquire_all()
     gid = a.gpu_ids[0]
     base = (machine.subsystem.accounting(), drv.accounting())
@@ -52,14 +54,20 @@ def test_free_under_a_live_mapping_keeps_the_memory_until_munmap(machine, leak_c
     a.mappings.clear()
     assert (machine.subsystem.accounting(), drv.accounting()) == base
     a.close()
+    accel_process_factory.close()  # every process exits (a server session too)
     check()
 
 
-def test_freed_vram_under_a_mapping_never_shows_another_process_secret(machine, leak_check):
+def test_freed_vram_under_a_mapping_never_shows_another_process_secret(
+    machine, leak_check, accel_process_factory
+):
     """The issue's example: A allocates VRAM, maps it, frees the handle; B
     allocates and writes a secret; A's old mapping must not read it."""
     check = leak_check(machine)
-    a, b = Kfd(machine), Kfd(machine)
+    a, b = (
+        Kfd(machine, accel_process_factory(machine)),
+        Kfd(machine, accel_process_factory(machine)),
+    )
     a.acquire_all()
     b.acquire_all()
     gid = a.gpu_ids[0]
@@ -80,12 +88,18 @@ def test_freed_vram_under_a_mapping_never_shows_another_process_secret(machine, 
     assert vram.used == 4096
     a.close()
     b.close()
+    accel_process_factory.close()  # every process exits (a server session too)
     check()
 
 
-def test_a_mapping_of_freed_vram_keeps_it_from_every_other_process(machine, leak_check):
+def test_a_mapping_of_freed_vram_keeps_it_from_every_other_process(
+    machine, leak_check, accel_process_factory
+):
     check = leak_check(machine)
-    a, b = Kfd(machine), Kfd(machine)
+    a, b = (
+        Kfd(machine, accel_process_factory(machine)),
+        Kfd(machine, accel_process_factory(machine)),
+    )
     a.acquire_all()
     b.acquire_all()
     gid = a.gpu_ids[0]
@@ -100,14 +114,20 @@ def test_a_mapping_of_freed_vram_keeps_it_from_every_other_process(machine, leak
     b.alloc(gid, 4096, VA)  # the last munmap gave the VRAM back
     a.close()
     b.close()
+    accel_process_factory.close()  # every process exits (a server session too)
     check()
 
 
-def test_old_mapping_and_new_allocation_are_different_pages(machine, leak_check):
+def test_old_mapping_and_new_allocation_are_different_pages(
+    machine, leak_check, accel_process_factory
+):
     """VRAM reused at the same device address is a new memfd: a view the old
     owner kept past its munmap-less free cannot reach it."""
     check = leak_check(machine)
-    a, b = Kfd(machine), Kfd(machine)
+    a, b = (
+        Kfd(machine, accel_process_factory(machine)),
+        Kfd(machine, accel_process_factory(machine)),
+    )
     a.acquire_all()
     b.acquire_all()
     gid = a.gpu_ids[0]
@@ -122,12 +142,15 @@ def test_old_mapping_and_new_allocation_are_different_pages(machine, leak_check)
     assert bytes(old[: len(SECRET)]) == bytes(len(SECRET))
     a.close()
     b.close()
+    accel_process_factory.close()  # every process exits (a server session too)
     check()
 
 
-def test_doorbell_mapping_outlives_the_process_without_reaching_the_next(machine, leak_check):
+def test_doorbell_mapping_outlives_the_process_without_reaching_the_next(
+    machine, leak_check, accel_process_factory
+):
     check = leak_check(machine)
-    a = Kfd(machine)
+    a = Kfd(machine, accel_process_factory(machine))
     a.acquire_all()
     gid = a.gpu_ids[0]
     q = a.create_queue(gid)
@@ -139,7 +162,7 @@ def test_doorbell_mapping_outlives_the_process_without_reaching_the_next(machine
     for fd in a.accel_fds.values():
         a.p.close(fd)
     assert gpu.doorbells.used == 4096  # still held by the mapping
-    b = Kfd(machine)
+    b = Kfd(machine, accel_process_factory(machine))
     b.acquire_all()
     bq = b.create_queue(gid)
     assert gpu.doorbells.used == 2 * 4096
@@ -149,6 +172,7 @@ def test_doorbell_mapping_outlives_the_process_without_reaching_the_next(machine
     assert gpu.doorbells.used == 4096
     a.close()
     b.close()
+    accel_process_factory.close()  # every process exits (a server session too)
     check()
 
 
@@ -158,32 +182,40 @@ def test_doorbell_mapping_outlives_the_process_without_reaching_the_next(machine
     ids=["2^63", "2^64-page", "2^64-1", "2^62"],
 )
 @pytest.mark.parametrize("flags", [VRAM, GTT], ids=["vram", "gtt"])
-def test_huge_alloc_sizes_are_errors_not_oopses(machine, leak_check, size, flags):
+def test_huge_alloc_sizes_are_errors_not_oopses(
+    machine, leak_check, size, flags, accel_process_factory
+):
     check = leak_check(machine)
-    k = Kfd(machine)
+    k = Kfd(machine, accel_process_factory(machine))
     k.acquire_all()
     code = _errno(k.alloc, k.gpu_ids[0], size, 0x1_0000, flags)
     assert code in (errno.EINVAL, errno.ENOMEM)
     assert machine.subsystem.oopses == []
     k.close()
+    accel_process_factory.close()  # every process exits (a server session too)
     check()
 
 
 @pytest.mark.parametrize("flags", [VRAM, GTT], ids=["vram", "gtt"])
-def test_huge_alloc_inside_the_aperture_is_enomem(machine, leak_check, flags):
+def test_huge_alloc_inside_the_aperture_is_enomem(
+    machine, leak_check, flags, accel_process_factory
+):
     check = leak_check(machine)
-    k = Kfd(machine)
+    k = Kfd(machine, accel_process_factory(machine))
     k.acquire_all()
     # 64 TiB: inside the 2**47 GPUVM aperture, more VRAM and RAM than any host has.
     assert _errno(k.alloc, k.gpu_ids[0], 1 << 46, 0x1_0000, flags) == errno.ENOMEM
     assert machine.subsystem.oopses == []
     k.close()
+    accel_process_factory.close()  # every process exits (a server session too)
     check()
 
 
-def test_vram_buffer_objects_are_backed_by_their_own_memfd(machine, leak_check):
+def test_vram_buffer_objects_are_backed_by_their_own_memfd(
+    machine, leak_check, accel_process_factory
+):
     check = leak_check(machine)
-    k = Kfd(machine)
+    k = Kfd(machine, accel_process_factory(machine))
     k.acquire_all()
     gid = k.gpu_ids[0]
     k.alloc(gid, 3 * 4096, VA)
@@ -191,4 +223,5 @@ def test_vram_buffer_objects_are_backed_by_their_own_memfd(machine, leak_check):
     (bo,) = [b for b in dev.buffers if isinstance(b, BufferObject)]
     assert bo.memory.size == bo.size == 3 * 4096 and bo.offset == 0
     k.close()
+    accel_process_factory.close()  # every process exits (a server session too)
     check()
