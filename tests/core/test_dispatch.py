@@ -18,7 +18,8 @@ def _errno(exc: pytest.ExceptionInfo[OSError]) -> int:
     return exc.value.errno or 0
 
 
-def test_version_reports_driver(rig: Rig) -> None:
+def test_version_reports_driver(rig_both: Rig) -> None:
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     name = p.alloc(32)
@@ -27,7 +28,8 @@ def test_version_reports_driver(rig: Rig) -> None:
     assert (v.version_major, v.name_len, bytes(name.view[:6])) == (1, 6, b"vaccel")
 
 
-def test_version_length_query_copies_nothing(rig: Rig) -> None:
+def test_version_length_query_copies_nothing(rig_both: Rig) -> None:
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     v = CORE.new("struct drm_version")
@@ -35,7 +37,8 @@ def test_version_length_query_copies_nothing(rig: Rig) -> None:
     assert (v.name_len, v.desc_len, v.date_len) == (6, len("virtual accelerator"), 1)
 
 
-def test_wrong_type_is_enotty(rig: Rig) -> None:
+def test_wrong_type_is_enotty(rig_both: Rig) -> None:
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     with pytest.raises(OSError) as e:
@@ -44,7 +47,8 @@ def test_wrong_type_is_enotty(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize("nr", [0x4F, 0x9F, 0x03, 0xFF])
-def test_unknown_number_is_enotty(rig: Rig, nr: int) -> None:
+def test_unknown_number_is_enotty(rig_both: Rig, nr: int) -> None:
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     with pytest.raises(OSError) as e:
@@ -52,8 +56,9 @@ def test_unknown_number_is_enotty(rig: Rig, nr: int) -> None:
     assert _errno(e) == errno.ENOTTY
 
 
-def test_short_struct_is_zero_extended(rig: Rig) -> None:
+def test_short_struct_is_zero_extended(rig_both: Rig) -> None:
     """A caller with an older, shorter struct: the kernel sees zeros in the tail."""
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     short = bytearray((5).to_bytes(8, "little"))  # only 'value', no 'result'
@@ -62,7 +67,8 @@ def test_short_struct_is_zero_extended(rig: Rig) -> None:
     assert int.from_bytes(short, "little") == 5  # only the user's 8 bytes come back
 
 
-def test_long_struct_tail_is_ignored_and_returned(rig: Rig) -> None:
+def test_long_struct_tail_is_ignored_and_returned(rig_both: Rig) -> None:
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     buf = bytearray(24)
@@ -74,8 +80,9 @@ def test_long_struct_tail_is_ignored_and_returned(rig: Rig) -> None:
     assert buf[16:] == b"TAILDATA"
 
 
-def test_read_only_caller_gets_no_copy_in(rig: Rig) -> None:
+def test_read_only_caller_gets_no_copy_in(rig_both: Rig) -> None:
     """Copy-in happens only when both numbers have the write direction."""
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     buf = bytearray(16)
@@ -85,7 +92,8 @@ def test_read_only_caller_gets_no_copy_in(rig: Rig) -> None:
     assert int.from_bytes(buf[8:16], "little") == 1  # handler saw value 0
 
 
-def test_bad_user_pointer_is_efault(rig: Rig) -> None:
+def test_bad_user_pointer_is_efault(rig_both: Rig) -> None:
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     with pytest.raises(OSError) as e:
@@ -93,7 +101,8 @@ def test_bad_user_pointer_is_efault(rig: Rig) -> None:
     assert _errno(e) == errno.EFAULT
 
 
-def test_null_pointer_is_efault(rig: Rig) -> None:
+def test_null_pointer_is_efault(rig_both: Rig) -> None:
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     with pytest.raises(OSError) as e:
@@ -101,7 +110,8 @@ def test_null_pointer_is_efault(rig: Rig) -> None:
     assert _errno(e) == errno.EFAULT
 
 
-def test_nonzero_padding_is_einval(rig: Rig) -> None:
+def test_nonzero_padding_is_einval(rig_both: Rig) -> None:
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     with pytest.raises(OSError) as e:
@@ -109,7 +119,8 @@ def test_nonzero_padding_is_einval(rig: Rig) -> None:
     assert _errno(e) == errno.EINVAL
 
 
-def test_unknown_flags_are_einval(rig: Rig) -> None:
+def test_unknown_flags_are_einval(rig_both: Rig) -> None:
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     with pytest.raises(OSError) as e:
@@ -120,7 +131,8 @@ def test_unknown_flags_are_einval(rig: Rig) -> None:
     assert "flags is 0x2" in str(e.value)
 
 
-def test_second_owner_is_ebusy(rig: Rig) -> None:
+def test_second_owner_is_ebusy(rig_both: Rig) -> None:
+    rig = rig_both
     a, b = rig.process(), rig.process()
     fa, fb = a.open("/dev/accel/accel0"), b.open("/dev/accel/accel0")
     rig.create_bo(a, fa)
@@ -155,7 +167,8 @@ def test_root_only_ioctl_refuses_user(rig: Rig) -> None:
     root.exit()
 
 
-def test_unplugged_device_is_enodev_first(rig: Rig) -> None:
+def test_unplugged_device_is_enodev_first(rig_both: Rig) -> None:
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     rig.sub.remove_device(rig.dev)
@@ -244,7 +257,8 @@ def _submit_and_wait(rig: Rig, p: Process, fd: int) -> object:
     return V.new("struct vaccel_wait", seqno=s.seqno, timeout_ns=-1)
 
 
-def test_interrupted_wait_returns_eintr(rig: Rig) -> None:
+def test_interrupted_wait_returns_eintr(rig_both: Rig) -> None:
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     w = _submit_and_wait(rig, p, fd)
@@ -255,7 +269,8 @@ def test_interrupted_wait_returns_eintr(rig: Rig) -> None:
     assert p.ioctl(fd, V.DRM_IOCTL_VACCEL_WAIT, w) == 0  # the retry completes
 
 
-def test_interrupted_wait_restarts_with_sa_restart(rig: Rig) -> None:
+def test_interrupted_wait_restarts_with_sa_restart(rig_both: Rig) -> None:
+    rig = rig_both
     p = rig.process(restart=True)
     fd = p.open("/dev/accel/accel0")
     w = _submit_and_wait(rig, p, fd)
@@ -264,7 +279,8 @@ def test_interrupted_wait_restarts_with_sa_restart(rig: Rig) -> None:
     assert p.task.wait_points_seen == 2  # interrupted once, then restarted
 
 
-def test_wait_timeout_is_etimedout(rig: Rig) -> None:
+def test_wait_timeout_is_etimedout(rig_both: Rig) -> None:
+    rig = rig_both
     p = rig.process()
     fd = p.open("/dev/accel/accel0")
     h, _ = rig.create_bo(p, fd)

@@ -9,6 +9,7 @@ import errno
 import pytest
 
 from accelcore import CORE, Process, Usage
+from accelcore.testing.transports import file_of
 from accelcore.testing.vaccel import VACCEL_UAPI as V
 from accelcore.vfs import POLLIN, POLLOUT
 
@@ -41,14 +42,16 @@ def _fill(proc: Process, fd: int, handle: int, byte: int, delay_ns: int) -> int:
     return int(a.seqno)
 
 
-def test_export_shares_the_buffer_objects_reservation(rig: Rig) -> None:
+def test_export_shares_the_buffer_objects_reservation(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, h = _owner(rig)
     buf_fd = _export(proc, fd, h)
     bo = rig.dev.files[0].handles.lookup(h)
-    assert proc.task.files.get(buf_fd).resv is bo.resv  # type: ignore[attr-defined]
+    assert file_of(proc, buf_fd).resv is bo.resv  # type: ignore[attr-defined]
 
 
-def test_import_on_another_device_shares_the_dmabufs_reservation(rig: Rig) -> None:
+def test_import_on_another_device_shares_the_dmabufs_reservation(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, h = _owner(rig)
     buf_fd = _export(proc, fd, h)
     fd1 = proc.open(rig.dev1.node_path)
@@ -57,7 +60,8 @@ def test_import_on_another_device_shares_the_dmabufs_reservation(rig: Rig) -> No
     assert theirs.resv is rig.dev.files[0].handles.lookup(h).resv
 
 
-def test_dmabuf_of_a_buffer_being_written_polls_busy_until_the_job_ends(rig: Rig) -> None:
+def test_dmabuf_of_a_buffer_being_written_polls_busy_until_the_job_ends(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, h = _owner(rig)
     buf_fd = _export(proc, fd, h)
     _fill(proc, fd, h, 0x11, delay_ns=5000)
@@ -66,7 +70,8 @@ def test_dmabuf_of_a_buffer_being_written_polls_busy_until_the_job_ends(rig: Rig
     assert proc.poll(buf_fd) & (POLLIN | POLLOUT) == POLLIN | POLLOUT
 
 
-def test_reader_fence_blocks_pollout_but_not_pollin(rig: Rig) -> None:
+def test_reader_fence_blocks_pollout_but_not_pollin(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, h = _owner(rig)
     dst_h, _ = rig.create_bo(proc, fd)
     buf_fd = _export(proc, fd, h)
@@ -76,7 +81,8 @@ def test_reader_fence_blocks_pollout_but_not_pollin(rig: Rig) -> None:
     rig.clock.advance(5000)
 
 
-def test_export_sync_file_waits_for_the_writing_job(rig: Rig) -> None:
+def test_export_sync_file_waits_for_the_writing_job(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, h = _owner(rig)
     buf_fd = _export(proc, fd, h)
     _fill(proc, fd, h, 0x22, delay_ns=7000)
@@ -88,7 +94,8 @@ def test_export_sync_file_waits_for_the_writing_job(rig: Rig) -> None:
     proc.close(a.fd)
 
 
-def test_export_sync_file_for_write_waits_for_every_job(rig: Rig) -> None:
+def test_export_sync_file_for_write_waits_for_every_job(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, h = _owner(rig)
     other = rig.process()
     ofd = other.open(rig.dev1.node_path)
@@ -105,7 +112,8 @@ def test_export_sync_file_for_write_waits_for_every_job(rig: Rig) -> None:
     proc.close(a.fd)
 
 
-def test_bufinfo_lists_the_job_fences_with_their_usage(rig: Rig) -> None:
+def test_bufinfo_lists_the_job_fences_with_their_usage(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, h = _owner(rig)
     _export(proc, fd, h)
     _fill(proc, fd, h, 0x44, delay_ns=3000)
@@ -116,9 +124,10 @@ def test_bufinfo_lists_the_job_fences_with_their_usage(rig: Rig) -> None:
     rig.clock.advance(3000)
 
 
-def test_importer_job_waits_for_the_exporters_writer(rig: Rig) -> None:
+def test_importer_job_waits_for_the_exporters_writer(rig_both: Rig) -> None:
     """Implicit sync between two devices in two processes, no fence passed: the
     reader's copy runs only after the writer's fill, so it copies the new bytes."""
+    rig = rig_both
     writer, wfd, wh = _owner(rig)
     buf_fd = _export(writer, wfd, wh)
     reader = rig.process()
@@ -140,7 +149,8 @@ def test_importer_job_waits_for_the_exporters_writer(rig: Rig) -> None:
     assert bytes(m.view[:8]) == b"\x5a" * 8
 
 
-def test_writer_waits_for_readers_of_another_device(rig: Rig) -> None:
+def test_writer_waits_for_readers_of_another_device(rig_both: Rig) -> None:
+    rig = rig_both
     writer, wfd, wh = _owner(rig)
     buf_fd = _export(writer, wfd, wh)
     reader = rig.process()
@@ -174,21 +184,24 @@ def _wait_bo(proc: Process, fd: int, handle: int, timeout_ns: int, write: bool =
     return a
 
 
-def test_wait_bo_returns_when_the_writer_is_done(rig: Rig) -> None:
+def test_wait_bo_returns_when_the_writer_is_done(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, h = _owner(rig)
     _fill(proc, fd, h, 1, delay_ns=4000)
     _wait_bo(proc, fd, h, -1)
     assert rig.clock.now() == 4000
 
 
-def test_wait_bo_unknown_handle_is_einval(rig: Rig) -> None:
+def test_wait_bo_unknown_handle_is_einval(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, _ = _owner(rig)
     with pytest.raises(OSError) as exc:
         _wait_bo(proc, fd, 99, 0)
     assert exc.value.errno == errno.EINVAL
 
 
-def test_wait_bo_busy_at_timeout_is_etime(rig: Rig) -> None:
+def test_wait_bo_busy_at_timeout_is_etime(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, h = _owner(rig)
     _fill(proc, fd, h, 1, delay_ns=4000)
     with pytest.raises(OSError) as exc:
@@ -197,7 +210,8 @@ def test_wait_bo_busy_at_timeout_is_etime(rig: Rig) -> None:
     rig.clock.advance(4000)
 
 
-def test_wait_bo_zero_timeout_tests_without_waiting(rig: Rig) -> None:
+def test_wait_bo_zero_timeout_tests_without_waiting(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, h = _owner(rig)
     _fill(proc, fd, h, 1, delay_ns=4000)
     with pytest.raises(OSError) as exc:
@@ -208,7 +222,8 @@ def test_wait_bo_zero_timeout_tests_without_waiting(rig: Rig) -> None:
     _wait_bo(proc, fd, h, 0)
 
 
-def test_wait_bo_for_read_ignores_readers_for_write_waits_for_them(rig: Rig) -> None:
+def test_wait_bo_for_read_ignores_readers_for_write_waits_for_them(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, h = _owner(rig)
     dst, _ = rig.create_bo(proc, fd)
     cp = V.new("struct vaccel_copy", src_handle=h, dst_handle=dst, delay_ns=4000)
@@ -220,7 +235,8 @@ def test_wait_bo_for_read_ignores_readers_for_write_waits_for_them(rig: Rig) -> 
     rig.clock.advance(4000)
 
 
-def test_wait_bo_interrupted_reports_time_left_and_returns_eintr(rig: Rig) -> None:
+def test_wait_bo_interrupted_reports_time_left_and_returns_eintr(rig_both: Rig) -> None:
+    rig = rig_both
     proc, fd, h = _owner(rig)
     _fill(proc, fd, h, 1, delay_ns=4000)
     a = V.new("struct vaccel_wait_bo", handle=h, timeout_ns=10_000)
@@ -233,7 +249,8 @@ def test_wait_bo_interrupted_reports_time_left_and_returns_eintr(rig: Rig) -> No
     assert rig.clock.now() == 4000
 
 
-def test_wait_bo_restarts_after_a_signal_with_sa_restart(rig: Rig) -> None:
+def test_wait_bo_restarts_after_a_signal_with_sa_restart(rig_both: Rig) -> None:
+    rig = rig_both
     proc = rig.process(restart=True)
     fd = proc.open(rig.dev.node_path)
     h, _ = rig.create_bo(proc, fd)
