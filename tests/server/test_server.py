@@ -367,3 +367,34 @@ def test_exit_ends_a_call_blocked_in_another_thread(server: Server, machine: Mac
     assert not t.is_alive()
     assert errors == [errno.ENODEV]
     assert wait_for(lambda: _baseline(machine) == base)
+
+
+def test_two_sessions_of_one_process_are_two_tasks(machine: Machine, server: Server) -> None:
+    """A second session of a client process gets a task of its own: neither
+    replaces the other in the subsystem's task table, and each lives until its
+    own session ends (the test transports drive several processes this way)."""
+    sub = machine.subsystem
+    a, b = connect(server.runtime_dir), connect(server.runtime_dir)
+    try:
+        fa = a.open("/dev/accel/accel0")
+        fb = b.open("/dev/accel/accel0")
+        tasks = {s.task.pid: s.task for s in server._sessions.values() if s.task is not None}
+        assert len(tasks) == 2 and os.getpid() in tasks
+        with machine.clock.lock:
+            assert {p: sub.tasks.get(p) for p in tasks} == tasks
+        pids = {f.pid for f in machine.subsystem.device(0).files}
+        assert pids == set(tasks)  # each file names its own opener
+        a.close(fa)
+        a.exit()
+        assert wait_for(lambda: len(server._sessions) == 1)
+        (left,) = [
+            t for p, t in tasks.items() if p in {s.task.pid for s in server._sessions.values()}
+        ]
+        with machine.clock.lock:
+            assert sub.tasks.get(left.pid) is left  # the first one's exit left it alone
+        v = CORE.new("struct drm_version")
+        b.ioctl(fb, CORE.DRM_IOCTL_VERSION, v)
+        assert v.name_len == len("vaccel")
+    finally:
+        a.exit()
+        b.exit()
