@@ -108,6 +108,9 @@ class AccelDevice:
         self.minor = minor
         self.name = f"accel{minor}"
         self.ioctls = ioctls
+        #: ioctl number -> :class:`~accelcore.ioctl.IoctlPlan` (row and sizes),
+        #: filled by :func:`~accelcore.dispatch.dispatch` on first use.
+        self.ioctl_plans: dict[int, Any] = {}
         self.info_queries = info
         self.state = DeviceState.ALLOCATED
         self.status = DeviceStatus.OPERATIONAL

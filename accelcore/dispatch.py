@@ -48,7 +48,7 @@ from .errors import (
 )
 from .gem import gem_close_ioctl
 from .info import info_ioctl
-from .ioctl import IoctlCallBase, IoctlNode, run_ioctl
+from .ioctl import IoctlCallBase, IoctlNode, ioctl_plan, run_ioctl, run_plan
 from .prime import prime_fd_to_handle_ioctl, prime_handle_to_fd_ioctl
 from .syncobj import syncobj_ioctls  # rows and handlers live with the syncobjs
 from .uapi import CORE
@@ -82,9 +82,17 @@ class IoctlCall(IoctlCallBase):
     def __init__(
         self, file: AccelFile, task: Task, cmd: int, desc: IoctlDesc, buf: bytearray
     ) -> None:
-        super().__init__(task, cmd, desc, buf, file.device.subsystem.clock)
+        # One construction: the base's fields set here, not through super().
+        dev = file.device
+        self.task = task
+        self.cmd = cmd
+        self.desc = desc
+        self.buf = buf
+        self.clock = dev.subsystem.clock
+        ptype = desc.ptype
+        self.args = None if ptype is None else desc.uapi.ffi.from_buffer(ptype, buf)  # type: ignore[union-attr]
         self.file = file
-        self.device = file.device
+        self.device = dev
 
 
 _ROOT_ONLY = IoctlFlags.ROOT_ONLY.value
@@ -92,12 +100,21 @@ _OWNER = IoctlFlags.OWNER.value
 _CONTROL_ALLOW = IoctlFlags.CONTROL_ALLOW.value
 _RESET_OK = IoctlFlags.RESET_OK.value
 _UNPLUGGED_OK = IoctlFlags.UNPLUGGED_OK.value
+#: Flags whose check needs more than the row: the caller's creds, the owner.
+_CHECKED = _ROOT_ONLY | _OWNER
+_OPERATIONAL = DeviceStatus.OPERATIONAL
+_UNPLUGGED = DeviceStatus.UNPLUGGED
+#: Plans a device keeps (distinct caller numbers); a caller cycling through
+#: sizes of one number gets uncached plans past this, not unbounded memory.
+_PLANS_KEPT = 256
 
 
 def permit(file: AccelFile, task: Task, desc: IoctlDesc) -> None:
     """The core's permission checks for an accel file (see the module docstring)."""
     bits = desc.bits
     dev = file.device
+    if not bits & _CHECKED and dev.status is _OPERATIONAL and not file.control:
+        return  # the common case: nothing else to check
     if bits & _ROOT_ONLY and not task.creds.is_admin:
         raise PermissionDenied(f"{desc.name} needs CAP_SYS_ADMIN (caller uid {task.creds.uid})")
     if file.control and not bits & _CONTROL_ALLOW:
@@ -131,17 +148,24 @@ def dispatch(file: AccelFile, task: Task, cmd: int, argp: int) -> int:
     """
     dev = file.device
     with dev.subsystem.clock.lock:
-        desc = lookup(dev, cmd)
-        if dev.status == DeviceStatus.UNPLUGGED and (desc is None or not desc.bits & _UNPLUGGED_OK):
+        # The device's plan for this number: its row and sizes, found once.
+        plan = dev.ioctl_plans.get(cmd)
+        if plan is None:
+            desc = lookup(dev, cmd)
+            if desc is not None:
+                plan = ioctl_plan(cmd, desc)
+                if len(dev.ioctl_plans) < _PLANS_KEPT:
+                    dev.ioctl_plans[cmd] = plan
+        if dev.status is _UNPLUGGED and (plan is None or not plan.desc.bits & _UNPLUGGED_OK):
             raise NoDevice(f"{dev.name} was unplugged")
-        if desc is None:
+        if plan is None:
             if (cmd >> 8) & 0xFF != DRM_IOCTL_BASE:
                 raise NotTTY(f"ioctl {cmd:#010x} has type {(cmd >> 8) & 0xFF:#04x}, not 'd'")
             raise NotTTY(
                 f"{dev.name} ({dev.driver.name}) has no ioctl number "
                 f"{cmd & 0xFF:#04x} (cmd {cmd:#010x})"
             )
-        return run_ioctl(file, task, cmd, argp, desc)
+        return run_plan(file, task, cmd, argp, plan)
 
 
 # -- the core ioctls -------------------------------------------------------------
@@ -230,10 +254,6 @@ def _set_client_name(call: IoctlCall) -> None:
     call.file.client_name = raw.decode()
 
 
-def _info(call: IoctlCall) -> None:
-    info_ioctl(call)
-
-
 def _core_table() -> dict[int, IoctlDesc]:
     f = IoctlFlags
     rows: list[tuple[str, IoctlFlags, Callable[[IoctlCall], None]]] = [
@@ -245,7 +265,7 @@ def _core_table() -> dict[int, IoctlDesc]:
         ("DRM_IOCTL_PRIME_HANDLE_TO_FD", f.OWNER, prime_handle_to_fd_ioctl),
         ("DRM_IOCTL_PRIME_FD_TO_HANDLE", f.OWNER, prime_fd_to_handle_ioctl),
         ("DRM_IOCTL_SET_CLIENT_NAME", f.CONTROL_ALLOW | f.RESET_OK, _set_client_name),
-        ("ACCEL_IOCTL_INFO", f.CONTROL_ALLOW | f.RESET_OK | f.UNPLUGGED_OK, _info),
+        ("ACCEL_IOCTL_INFO", f.CONTROL_ALLOW | f.RESET_OK | f.UNPLUGGED_OK, info_ioctl),
     ]
     table = {}
     for name, flags, func in rows:

@@ -131,6 +131,9 @@ class IoctlDesc:
     #: because enum-flag tests and type lookups cost more than the rest of dispatch.
     bits: int = field(init=False, default=0)
     ptype: Any = field(init=False, default=None)
+    #: :class:`~accelcore.ioctl.IoctlPlan` by the caller's ioctl number, made on
+    #: first use (:func:`~accelcore.ioctl.ioctl_plan`).
+    plans: dict[int, Any] = field(init=False, default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bits", self.flags.value)

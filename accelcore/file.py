@@ -84,8 +84,8 @@ class AccelFile(OpenFile):
         return sum(bo.size for _, bo in self.handles.items())
 
     # -- file operations ---------------------------------------------------------
-    def ioctl(self, task: Task, cmd: int, argp: int) -> int:
-        return dispatch(self, task, cmd, argp)
+    #: ``dispatch(file, task, cmd, argp)`` is the method itself (no extra call).
+    ioctl = dispatch
 
     # -- the IoctlNode protocol (what run_ioctl needs of the file) ------------------
     def ioctl_lookup(self, cmd: int) -> IoctlDesc | None:
@@ -95,8 +95,8 @@ class AccelFile(OpenFile):
     def ioctl_call(self, task: Task, cmd: int, desc: IoctlDesc, buf: bytearray) -> IoctlCall:
         return IoctlCall(self, task, cmd, desc, buf)
 
-    def ioctl_permit(self, task: Task, desc: IoctlDesc) -> None:
-        permit(self, task, desc)
+    #: The core's permission checks, ``permit(file, task, desc)``.
+    ioctl_permit = permit
 
     def ioctl_oops(self, where: str, exc: BaseException) -> str:
         return f"{self.device.name}: {self.device.record_oops(where, exc).exception}"

@@ -31,7 +31,16 @@ if TYPE_CHECKING:
     from .task import Task
     from .vfs import OpenFile
 
-__all__ = ["FileIoctlCall", "IoctlCallBase", "IoctlNode", "IoctlTableFile", "run_ioctl"]
+__all__ = [
+    "FileIoctlCall",
+    "IoctlCallBase",
+    "IoctlNode",
+    "IoctlPlan",
+    "IoctlTableFile",
+    "ioctl_plan",
+    "run_ioctl",
+    "run_plan",
+]
 
 log = logging.getLogger("accelcore")
 
@@ -156,6 +165,39 @@ class IoctlNode(Protocol):
         ...
 
 
+class IoctlPlan:
+    """What :func:`run_ioctl` needs to know of one ioctl number on one table row,
+    computed once (:func:`ioctl_plan`): the row, and the sizes that the caller's
+    number and the row's number together give.
+
+    Attributes:
+        desc: The table row.
+        in_size: Bytes copied in (the caller's size, if both numbers write).
+        out_size: Bytes copied out (the caller's size, if both numbers read).
+        ksize: The kernel copy's size: the larger of the caller's and the table's.
+    """
+
+    __slots__ = ("desc", "in_size", "ksize", "out_size")
+
+    def __init__(self, cmd: int, desc: IoctlDesc) -> None:
+        user_size = (cmd >> 16) & IOC_SIZEMASK
+        self.desc = desc
+        self.in_size = user_size if cmd & desc.cmd & IOC_IN else 0
+        self.out_size = user_size if cmd & desc.cmd & IOC_OUT else 0
+        self.ksize = max(self.in_size, self.out_size, (desc.cmd >> 16) & IOC_SIZEMASK)
+
+
+def ioctl_plan(cmd: int, desc: IoctlDesc) -> IoctlPlan:
+    """The plan of ``cmd`` on row ``desc``, made on first use and kept on the row."""
+    plans = desc.plans
+    plan = plans.get(cmd)
+    if plan is None:
+        plan = IoctlPlan(cmd, desc)
+        if len(plans) < 64:  # bounded: a caller may cycle through sizes of one number
+            plans[cmd] = plan
+    return plan
+
+
 def run_ioctl(node: IoctlNode, task: Task, cmd: int, argp: int, desc: IoctlDesc) -> int:
     """The half of every ioctl path after the table lookup (call with the lock held).
 
@@ -164,9 +206,9 @@ def run_ioctl(node: IoctlNode, task: Task, cmd: int, argp: int, desc: IoctlDesc)
     handler's :class:`~accelcore.errors.RestartSyscall` propagates after its
     copy-out, for :mod:`accelcore.syscalls` to restart or fail with ``EINTR``),
     and turns any exception that is not an errno error into an oops (``EIO``).
-    Accel files use it through :func:`accelcore.dispatch.dispatch`; driver-wide
-    nodes (``/dev/kfd``) and the core's own files (:class:`IoctlTableFile`) call
-    it after their own lookup.
+    Accel files use it through :func:`accelcore.dispatch.dispatch` (with the
+    device's plan, :func:`run_plan`); driver-wide nodes (``/dev/kfd``) and the
+    core's own files (:class:`IoctlTableFile`) call it after their own lookup.
 
     Args:
         node: The file the ioctl was made on.
@@ -175,13 +217,21 @@ def run_ioctl(node: IoctlNode, task: Task, cmd: int, argp: int, desc: IoctlDesc)
         argp: The user address of the argument.
         desc: The table row found for ``cmd``.
     """
-    user_size = (cmd >> 16) & IOC_SIZEMASK
-    in_size = user_size if cmd & desc.cmd & IOC_IN else 0
-    out_size = user_size if cmd & desc.cmd & IOC_OUT else 0
-    ksize = max(in_size, out_size, (desc.cmd >> 16) & IOC_SIZEMASK)
-    buf = bytearray(ksize)
+    return run_plan(node, task, cmd, argp, ioctl_plan(cmd, desc))
+
+
+def run_plan(node: IoctlNode, task: Task, cmd: int, argp: int, plan: IoctlPlan) -> int:
+    """:func:`run_ioctl` with the plan already found."""
+    desc = plan.desc
+    in_size = plan.in_size
+    out_size = plan.out_size
+    mm = task.mm
     if in_size:
-        buf[:in_size] = task.mm.user_view(argp, in_size)
+        buf = bytearray(mm.user_view(argp, in_size))
+        if in_size < plan.ksize:
+            buf.extend(bytes(plan.ksize - in_size))
+    else:
+        buf = bytearray(plan.ksize)
     node.ioctl_permit(task, desc)
     call = node.ioctl_call(task, cmd, desc, buf)
     try:
@@ -198,7 +248,8 @@ def run_ioctl(node: IoctlNode, task: Task, cmd: int, argp: int, desc: IoctlDesc)
         raise  # a virtual-time test waited forever: the harness's error, not an oops
     except Exception as exc:
         raise _oops(node, desc, exc) from exc
-    _copy_out(task, argp, buf, out_size)
+    if out_size:
+        mm.copy_to_user(argp, buf if out_size == len(buf) else memoryview(buf)[:out_size])
     return ret or 0
 
 
@@ -223,7 +274,14 @@ class FileIoctlCall(IoctlCallBase):
     def __init__(
         self, file: OpenFile, task: Task, cmd: int, desc: IoctlDesc, buf: bytearray, clock: Clock
     ) -> None:
-        super().__init__(task, cmd, desc, buf, clock)
+        # One construction: the base's fields set here, not through super().
+        self.task = task
+        self.cmd = cmd
+        self.desc = desc
+        self.buf = buf
+        self.clock = clock
+        ptype = desc.ptype
+        self.args = None if ptype is None else desc.uapi.ffi.from_buffer(ptype, buf)  # type: ignore[union-attr]
         self.file = file
 
 

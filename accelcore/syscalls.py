@@ -154,9 +154,17 @@ class Syscalls:
         """
         with self.lock:
             file = task.files.get(fd)
-            return self._restarting(
-                task, lambda: file.ioctl(task, cmd, argp), lambda: _ioctl_name(file, cmd)
-            )
+            try:
+                return file.ioctl(task, cmd, argp)
+            except RestartSyscall:
+                return self._restart(
+                    task, lambda: file.ioctl(task, cmd, argp), lambda: _ioctl_name(file, cmd)
+                )
+            finally:
+                # A signal that arrived as the call completed is delivered on the way
+                # back to user space; it must not interrupt the next call.
+                if task.signal_pending:
+                    task.deliver_signal()
 
     def read(self, task: Task, fd: int, size: int, *, nonblock: bool = False) -> bytes:
         """``read(2)``: events from an accel file, interruptible and restartable as
@@ -175,17 +183,26 @@ class Syscalls:
 
     def _restarting(self, task: Task, call: Callable[[], _T], what: Callable[[], str]) -> _T:
         try:
-            while True:
-                try:
-                    return call()
-                except RestartSyscall:
-                    task.deliver_signal()
-                    if not task.restart_syscalls:
-                        raise Interrupted(f"{what()} interrupted by a signal") from None
+            try:
+                return call()
+            except RestartSyscall:
+                return self._restart(task, call, what)
         finally:
             # A signal that arrived as the call completed is delivered on the way
             # back to user space; it must not interrupt the next call.
             task.deliver_signal()
+
+    def _restart(self, task: Task, call: Callable[[], _T], what: Callable[[], str]) -> _T:
+        """After ``call`` raised RestartSyscall: deliver the signal, then issue it
+        again (``SA_RESTART``) until it completes, or fail with ``EINTR``."""
+        while True:
+            task.deliver_signal()
+            if not task.restart_syscalls:
+                raise Interrupted(f"{what()} interrupted by a signal") from None
+            try:
+                return call()
+            except RestartSyscall:
+                continue
 
     # -- memory and readiness ----------------------------------------------------------
     def mmap(self, task: Task, fd: int, offset: int, length: int, *, write: bool) -> Mapping:

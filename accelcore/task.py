@@ -82,7 +82,11 @@ class AddressSpace:
         self._starts: list[int] = []
         self._vmas: list[Vma] = []
         self._owned: dict[int, SharedMemory] = {}
-        self._last: Vma | None = None
+        # The two ranges accessed last, as (start, end, vma): an ioctl reads its
+        # argument in one range and writes its answer in another, so one entry
+        # would be replaced on every access.
+        self._hot: tuple[int, int, Vma] | None = None
+        self._warm: tuple[int, int, Vma] | None = None
         self._next = base
 
     def map(
@@ -128,7 +132,7 @@ class AddressSpace:
             raise InvalidArgument(f"no user mapping starts at {addr:#x}")
         del self._starts[i]
         del self._vmas[i]
-        self._last = None
+        self._hot = self._warm = None
 
     def alloc(self, size: int, name: str = "user") -> UserBuffer:
         """Allocate ``size`` bytes of zeroed, shared user memory and map it."""
@@ -148,17 +152,25 @@ class AddressSpace:
         """Unmap everything and free what :meth:`alloc` made (``exit_mmap``)."""
         self._starts.clear()
         self._vmas.clear()
-        self._last = None
+        self._hot = self._warm = None
         for mem in self._owned.values():
             mem.close()
         self._owned.clear()
 
     def _find(self, addr: int, length: int, write: bool) -> tuple[Vma, int]:
-        last = self._last
-        if last is not None and last.start <= addr and addr + length <= last.end and length >= 0:
-            if write and not last.writable:
+        hot = self._hot
+        if hot is not None and hot[0] <= addr and addr + length <= hot[1] and length >= 0:
+            vma = hot[2]
+            if write and not vma.writable:
                 raise BadAddress(f"user address {addr:#x} is read-only")
-            return last, addr - last.start
+            return vma, addr - hot[0]
+        warm = self._warm
+        if warm is not None and warm[0] <= addr and addr + length <= warm[1] and length >= 0:
+            vma = warm[2]
+            if write and not vma.writable:
+                raise BadAddress(f"user address {addr:#x} is read-only")
+            self._hot, self._warm = warm, hot
+            return vma, addr - warm[0]
         i = bisect.bisect_right(self._starts, addr) - 1
         if i < 0 or length < 0:
             raise BadAddress(f"user address {addr:#x} is not mapped")
@@ -172,7 +184,7 @@ class AddressSpace:
             )
         if write and not vma.writable:
             raise BadAddress(f"user address {addr:#x} is read-only")
-        self._last = vma  # most accesses hit the range the previous one hit
+        self._hot, self._warm = (vma.start, vma.end, vma), hot
         return vma, addr - vma.start
 
     def copy_from_user(self, addr: int, length: int) -> bytes:

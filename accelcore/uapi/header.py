@@ -226,6 +226,12 @@ class Uapi:
                 consts[name] = value
         self.constants: Mapping[str, int] = consts
         self.ioctls: Mapping[str, IoctlDef] = ioctls
+        # Constants are plain attributes (``CORE.X`` is one dict lookup on the hot
+        # path); names the class already uses (methods) stay reachable only
+        # through :attr:`constants`. :meth:`__getattr__` only reports a miss.
+        for cname, value in consts.items():
+            if cname not in self.__dict__ and not hasattr(Uapi, cname):
+                self.__dict__[cname] = value
 
     def _ioctl(self, name: str, macro: str, args: str, consts: Mapping[str, int]) -> IoctlDef:
         parts = _split_args(args)
@@ -285,6 +291,8 @@ class Uapi:
         return tuple(sorted(set(out)))
 
     def __getattr__(self, name: str) -> int:
+        # Reached only for a name that is not a constant (constants are instance
+        # attributes), or while __init__ runs.
         try:
             return self.__dict__["constants"][name]  # type: ignore[no-any-return]
         except KeyError:
