@@ -17,7 +17,7 @@ methods.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .driver import DriverFeature
@@ -50,24 +50,47 @@ class CoreQuery:
     encode: Callable[[Any], Any] | None = None
     array: bool = False
     unplugged_ok: bool = False
+    #: ``sizeof(answer_type)``, resolved once.
+    size: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", CORE.sizeof(self.answer_type))
+
+
+_FFI = CORE.ffi
+#: Pointer types of the answer structs and lengths of their ``char[N]`` fields,
+#: resolved on first use instead of on every query.
+_PTR_TYPES: dict[str, Any] = {}
+_STR_LENGTHS: dict[tuple[str, str], int] = {}
+
+
+def _new(ctype: str) -> Any:
+    """A zeroed ``ctype`` of the core header (a cffi pointer to it)."""
+    ptype = _PTR_TYPES.get(ctype)
+    if ptype is None:
+        ptype = _PTR_TYPES[ctype] = _FFI.typeof(ctype + " *")
+    return _FFI.new(ptype)
 
 
 def _set_str(owner: Any, name: str, value: str) -> None:
     """Set a ``char[N]`` field, cut to leave room for the terminating NUL."""
-    length = dict(CORE.ffi.typeof(owner).item.fields)[name].type.length
+    ctype = _FFI.typeof(owner).item
+    length = _STR_LENGTHS.get((ctype.cname, name))
+    if length is None:
+        length = _STR_LENGTHS[(ctype.cname, name)] = dict(ctype.fields)[name].type.length
     setattr(owner, name, value.encode()[: length - 1])
 
 
 def _device(dev: AccelDevice) -> list[Any]:
-    a = CORE.new("struct accel_info_device")
+    a = _new("struct accel_info_device")
     drv = dev.driver
     _set_str(a, "driver", drv.name)
     _set_str(a, "bus_id", dev.bus_id)
     a.version_major, a.version_minor, a.version_patchlevel = drv.version
     a.minor = dev.minor
     parent = dev.parent
-    for field in ("vendor", "device", "subsystem_vendor", "subsystem_device", "class_code"):
-        setattr(a, field, int(getattr(parent, field, 0) or 0))
+    for attr in ("vendor", "device", "subsystem_vendor", "subsystem_device", "class_code"):
+        setattr(a, attr, int(getattr(parent, attr, 0) or 0))
     a.ownership_policy = int(drv.ownership)
     a.features = (
         (CORE.ACCEL_FEATURE_GEM if DriverFeature.GEM in drv.features else 0)
@@ -84,7 +107,7 @@ def _device(dev: AccelDevice) -> list[Any]:
 
 
 def _status(dev: AccelDevice) -> list[Any]:
-    a = CORE.new("struct accel_info_status")
+    a = _new("struct accel_info_status")
     a.status = int(dev.status)
     a.flags = CORE.ACCEL_STATUS_FLAG_TAINTED if dev.tainted else 0
     a.reset_count = dev.reset_count
@@ -95,7 +118,7 @@ def _status(dev: AccelDevice) -> list[Any]:
 
 def _ownership(dev: AccelDevice) -> list[Any]:
     own = dev.ownership
-    a = CORE.new("struct accel_info_ownership")
+    a = _new("struct accel_info_ownership")
     a.state = int(own.state)
     a.policy = int(own.policy)
     if own.owner is not None:
@@ -111,7 +134,7 @@ def _clients(dev: AccelDevice) -> Sequence[AccelFile]:
 
 
 def _client(f: AccelFile) -> Any:
-    a = CORE.new("struct accel_info_client")
+    a = _new("struct accel_info_client")
     a.client_id = f.client_id
     a.pid = f.pid
     a.uid = f.uid
@@ -131,7 +154,7 @@ def _client(f: AccelFile) -> Any:
 def _memory(dev: AccelDevice) -> list[Any]:
     out = []
     for r in dev.driver.memory_regions(dev):
-        a = CORE.new("struct accel_info_memory_region")
+        a = _new("struct accel_info_memory_region")
         _set_str(a, "name", r.name)
         a.total_bytes, a.used_bytes = r.total_bytes, r.used_bytes
         out.append(a)
@@ -141,7 +164,7 @@ def _memory(dev: AccelDevice) -> list[Any]:
 def _engines(dev: AccelDevice) -> list[Any]:
     out = []
     for e in dev.driver.engines(dev):
-        a = CORE.new("struct accel_info_engine")
+        a = _new("struct accel_info_engine")
         _set_str(a, "name", e.name)
         a.engine_class, a.busy = e.engine_class, int(e.busy)
         a.busy_time_ns, a.submitted, a.completed = e.busy_time_ns, e.submitted, e.completed
@@ -196,7 +219,9 @@ def info_ioctl(call: IoctlCall) -> None:
     if a.pad:
         raise InvalidArgument(f"accel_info.pad is {a.pad:#x}, must be 0")
     op = a.op
+    return_size = a.return_size
     elem_size = 0
+    data: bytes | bytearray
     if op >= CORE.ACCEL_INFO_DRIVER_BASE:
         desc = dev.info_queries.get(op)
         if desc is None:
@@ -218,22 +243,25 @@ def info_ioctl(call: IoctlCall) -> None:
             raise NoDevice(f"{dev.name} was unplugged")
         sources = q.answer(dev)
         if q.array:
-            elem_size = CORE.sizeof(q.answer_type)
+            elem_size = q.size
             first = min(a.index, len(sources))
             # actual_size counts every element from index on, but only the whole
             # elements the buffer takes are encoded.
             a.actual_size = (len(sources) - first) * elem_size
-            sources = sources[first : first + a.return_size // elem_size]
+            sources = sources[first : first + return_size // elem_size]
         elif a.index:
             raise InvalidArgument(f"accel_info.index is {a.index} for a non-array query")
         encode = q.encode
-        data = b"".join(CORE.to_bytes(encode(i) if encode else i) for i in sources)
+        if encode is not None:
+            sources = [encode(i) for i in sources]
+        buffer = _FFI.buffer  # the structs' bytes, joined without a copy each
+        data = b"".join([buffer(i) for i in sources])
         if not q.array:
             a.actual_size = len(data)
-    n = min(a.return_size, len(data))
+    n = min(return_size, len(data))
     if elem_size:
         n -= n % elem_size
-    if a.return_size and not a.return_pointer:
+    if return_size and not a.return_pointer:
         raise BadAddress("accel_info.return_pointer is NULL with a non-zero return_size")
     if n:
-        call.copy_to_user(a.return_pointer, data[:n])
+        call.copy_to_user(a.return_pointer, data if n == len(data) else data[:n])
