@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from accelcore.server import connect, recv_fds, send_fds
@@ -186,6 +187,75 @@ def _info_during_fill(params: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _fleet_client(params: dict[str, Any], ready: int, start: int) -> list[int]:
+    """One of the fleet: INFO ``loops`` times, each timed alone, after the start signal."""
+    proc = connect(params["rt"])
+    fd = proc.open("/dev/accel/accel0")
+    out = proc.alloc(64)
+    args = proc.alloc(64)
+    info = CORE.new(
+        "struct accel_info", op=CORE.ACCEL_INFO_STATUS, return_pointer=out.addr, return_size=32
+    )
+    args.view[: CORE.sizeof("struct accel_info")] = CORE.to_bytes(info)
+    cmd = CORE.ACCEL_IOCTL_INFO
+    for _ in range(50):  # warm up
+        proc.ioctl(fd, cmd, args.addr)
+    os.write(ready, b"r")
+    os.read(start, 1)
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in range(params["loops"]):
+        t0 = clock()
+        proc.ioctl(fd, cmd, args.addr)
+        samples.append(clock() - t0)
+    proc.exit()
+    return samples
+
+
+def _fleet(params: dict[str, Any]) -> dict[str, float]:
+    """``clients`` processes (forked from this one after its imports) calling INFO
+    through the server at once; the p50 and p99 of every call's latency."""
+    n = params["clients"]
+    out_dir = Path(params["out"])
+    ready_r, ready_w = os.pipe()
+    start_r, start_w = os.pipe()
+    pids = []
+    for i in range(n):
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the caller's code
+            code = 1
+            try:
+                os.close(ready_r)
+                os.close(start_w)
+                samples = _fleet_client(params, ready_w, start_r)
+                (out_dir / f"{i}.json").write_text(json.dumps(samples))
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    os.close(ready_w)
+    os.close(start_r)
+    got = 0
+    while got < n:
+        chunk = os.read(ready_r, n)
+        if not chunk:
+            raise RuntimeError(f"only {got} of {n} fleet clients got ready")
+        got += len(chunk)
+    os.write(start_w, b"s" * n)
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status):
+            raise RuntimeError(f"fleet client {pid} failed")
+    os.close(ready_r)
+    os.close(start_w)
+    samples = sorted(x for i in range(n) for x in json.loads((out_dir / f"{i}.json").read_text()))
+    return {
+        "p50": float(samples[len(samples) // 2]),
+        "p99": float(samples[min(len(samples) - 1, int(0.99 * len(samples)))]),
+        "calls": float(len(samples)),
+    }
+
+
 def main(kind: str, params: dict[str, Any]) -> None:
     """Run role ``kind`` and print its result as one JSON line."""
     if params.get("cpu"):
@@ -195,5 +265,6 @@ def main(kind: str, params: dict[str, Any]) -> None:
         "exporter": _exporter,
         "importer": _importer,
         "info_during_fill": _info_during_fill,
+        "fleet": _fleet,
     }[kind]
     print(json.dumps(role(params)), flush=True)

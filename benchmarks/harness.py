@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Figure", "compare", "median_ns"]
+__all__ = ["Figure", "compare", "compare_many", "median_ns"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,15 @@ def compare(
         ms.append(median_ns(measured, loops))
         bs.append(median_ns(baseline, loops))
     return statistics.median(ms), statistics.median(bs)
+
+
+def compare_many(fns: list[Callable[[], object]], loops: int, rounds: int = 5) -> list[float]:
+    """:func:`compare` for several functions: medians, each run in turn ``rounds`` times."""
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, out in zip(fns, samples, strict=True):
+            out.append(median_ns(fn, loops))
+    return [statistics.median(out) for out in samples]
 
 
 def ratio_figure(
