@@ -75,7 +75,9 @@ def _exporter(params: dict[str, Any]) -> dict[str, float]:
         handles[size] = bo.handle
 
     def share(size: int) -> None:
-        ph = CORE.new("struct drm_prime_handle", handle=handles[size], flags=CORE.DRM_CLOEXEC)
+        ph = CORE.new(
+            "struct drm_prime_handle", handle=handles[size], flags=CORE.DRM_CLOEXEC | CORE.DRM_RDWR
+        )
         proc.ioctl(fd, CORE.DRM_IOCTL_PRIME_HANDLE_TO_FD, ph)
         send_fds(sock, [ph.fd], size.to_bytes(8, "little"))
         proc.close(ph.fd)

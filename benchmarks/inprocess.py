@@ -71,7 +71,7 @@ def dmabuf_read_bw(quick: bool) -> list[Figure]:
     size = (16 if quick else 64) << 20
     bo = V.new("struct vaccel_create_bo", size=size)
     proc.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
-    ph = CORE.new("struct drm_prime_handle", handle=bo.handle)
+    ph = CORE.new("struct drm_prime_handle", handle=bo.handle, flags=CORE.DRM_RDWR)
     proc.ioctl(fd, CORE.DRM_IOCTL_PRIME_HANDLE_TO_FD, ph)
     m = proc.mmap(ph.fd, size)
     m.view[:] = b"\x5a" * size
