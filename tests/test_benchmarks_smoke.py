@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from benchmarks.gemm import cs_nop_rate
-from benchmarks.harness import Figure, ratio_figure
+from benchmarks.harness import Figure, compare_many, ratio_figure
 
 KEYS = {"name", "value", "baseline", "unit", "ratio", "target", "met"}
 
@@ -24,8 +25,25 @@ def test_ratio_figure_keys_and_direction() -> None:
 def test_quick_mode_figure_function_produces_a_valid_figure(monkeypatch) -> None:
     """One cheap figure function, with tiny loops, end to end (values not checked)."""
     monkeypatch.setattr("benchmarks.gemm.STEADY_STATE", 2)
-    (fig,) = cs_nop_rate(quick=True, loops=20)
-    assert isinstance(fig, Figure)
-    assert set(fig.as_dict()) >= KEYS
-    assert fig.name == "cs_nop_rate" and isinstance(fig.met, bool)
-    assert all(math.isfinite(v) and v > 0 for v in (fig.value, fig.baseline, fig.ratio))
+    core, kernel = cs_nop_rate(quick=True, loops=20)
+    for fig in (core, kernel):
+        assert isinstance(fig, Figure)
+        assert set(fig.as_dict()) >= KEYS
+        assert isinstance(fig.met, bool)
+        assert all(math.isfinite(v) and v > 0 for v in (fig.value, fig.baseline, fig.ratio))
+    assert (core.name, kernel.name) == ("cs_nop_rate", "cs_nop_rate_vs_kernel")
+    assert core.value == kernel.value  # one CS rate, two baselines of the same run
+
+
+def test_compare_many_gives_one_median_per_function_in_order() -> None:
+    calls = {"a": 0, "b": 0, "c": 0}
+
+    def counter(name: str) -> Callable[[], None]:
+        def fn() -> None:
+            calls[name] += 1
+
+        return fn
+
+    out = compare_many([counter("a"), counter("b"), counter("c")], loops=20, rounds=3)
+    assert len(out) == 3 and all(v > 0 for v in out)
+    assert calls == {"a": 60, "b": 60, "c": 60}
