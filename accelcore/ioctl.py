@@ -167,7 +167,7 @@ class IoctlNode(Protocol):
 
 class IoctlPlan:
     """What :func:`run_ioctl` needs to know of one ioctl number on one table row,
-    computed once (:func:`ioctl_plan`): the row, and the sizes that the caller's
+    computed once (:func:`~accelcore.ioctl.ioctl_plan`): the row, and the sizes that the caller's
     number and the row's number together give.
 
     Attributes:
@@ -207,8 +207,9 @@ def run_ioctl(node: IoctlNode, task: Task, cmd: int, argp: int, desc: IoctlDesc)
     copy-out, for :mod:`accelcore.syscalls` to restart or fail with ``EINTR``),
     and turns any exception that is not an errno error into an oops (``EIO``).
     Accel files use it through :func:`accelcore.dispatch.dispatch` (with the
-    device's plan, :func:`run_plan`); driver-wide nodes (``/dev/kfd``) and the
-    core's own files (:class:`IoctlTableFile`) call it after their own lookup.
+    device's plan, :func:`~accelcore.ioctl.run_plan`); driver-wide nodes
+    (``/dev/kfd``) and the core's own files (:class:`IoctlTableFile`) call it
+    after their own lookup.
 
     Args:
         node: The file the ioctl was made on.
@@ -221,7 +222,8 @@ def run_ioctl(node: IoctlNode, task: Task, cmd: int, argp: int, desc: IoctlDesc)
 
 
 def run_plan(node: IoctlNode, task: Task, cmd: int, argp: int, plan: IoctlPlan) -> int:
-    """:func:`run_ioctl` with the plan already found."""
+    """:func:`~accelcore.ioctl.run_ioctl` with the plan already found
+    (:func:`~accelcore.ioctl.ioctl_plan`); the same arguments, ``plan`` for ``desc``."""
     desc = plan.desc
     in_size = plan.in_size
     out_size = plan.out_size

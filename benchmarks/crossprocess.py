@@ -318,17 +318,10 @@ def server_p99_32(quick: bool) -> list[Figure]:
     ]
 
 
-SUITES: list[
-    Callable[
-        [
-            bool,
-            server_p99_32,
-        ],
-        list[Figure],
-    ]
-] = [
+SUITES: list[Callable[[bool], list[Figure]]] = [
     ioctl_crossprocess,
     dmabuf_share_1g,
     info_during_fill,
     info_during_fill_habana,
+    server_p99_32,
 ]

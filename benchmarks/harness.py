@@ -74,6 +74,10 @@ def ratio_figure(
     ratio = value / baseline if baseline else float("inf")
     met = ratio >= limit if higher_is_better else ratio <= limit
     target = f">= {limit}x" if higher_is_better else f"<= {limit}x"
+    if not met:
+        short = limit / ratio if higher_is_better and ratio else ratio / limit
+        missed = f"missed by {short:.1f}x (ratio {ratio:.3g}, target {target})"
+        note = f"{missed}; {note}" if note else missed
     return Figure(
         name, round(value, 3), round(baseline, 3), unit, round(ratio, 3), target, met, note
     )

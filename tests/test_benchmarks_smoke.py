@@ -19,6 +19,9 @@ def test_ratio_figure_keys_and_direction() -> None:
     high = ratio_figure("y", 0.5, 1.0, "GiB/s", 0.8, higher_is_better=True)
     assert set(low.as_dict()) >= KEYS
     assert (low.ratio, low.met, high.met) == (2.0, True, False)
+    assert "missed" not in low.note
+    assert high.note.startswith("missed by 1.6x")  # 0.5 against >= 0.8
+    assert ratio_figure("z", 6.0, 1.0, "ns", 4.0, note="n").note.startswith("missed by 1.5x")
     assert isinstance(low, Figure)
 
 
