@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import select
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,6 +102,26 @@ class NativeAddressSpace(AddressSpace):
         self.pid = pid
         self.pidfd = pidfd
 
+    def alive(self) -> bool:
+        """Whether the client process still runs: its pidfd is not readable (a pidfd
+        polls readable once its process has exited) and not closed by :meth:`clear`."""
+        if self.pidfd < 0:
+            return False
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
+
+    def _check_alive(self, addr: int) -> None:
+        """Raises:
+        BadAddress: ``EFAULT``: the client exited; its pid may now name another
+            process, whose memory must not be touched (checked through the pidfd,
+            which stays bound to the process it was opened for)."""
+        if not self.alive():
+            raise BadAddress(
+                f"pid {self.pid} has exited: its memory at {addr:#x} is gone (the pid may "
+                "now belong to another process, which is not touched)"
+            )
+
     def _local(self, addr: int, length: int) -> Vma | None:
         for vma in self._vmas:  # arenas: a handful at most
             if vma.start <= addr and addr + length <= vma.end:
@@ -110,6 +131,7 @@ class NativeAddressSpace(AddressSpace):
     def _remote(self, write: bool, addr: int, buf: ctypes.Array[ctypes.c_char], n: int) -> None:
         if addr <= 0 or addr + n > _ADDR_END:
             raise BadAddress(f"user range [{addr:#x}, {addr + n:#x}) is not mapped")
+        self._check_alive(addr)
         local = _Iovec(ctypes.addressof(buf), n)
         remote = _Iovec(addr, n)
         fn = _libc.process_vm_writev if write else _libc.process_vm_readv
@@ -174,6 +196,7 @@ class NativeAddressSpace(AddressSpace):
         if self._local(addr, length) is not None:
             super().check(addr, length, write=write)
             return
+        self._check_alive(addr)
         end = addr + length
         pages = []
         at = addr

@@ -52,7 +52,7 @@ from .rundir import (
     remove_if_ours,
 )
 from .session import Session
-from .wire import close_all, peer_credentials, recv_record, send_record
+from .wire import close_all, pass_credentials, peer_credentials, recv_record_creds, send_record
 
 __all__ = [
     "CONTROL_NAME",
@@ -307,6 +307,10 @@ class Server:
             # checks the node's mode and group against the peer's credentials and
             # answers EACCES itself, and control ops check the peer's uid.
             os.chmod(path, 0o666)
+            # Accepted connections inherit SO_PASSCRED (unix_sock_inherit_flags), so
+            # every record on them, also one sent before the server set it again on
+            # the connection, carries its sender's SCM_CREDENTIALS.
+            pass_credentials(sock)
             sock.listen(64)
             sock.setblocking(False)
         except BaseException:
@@ -376,6 +380,33 @@ class Server:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
+    def watch_exit(self, pidfd: int, on_exit: Callable[[], None]) -> Callable[[], None]:
+        """Call ``on_exit`` on the selector thread once the process of ``pidfd`` has
+        exited (its pidfd polls readable). The server watches its own duplicate, so
+        the caller may close ``pidfd`` at any time. Returns a function that cancels
+        the watch (safe from any thread, idempotent)."""
+        fd = os.dup(pidfd)
+        done = [False]
+
+        def cancel_now() -> None:
+            if done[0]:
+                return
+            done[0] = True
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._sel.unregister(fd)
+            os.close(fd)
+
+        def fire() -> None:
+            cancel_now()
+            on_exit()
+
+        def register() -> None:
+            if not done[0]:
+                self._sel.register(fd, selectors.EVENT_READ, fire)
+
+        self.post(register)
+        return lambda: self.post(cancel_now)
+
     def _serve(self) -> None:
         while not self._stopping:
             try:
@@ -415,6 +446,8 @@ class Server:
                     what.what,
                 )
             self._release_end(what)
+        elif callable(what):  # a process watched with watch_exit() exited
+            what()
         elif isinstance(what, str):
             conn = self._accept(sock)
             if conn is not None:
@@ -514,7 +547,8 @@ class Server:
         """Serve a node connection's OPEN; on success it becomes the open file."""
         try:
             conn.settimeout(self.limits.hello_timeout)
-            data, fds = recv_record(conn)
+            pass_credentials(conn)
+            data, fds, creds = recv_record_creds(conn)
             try:
                 frame = p.decode(data)
                 if not isinstance(frame.message, p.Open) or len(fds) != 1:
@@ -531,6 +565,15 @@ class Server:
                 if session is None or session.task is None or session.pid != pid:
                     raise NotPermitted(
                         f"OPEN of {path} by pid {pid} names no session of that process"
+                    )
+                if creds is None or creds != session.record_creds:
+                    # The connection was handed to another process (or its sender
+                    # changed credentials) between connect() and OPEN.
+                    sender = "no credentials" if creds is None else f"pid {creds[0]}"
+                    raise NotPermitted(
+                        f"OPEN of {path} was sent by {sender} (uid/gid "
+                        f"{creds[1:] if creds else '?'}), not by pid {pid} of the session "
+                        f"(uid/gid {session.record_creds[1:] if session.record_creds else '?'})"
                     )
                 with self.clock.lock:
                     self.check_file_room(pid, session.uid)

@@ -40,7 +40,7 @@ from ..udmabuf import WRITE_SEALS, MemfdFile
 from ..vfs import Mapping, OpenFile
 from . import protocol as p
 from .fdtable import PLACEHOLDER_BASE, TARGET_FD, CallFds, ServerFdTable, backing_memory
-from .wire import close_all, peer_credentials, recv_record, send_record
+from .wire import close_all, pass_credentials, peer_credentials, recv_record_creds, send_record
 
 if TYPE_CHECKING:
     from .server import Server
@@ -86,6 +86,12 @@ class Session:
         self.clock = server.machine.clock
         self.syscalls = Syscalls(server.machine.subsystem)
         self.pid, self.uid, self.gid = peer_credentials(sock)
+        # Every record carries its sender's (pid, uid, gid) (SCM_CREDENTIALS): a
+        # socket inherited or passed to another process must not act as this one.
+        pass_credentials(sock)
+        #: The credentials of this session's records: those of its first record,
+        #: which must come from the process that connected (SO_PEERCRED pid).
+        self.record_creds: tuple[int, int, int] | None = None
         self.task: Task | None = None
         self.token = secrets.token_bytes(p.TOKEN_SIZE)
         self._send_lock = threading.Lock()
@@ -97,6 +103,9 @@ class Session:
         self._mappings: dict[int, Mapping] = {}
         self._next_mapping = 1
         self._charge = _BufferCharge(server, self.pid, self.uid)
+        self._unwatch: Any = None
+        #: The native client's pidfd said it exited: nothing more is served.
+        self.process_gone = False
         self.closing = False
         #: The server closed the connection (a protocol violation, an internal
         #: error): the files served for this session are released with it.
@@ -133,11 +142,12 @@ class Session:
             # connects must not hold a thread and a descriptor for ever.
             self.sock.settimeout(self.server.limits.hello_timeout)
             while not self.closing:
-                data, fds = recv_record(self.sock)
+                data, fds, creds = recv_record_creds(self.sock)
                 if first:
                     first = False
                     self.sock.settimeout(None)
-                if not data and not fds:
+                if (not data and not fds) or self.process_gone:
+                    close_all(fds)
                     break
                 try:
                     frame = p.decode(data)
@@ -149,6 +159,9 @@ class Session:
                 except p.ProtocolError:
                     close_all(fds)
                     raise
+                if not self._sender_ok(frame.rid, frame.message, creds):
+                    close_all(fds)
+                    continue
                 if not self._handle(frame.rid, frame.message, fds):
                     break
         except p.ProtocolError as exc:
@@ -174,6 +187,42 @@ class Session:
             self.teardown()
 
     # -- requests ----------------------------------------------------------------
+    def _sender_ok(self, rid: int, msg: p.Message, creds: tuple[int, int, int] | None) -> bool:
+        """Whether the record was sent by this session's process with its credentials.
+
+        The kernel checks the *current* task at every system call; ``SO_PEERCRED``
+        names only the process that connected. So each record's ``SCM_CREDENTIALS``
+        (the kernel fills in the sender's tgid, real uid and real gid) must equal
+        those of the session's first record, itself sent by the connecting pid. A
+        record from another process (a fork child, or any process the socket was
+        inherited by or passed to) or from this process after it changed its uid or
+        gid is not executed: it is answered ``EPERM`` naming both pids (a ``SIGNAL``,
+        which has no reply, is dropped).
+        """
+        if self.record_creds is None:
+            if creds is not None and creds[0] == self.pid:
+                self.record_creds = creds
+                return True
+        elif creds == self.record_creds:
+            return True
+        got = (
+            "no credentials"
+            if creds is None
+            else f"pid {creds[0]} (uid {creds[1]}, gid {creds[2]})"
+        )
+        want = self.record_creds or (self.pid, self.uid, self.gid)
+        why = (
+            f"{msg.TYPE.name} refused: it was sent by {got}, but this session belongs to "
+            f"pid {self.pid} (uid {want[1]}, gid {want[2]}); a process must open its own "
+            "session (connect) to use the device"
+        )
+        log.warning("pid %d: %s", self.pid, why)
+        if isinstance(msg, p.Control):
+            self.send(p.ControlReply({"ok": False, "errno": errno.EPERM, "error": why}), rid)
+        elif not isinstance(msg, p.Signal):
+            self.send(p.Result(errno=errno.EPERM, message=why), rid)
+        return False
+
     def _handle(self, rid: int, msg: p.Message, fds: list[int]) -> bool:
         if isinstance(msg, p.Control):
             return self._control(rid, msg)
@@ -241,6 +290,10 @@ class Session:
                     self._room, mm.pidfd, lambda fd: self._resolve([fd])[0], self._put
                 )
             self.task = task
+        if mm is not None:
+            # The session ends when the process does, even if a child keeps its
+            # socket: its pid may then name another process (fix for pid reuse).
+            self._unwatch = self.server.watch_exit(mm.pidfd, self._process_exited)
         self.server.add_session(self)
         from .. import __version__
 
@@ -607,9 +660,20 @@ class Session:
             self.task.post_signal()
             self.clock.notify()
 
+    def _process_exited(self) -> None:
+        """Selector thread: the native client's pidfd says it exited; end the
+        session (its socket may live on in a child, but the task is gone)."""
+        log.info("pid %d exited; ending its native session", self.pid)
+        self.process_gone = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
     def teardown(self) -> None:
         """Process exit: interrupt calls, drop mappings and arenas, exit the task."""
         self.closing = True
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
         self.server.remove_session(self)
         task = self.task
         if task is not None:

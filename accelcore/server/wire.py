@@ -22,9 +22,11 @@ from .protocol import MAX_FDS, MAX_MESSAGE, ProtocolError
 
 __all__ = [
     "connect_verified",
+    "pass_credentials",
     "peer_credentials",
     "recv_fds",
     "recv_record",
+    "recv_record_creds",
     "send_fds",
     "send_record",
 ]
@@ -60,10 +62,49 @@ def close_all(fds: Sequence[int]) -> None:
 def recv_record(
     sock: socket.socket, max_size: int = MAX_MESSAGE, max_fds: int = MAX_FDS
 ) -> tuple[bytes, list[int]]:
-    """Receive one record and its descriptors (close-on-exec).
+    """Receive one record and its descriptors (close-on-exec); see :func:`recv_record_creds`.
 
     Returns:
         ``(data, fds)``; ``(b"", [])`` at end of file.
+    """
+    data, fds, _ = _recv(sock, max_size, max_fds, 0)
+    return data, fds
+
+
+#: Ancillary space for one ``SCM_CREDENTIALS`` (``struct ucred``).
+_CRED_SPACE = socket.CMSG_SPACE(_CREDS.size)
+
+
+def recv_record_creds(
+    sock: socket.socket, max_size: int = MAX_MESSAGE, max_fds: int = MAX_FDS
+) -> tuple[bytes, list[int], tuple[int, int, int] | None]:
+    """Receive one record, its descriptors and its sender's credentials.
+
+    ``sock`` must have ``SO_PASSCRED`` set (:func:`pass_credentials`): the kernel
+    then attaches to each record the ``(pid, uid, gid)`` of the process that sent
+    it (its tgid, real uid and real gid; only a sender with ``CAP_SYS_ADMIN`` /
+    ``CAP_SETUID`` / ``CAP_SETGID`` may state others), unlike ``SO_PEERCRED``,
+    which names the process that connected.
+
+    Returns:
+        ``(data, fds, creds)``; ``creds`` is ``None`` if the record carried none.
+        ``(b"", [], None)`` at end of file.
+
+    Raises:
+        As :func:`recv_record`.
+    """
+    return _recv(sock, max_size, max_fds, _CRED_SPACE)
+
+
+def pass_credentials(sock: socket.socket) -> None:
+    """Set ``SO_PASSCRED``: every record received carries ``SCM_CREDENTIALS``."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+
+def _recv(
+    sock: socket.socket, max_size: int, max_fds: int, cred_space: int
+) -> tuple[bytes, list[int], tuple[int, int, int] | None]:
+    """Receive one record and its descriptors (close-on-exec).
 
     Raises:
         ProtocolError: the record was longer than ``max_size`` or carried more
@@ -73,9 +114,18 @@ def recv_record(
         OSError: the socket failed.
     """
     data, anc, flags, _ = sock.recvmsg(
-        max_size + 1, socket.CMSG_SPACE(max_fds * 4), socket.MSG_CMSG_CLOEXEC
+        max_size + 1, socket.CMSG_SPACE(max_fds * 4) + cred_space, socket.MSG_CMSG_CLOEXEC
     )
     fds = _fds_of(anc)
+    creds: tuple[int, int, int] | None = None
+    for level, kind, payload in anc:
+        if (
+            level == socket.SOL_SOCKET
+            and kind == socket.SCM_CREDENTIALS
+            and len(payload) >= _CREDS.size
+        ):
+            pid, uid, gid = _CREDS.unpack_from(payload)
+            creds = (pid, uid, gid)
     if flags & socket.MSG_CTRUNC:
         close_all(fds)
         if len(fds) < max_fds:
@@ -89,7 +139,7 @@ def recv_record(
     if flags & socket.MSG_TRUNC or len(data) > max_size:
         close_all(fds)
         raise ProtocolError(f"record exceeds {max_size} bytes")
-    return data, fds
+    return data, fds, creds
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
