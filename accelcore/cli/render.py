@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "console",
+    "printable",
     "render_attrs",
     "render_buffers",
     "render_devices",
@@ -64,10 +65,11 @@ class _Grid:
         self.rows: list[tuple[str, ...]] = []
 
     def add_row(self, *cells: str) -> None:
-        self.rows.append(cells)
+        self.rows.append(tuple(printable(c) for c in cells))
 
     def print(self, out: Console) -> None:
         from rich.table import Table
+        from rich.text import Text
 
         need = [max([len(c), *(len(r[i]) for r in self.rows)]) for i, c in enumerate(self.columns)]
         shown = list(range(len(self.columns)))
@@ -91,7 +93,7 @@ class _Grid:
             else:
                 table.add_column(self.columns[i], overflow="fold")
         for r in self.rows:
-            table.add_row(*(r[i] for i in shown))
+            table.add_row(*(Text(r[i]) for i in shown))  # Text: no markup in names
         out.print(table)
         if dropped:
             out.print(
@@ -99,6 +101,18 @@ class _Grid:
                 markup=False,
                 soft_wrap=False,
             )
+
+
+def printable(value: str) -> str:
+    """``value`` with every non-printable character escaped (``"\\x1b"``, ``"\\n"``),
+    as ``/proc/PID/status`` escapes a task's name: a name a client chose (its
+    ``comm``, a file's ``client_name``) cannot move the cursor, recolour the terminal
+    or forge table rows. Every table cell goes through it."""
+    if value.isprintable():
+        return value
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value
+    )
 
 
 def _table(

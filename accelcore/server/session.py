@@ -65,6 +65,20 @@ def _groups_of(pid: int) -> tuple[int, ...]:
     return ()
 
 
+#: A task name's bytes at most (``TASK_COMM_LEN`` 16, with its NUL).
+COMM_MAX = 15
+
+
+def task_comm(name: str) -> str:
+    """A client's task name as the server keeps it: at most :data:`COMM_MAX` bytes
+    of UTF-8 (``set_task_comm`` truncates the same way; a character cut in half is
+    dropped) with every non-printable character replaced by ``?``, so that a name
+    from HELLO or ``/proc`` cannot inject escape sequences or lines into what
+    ``accelctl`` and fdinfo print. An empty name becomes ``"?"``."""
+    cut = name.encode("utf-8", "replace")[:COMM_MAX].decode("utf-8", "ignore")
+    return "".join(c if c.isprintable() else "?" for c in cut) or "?"
+
+
 def _comm_of(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip() or "?"
@@ -279,7 +293,7 @@ class Session:
                 uid=self.uid,
                 gid=self.gid,
                 groups=_groups_of(self.pid),
-                comm=msg.comm or _comm_of(self.pid),
+                comm=task_comm(msg.comm or _comm_of(self.pid)),
                 pid=self.pid if self.pid not in sub.tasks else None,
                 restart_syscalls=msg.restart,
             )
