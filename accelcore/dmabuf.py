@@ -581,5 +581,5 @@ DmaBuf.IOCTLS = ioctl_table(
 def require_dmabuf(file: OpenFile, fd: int) -> DmaBuf:
     """``dma_buf_get``: the dma-buf behind ``fd``, or ``EINVAL`` if it is another file."""
     if not isinstance(file, DmaBuf):
-        raise InvalidArgument(f"fd {fd} is a {file.kind} file, not a dma-buf")
+        raise InvalidArgument(f"fd {fd} is not a dma-buf (its file is of kind {file.kind!r})")
     return file

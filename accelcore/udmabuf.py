@@ -210,7 +210,9 @@ def _create(call: FileIoctlCall) -> int:
         raise InvalidArgument(f"udmabuf size {a.size:#x} must be in (0, {UDMABUF_SIZE_LIMIT:#x}]")
     memfd = call.get_file(a.memfd)
     if not isinstance(memfd, MemfdFile):
-        raise error_for_errno(errno.EBADFD, f"fd {a.memfd} is a {memfd.kind}, not a memfd")
+        raise error_for_errno(
+            errno.EBADFD, f"fd {a.memfd} is not a memfd (its file is of kind {memfd.kind!r})"
+        )
     seals = memfd.seals
     if not seals & fcntl.F_SEAL_SHRINK:
         raise InvalidArgument(f"memfd {a.memfd} is not sealed with F_SEAL_SHRINK")

@@ -170,7 +170,7 @@ class Ledger:
                 if cap >= 0 and held + amount > cap:
                     who = f"{'pid' if key[1] == 'pid' else 'uid'} {key[2]}"
                     raise error(
-                        f"{who} holds {held} of {what} and asks {amount} more: "
+                        f"{who} holds {held} {what} and asks for {amount} more: "
                         f"the per-{'client' if key[1] == 'pid' else 'uid'} cap is {cap}"
                     )
             for key in keys:

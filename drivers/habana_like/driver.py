@@ -160,6 +160,19 @@ class _CsOps(SchedulerOps):
         return SchedStat.RESET
 
 
+#: Conformance setup for a CS: a command buffer holding one NOP packet, and the
+#: chunk array that executes it.
+_CS_STEPS = (
+    Call("cb", "DRM_IOCTL_HLK_CB", {"input.op": 0, "input.cb_size": 4096}),
+    Write("accel", "cb.output.mmap_offset", encode_nop()),
+    UserArray(
+        "chunks",
+        "struct hlk_cs_chunk",
+        [{"cb_handle": "cb.output.cb_handle", "queue_index": 0, "cb_size": 8}],
+    ),
+)
+
+
 class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
     """habanalabs-like accelerator driver (see the module docstring)."""
 
@@ -193,26 +206,12 @@ class HabanaLikeDriver(InfoMixin, MemoryMixin, AccelDriver):
     #: chunk array; WAIT_CS waits for such a CS.
     example_setup = {
         "DRM_IOCTL_HLK_CS": Setup(
-            steps=(
-                Call("cb", "DRM_IOCTL_HLK_CB", {"input.op": 0, "input.cb_size": 4096}),
-                Write("accel", "cb.output.mmap_offset", encode_nop()),
-                UserArray(
-                    "chunks",
-                    "struct hlk_cs_chunk",
-                    [{"cb_handle": "cb.output.cb_handle", "queue_index": 0, "cb_size": 8}],
-                ),
-            ),
+            steps=_CS_STEPS,
             args={"input.chunks_execute": "chunks.addr"},
         ),
         "DRM_IOCTL_HLK_WAIT_CS": Setup(
             steps=(
-                Call("cb", "DRM_IOCTL_HLK_CB", {"input.op": 0, "input.cb_size": 4096}),
-                Write("accel", "cb.output.mmap_offset", encode_nop()),
-                UserArray(
-                    "chunks",
-                    "struct hlk_cs_chunk",
-                    [{"cb_handle": "cb.output.cb_handle", "queue_index": 0, "cb_size": 8}],
-                ),
+                *_CS_STEPS,
                 Call(
                     "cs",
                     "DRM_IOCTL_HLK_CS",
