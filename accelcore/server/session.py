@@ -659,8 +659,11 @@ class Session:
     def _close(self, rid: int, msg: p.Close, fds: list[int]) -> None:
         # The client closed its descriptor before sending this: if that was the
         # last copy, the server end has hung up and the file is released now.
-        with self._handing_out:
-            pass  # a descriptor just handed out by a worker: its sender's copy is closed
+        # A barrier, not a critical section: a worker that is handing out a
+        # descriptor holds this lock until its own copy is closed, so taking and
+        # dropping it waits for that copy to go before the hang-up is checked.
+        self._handing_out.acquire()
+        self._handing_out.release()
         self.server.release_if_closed((msg.dev, msg.ino))
         self.send(p.Result(), rid)
 
