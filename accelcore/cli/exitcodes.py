@@ -55,8 +55,9 @@ class AccelctlError(click.ClickException):
 
     def __init__(self, message: str, code: ExitCode = ExitCode.ERROR) -> None:
         super().__init__(message)
-        # click declares exit_code on the class; each instance carries its own.
-        self.exit_code = int(code)  # type: ignore[misc]
+        # click declares exit_code on the class (a ClassVar in some releases,
+        # a plain attribute in others); each instance carries its own.
+        self.exit_code = int(code)  # type: ignore[misc, unused-ignore]
 
 
 class NoServerError(AccelctlError):
