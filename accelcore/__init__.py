@@ -21,6 +21,7 @@ engine's modules behind the facade (``accelcore.gem``, ``accelcore.dispatch``,
 
 from __future__ import annotations
 
+from .batch import Batch, BatchedIoctl
 from .clock import (
     NSEC_PER_MSEC,
     NSEC_PER_SEC,
@@ -123,6 +124,8 @@ __all__ = [
     "AttributeGroup",
     "BadAddress",
     "BadFd",
+    "Batch",
+    "BatchedIoctl",
     "BufferObject",
     "Busy",
     "Clock",

@@ -24,8 +24,10 @@ so code written against one runs on the other.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
+from .batch import Batch, BatchedIoctl
 from .errors import InvalidArgument
 from .subsystem import Subsystem
 from .syscalls import Syscalls
@@ -131,6 +133,18 @@ class Process:
         finally:
             if not buf.readonly:
                 buf[:n] = scratch.view[:n]
+
+    def batch(self) -> Batch:
+        """Ioctls to submit together (:mod:`accelcore.batch`): in process they run
+        one after another, each exactly as :meth:`ioctl` would run it."""
+        return Batch(self._run_batch)
+
+    def _run_batch(self, calls: Sequence[BatchedIoctl]) -> None:
+        for call in calls:
+            try:
+                call.set_result(self.ioctl(call.fd, call.cmd, call.arg))
+            except OSError as exc:
+                call.set_error(exc)
 
     def _scratch_of(self, size: int) -> UserBuffer:
         if self._scratch is None or len(self._scratch) < size:

@@ -25,8 +25,7 @@ import ctypes
 import errno
 import os
 import select
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BadAddress, BadFd, NotPermitted
@@ -275,19 +274,12 @@ class NativeFdTable(ServerFdTable):
         self._resolve = resolve
         self._put_files = put
 
-    @contextmanager
-    def call(self, ctx: CallFds) -> Iterator[CallFds]:
-        """The call's descriptors for the block; those fetched are released after."""
-        fetched: list[OpenFile] = []
-        prev = getattr(self._local, "fetched", None)
-        self._local.fetched = fetched
-        try:
-            with super().call(ctx):
-                yield ctx
-        finally:
-            self._local.fetched = prev
-            if fetched:
-                self._put_files(fetched)
+    def leave(self, ctx: CallFds, prev: CallFds | None) -> None:
+        """End the call; the descriptors fetched during it are released."""
+        super().leave(ctx, prev)
+        if ctx.fetched:
+            fetched, ctx.fetched = ctx.fetched, []
+            self._put_files(fetched)
 
     def get(self, fd: int) -> OpenFile:
         try:
@@ -295,12 +287,10 @@ class NativeFdTable(ServerFdTable):
         except BadFd:
             if not isinstance(fd, int) or fd < 0 or fd > 0x7FFF_FFFF or is_placeholder(fd):
                 raise
-        fetched: list[OpenFile] | None = getattr(self._local, "fetched", None)
-        if fetched is None:
-            raise BadFd(f"file descriptor {fd}: no call in progress")
+        ctx = self._ctx()
         file = self._resolve(pidfd_getfd(self._pidfd, fd))
-        fetched.append(file)
-        self._ctx().files[fd] = file
+        ctx.fetched.append(file)
+        ctx.files[fd] = file
         return file
 
     def copy(self) -> ServerFdTable:

@@ -15,6 +15,7 @@ structs are copied into a per-thread scratch area of the arena and back.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import ctypes
 import errno
@@ -25,6 +26,7 @@ import os
 import signal as _signal
 import socket
 import stat
+import struct
 import threading
 import weakref
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ..batch import Batch, BatchedIoctl
 from ..errors import (
     BadFd,
     InvalidArgument,
@@ -47,7 +50,15 @@ from ..userspace import ioctl_buffer
 from . import protocol as p
 from .fdtable import is_placeholder
 from .server import CONTROL_NAME, default_runtime_dir
-from .wire import close_all, connect_verified, recv_fds, recv_record, send_fds, send_record
+from .wire import (
+    RecordReader,
+    close_all,
+    connect_verified,
+    recv_fds,
+    recv_record,
+    send_fds,
+    send_record,
+)
 
 __all__ = [
     "ARENA_SIZE",
@@ -68,6 +79,14 @@ def _raise_for(msg: p.Message) -> p.Message:
     if isinstance(msg, p.Result) and msg.errno:
         raise error_for_errno(msg.errno, msg.message or os.strerror(msg.errno))
     return msg
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except (OSError, OverflowError):
+        return False
+    return True
 
 
 def _address(buf: mmap.mmap) -> int:
@@ -92,11 +111,12 @@ class _Channel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._reader = RecordReader(sock)
         self._send_lock = threading.RLock()  # RLock: a signal handler may send
         self._cond = threading.Condition()
         self._replies: dict[int, tuple[p.Message, list[int]]] = {}
         self._reading = False
-        self._rids = itertools.count(1)
+        self.rids = itertools.count(1)
         self.inflight = 0
         #: Why the session ended, once the server has gone.
         self.gone: str | None = None
@@ -108,61 +128,91 @@ class _Channel:
             self._cond.notify_all()
         return NoDevice(f"the devfs server session ended: {self.gone}")
 
-    def send(self, msg: p.Message, fds: Sequence[int] = (), rid: int = 0) -> None:
+    def send_record(self, data: bytes, fds: Sequence[int], what: str) -> None:
+        """Send one encoded record (``what`` names it in errors)."""
         if self.gone is not None:
             raise self._lost(self.gone)
         try:
             with self._send_lock:
-                send_record(self.sock, p.encode(msg, rid), fds)
+                if fds:
+                    self.sock.sendmsg(
+                        [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    )
+                else:
+                    self.sock.send(data)
         except OSError as exc:
             if exc.errno in _GONE:
-                raise self._lost(f"sending {msg.TYPE.name}: {exc.strerror}") from None
+                raise self._lost(f"sending {what}: {exc.strerror}") from None
             raise
 
+    def send(self, msg: p.Message, fds: Sequence[int] = (), rid: int = 0) -> None:
+        self.send_record(p.encode(msg, rid), fds, msg.TYPE.name)
+
     def call(self, msg: p.Message, fds: Sequence[int] = ()) -> tuple[p.Message, list[int]]:
-        rid = next(self._rids)
+        rid = next(self.rids)
+        return self.call_record(p.encode(msg, rid), rid, fds, msg.TYPE.name)
+
+    def call_record(
+        self, data: bytes, rid: int, fds: Sequence[int], what: str
+    ) -> tuple[p.Message, list[int]]:
+        """Send an encoded request of request id ``rid`` and wait for its reply."""
         self.inflight += 1
         try:
-            self.send(msg, fds, rid)
+            self.send_record(data, fds, what)
             return self._wait(rid)
         finally:
             self.inflight -= 1
 
     def _wait(self, rid: int) -> tuple[p.Message, list[int]]:
+        cond = self._cond
         while True:
-            with self._cond:
+            with cond:
                 while True:
-                    if rid in self._replies:
-                        return self._replies.pop(rid)
+                    reply = self._replies.pop(rid, None)
+                    if reply is not None:
+                        return reply
                     if self.gone is not None:
                         raise NoDevice(f"the devfs server session ended: {self.gone}")
                     if not self._reading:
                         self._reading = True
                         break
-                    self._cond.wait()
+                    cond.wait()
             try:
-                try:
-                    data, fds = recv_record(self.sock)
-                except OSError as exc:
-                    if exc.errno in _GONE or exc.errno == errno.EBADF:
-                        raise self._lost(f"receiving: {exc.strerror}") from None
-                    raise
-                if not data:
-                    raise self._lost("the server closed the connection")
-                frame = p.decode(data)
-                if frame.message.fd_count() != len(fds):
-                    close_all(fds)
-                    raise p.ProtocolError("reply carries the wrong number of descriptors")
-                if frame.rid == 0 and isinstance(frame.message, p.Result):
-                    # The server refused the session itself (e.g. EMFILE: too many).
-                    _raise_for(frame.message)
-            finally:
-                with self._cond:
+                frame, fds = self._read()
+            except BaseException:
+                with cond:
                     self._reading = False
-                    self._cond.notify_all()
-            with self._cond:
-                self._replies[frame.rid] = (frame.message, fds)
-                self._cond.notify_all()
+                    cond.notify_all()
+                raise
+            with cond:
+                self._reading = False
+                if frame.rid != rid:
+                    self._replies[frame.rid] = (frame.message, fds)
+                cond.notify_all()  # the next reader, or the caller of that reply
+            if frame.rid == rid:
+                return frame.message, fds
+
+    def _read(self) -> tuple[p.Frame, list[int]]:
+        try:
+            data, fds, _ = self._reader.recv()
+        except OSError as exc:
+            if exc.errno in _GONE or exc.errno == errno.EBADF:
+                raise self._lost(f"receiving: {exc.strerror}") from None
+            raise
+        if not data:
+            raise self._lost("the server closed the connection")
+        try:
+            frame = p.decode(data)
+        except BaseException:
+            close_all(fds)
+            raise
+        if frame.message.fd_count() != len(fds):
+            close_all(fds)
+            raise p.ProtocolError("reply carries the wrong number of descriptors")
+        if frame.rid == 0 and isinstance(frame.message, p.Result):
+            # The server refused the session itself (e.g. EMFILE: too many).
+            _raise_for(frame.message)
+        return frame, fds
 
     def close(self, *, shutdown: bool) -> None:
         """Close the connection. With ``shutdown`` (the process that owns the
@@ -290,7 +340,12 @@ class ClientProcess:
         self._restart = restart
         self._arena_size = page_align(arena_size)
         self._lock = threading.Lock()
+        #: Descriptors this object made or was given by a call: number -> the
+        #: file's ``(st_dev, st_ino)``; how many of them each file has; and the
+        #: session's handle for each file it proved (see :mod:`.protocol`).
         self._fds: dict[int, tuple[int, int]] = {}
+        self._nfds: dict[tuple[int, int], int] = {}
+        self._handles: dict[tuple[int, int], int] = {}
         self._mappings: dict[int, ClientMapping] = {}
         self._chan: _Channel | None = None
         self._arenas: list[_Arena] = []
@@ -355,6 +410,8 @@ class ClientProcess:
         self._chan = None
         self._mappings = {}
         self._fds = {}
+        self._nfds = {}
+        self._handles = {}
 
     def _session(self) -> _Channel:
         if self._exited:
@@ -392,8 +449,25 @@ class ClientProcess:
     # -- descriptors -------------------------------------------------------------------
     def _track(self, fd: int) -> int:
         st = os.fstat(fd)
-        self._fds[fd] = (st.st_dev, st.st_ino)
+        self._untrack(fd)  # a number closed behind our back and reused
+        key = (st.st_dev, st.st_ino)
+        self._fds[fd] = key
+        self._nfds[key] = self._nfds.get(key, 0) + 1
         return fd
+
+    def _untrack(self, fd: int) -> tuple[int, int] | None:
+        """Forget descriptor ``fd``; returns its file's key if that was this
+        process's last descriptor of the file (its handle is dropped)."""
+        key = self._fds.pop(fd, None)
+        if key is None:
+            return None
+        left = self._nfds[key] - 1
+        if left:
+            self._nfds[key] = left
+            return None
+        del self._nfds[key]
+        self._handles.pop(key, None)
+        return key
 
     def open(self, path: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
         """``open(2)`` a device node of the server; returns a real descriptor.
@@ -420,13 +494,16 @@ class ClientProcess:
             close_all(fds)
             if not data:
                 raise NoDevice(f"devfs server closed the connection opening {path}")
-            _raise_for(p.decode(data).message)
+            reply = _raise_for(p.decode(data).message)
         except BaseException:
             sock.close()
             raise
         if not flags & os.O_CLOEXEC:
             sock.set_inheritable(True)
-        return self._track(sock.detach())
+        fd = self._track(sock.detach())
+        if isinstance(reply, p.Result) and reply.handle:
+            self._handles[self._fds[fd]] = reply.handle
+        return fd
 
     def close(self, fd: int) -> None:
         """``close(2)``; the file is released when its last descriptor, in every
@@ -442,9 +519,9 @@ class ClientProcess:
             os.close(fd)
         except OSError as exc:
             raise BadFd(f"file descriptor {fd} is not open") from exc
-        self._fds.pop(fd, None)
+        last = self._untrack(fd) is not None
         if stat.S_ISSOCK(st.st_mode) and not self._exited:
-            reply, rfds = self._session().call(p.Close(st.st_dev, st.st_ino))
+            reply, rfds = self._session().call(p.Close(st.st_dev, st.st_ino, last))
             close_all(rfds)
             _raise_for(reply)
 
@@ -460,41 +537,82 @@ class ClientProcess:
         """``ioctl(2)``, as :meth:`accelcore.Process.ioctl`: ``arg`` is a user
         address, or a buffer or cffi struct copied in and (also on failure) back.
 
-        Descriptors the argument carries (the fields its uAPI header marks
-        ``accel:fd``) are sent with the call; descriptors the call returns are
-        received close-on-exec and their numbers written where the engine put them.
+        The target goes by its session handle once proven (see
+        :mod:`~accelcore.server.protocol`); descriptors the argument carries (the
+        fields its uAPI header marks ``accel:fd``) are sent with the call;
+        descriptors the call returns are received close-on-exec and their numbers
+        written where the engine put them.
 
         Raises:
             OSError: an :class:`~accelcore.errors.AccelError` with the errno.
         """
-        chan = self._session()
-        size = (cmd >> 16) & 0x3FFF
+        chan = self._chan
+        if chan is None or chan.gone is not None:
+            chan = self._session()
         buf: memoryview | None = None
-        if isinstance(arg, int):
+        region: memoryview | None = None
+        if type(arg) is int:
             argp = arg
-            region = self._region(argp, size) if size and argp else None
         else:
             buf = ioctl_buffer(arg)
-            region = None
             argp = 0
             if len(buf):
                 scratch = self._scratch(len(buf))
                 region = scratch.view[: len(buf)]
                 region[:] = buf
                 argp = scratch.addr
-        numbers = [fd, *self._fd_args(cmd, region)]
+        key = self._fds.get(fd)
+        handle = self._handles.get(key, 0) if key is not None else 0
+        offsets = self.fd_fields.get(cmd & 0xFFFF)
+        numbers: list[int] = []
+        if offsets:
+            if region is None:
+                region = self._region(argp, (cmd >> 16) & 0x3FFF)
+            numbers = self._fd_args(offsets, region)
+        rid = next(chan.rids)
         try:
-            reply, rfds = chan.call(p.Ioctl(cmd, argp, tuple(numbers)), numbers)
+            data = p.encode_ioctl(rid, cmd, argp, fd, handle, numbers)
+        except struct.error:
+            raise InvalidArgument(
+                f"ioctl {cmd:#x} on fd {fd} with argument {argp:#x}: "
+                "the command must fit 32 bits and the argument 64"
+            ) from None
+        try:
+            reply, rfds = chan.call_record(
+                data, rid, numbers if handle else [fd, *numbers], "IOCTL"
+            )
         except OSError as exc:
-            if exc.errno == 9:  # EBADF from sendmsg: the target is not open here
+            if exc.errno == errno.EBADF:  # from sendmsg: the target is not open here
                 raise BadFd(f"file descriptor {fd} is not open") from None
             raise
+        return self._complete(fd, key, argp, buf, region, reply, rfds)
+
+    def _complete(
+        self,
+        fd: int,
+        key: tuple[int, int] | None,
+        argp: int,
+        buf: memoryview | None,
+        region: memoryview | None,
+        reply: p.Message,
+        rfds: list[int],
+    ) -> int:
+        """Finish an ioctl from its RESULT: learn the target's handle, install the
+        descriptors it returned, copy a buffer argument back; return or raise."""
         try:
-            if isinstance(reply, p.Result) and not reply.errno:
-                ret = self._patch(reply, rfds, region)
-                rfds = []
-            else:
-                ret = 0
+            if not isinstance(reply, p.Result):
+                raise NoDevice(f"devfs server answered IOCTL with {reply.TYPE.name}")
+            if reply.handle and key is not None and fd in self._fds:
+                self._handles[key] = reply.handle
+            ret = 0
+            if not reply.errno:
+                if rfds:
+                    if region is None:
+                        region = self._region(argp, len(buf) if buf is not None else 0)
+                    ret = self._patch(reply, rfds, region)
+                    rfds = []
+                else:
+                    ret = reply.ret
         finally:
             close_all(rfds)
             if buf is not None and region is not None and not buf.readonly:
@@ -502,18 +620,16 @@ class ClientProcess:
         _raise_for(reply)
         return ret
 
-    def _fd_args(self, cmd: int, region: memoryview | None) -> list[int]:
-        offsets = self.fd_fields.get(cmd & 0xFFFF, ())
+    def _fd_args(self, offsets: tuple[int, ...], region: memoryview | None) -> list[int]:
+        """The descriptors open here that the argument's ``accel:fd`` fields name
+        (one that is not open is not sent: the engine answers ``EBADF``)."""
         out = []
         for off in offsets:
             if region is None or off + 4 > len(region):
                 continue
             n = int.from_bytes(region[off : off + 4], "little", signed=True)
-            try:
-                os.fstat(n)
-            except OSError:
-                continue  # not open here: the engine answers EBADF
-            out.append(n)
+            if _is_open(n):
+                out.append(n)
         return out
 
     def _patch(self, reply: p.Result, rfds: list[int], region: memoryview | None) -> int:
@@ -527,6 +643,92 @@ class ClientProcess:
                     words[i] = real[v]
             words.release()
         return real.get(reply.ret, reply.ret)
+
+    # -- batches ---------------------------------------------------------------------
+    def batch(self) -> Batch:
+        """Ioctls to submit together (:mod:`accelcore.batch`): up to
+        :data:`~.protocol.MAX_BATCH` calls travel in one BATCH record and come back
+        in one BATCH_RESULT, each call run by the server exactly as if it had come
+        alone. A batch longer than a record allows, or one in which a call returns
+        descriptors (a reply carries at most :data:`~.protocol.MAX_FDS`), goes in
+        several records, transparently."""
+        return Batch(self._run_batch)
+
+    def _run_batch(self, calls: Sequence[BatchedIoctl]) -> None:
+        pending = list(calls)
+        while pending:
+            pending = pending[self._run_record(pending) :]
+
+    def _run_record(self, calls: Sequence[BatchedIoctl]) -> int:
+        """Send as many of ``calls`` as one record takes; complete those the server
+        ran (it stops after a call that returned descriptors) and say how many."""
+        chan = self._session()
+        staged: list[tuple[BatchedIoctl, tuple[int, int] | None, int, memoryview | None]] = []
+        entries: list[p.Ioctl] = []
+        sent: list[int] = []
+        sizes = [len(ioctl_buffer(c.arg)) if type(c.arg) is not int else 0 for c in calls]
+        scratch = self.alloc(max(8, sum((n + 7) & ~7 for n in sizes[: p.MAX_BATCH])))
+        at = 0
+        try:
+            for call, size in zip(calls[: p.MAX_BATCH], sizes, strict=False):
+                region: memoryview | None = None
+                if type(call.arg) is int:
+                    argp = call.arg
+                else:
+                    argp = scratch.addr + at if size else 0
+                    region = scratch.view[at : at + size]
+                    region[:] = ioctl_buffer(call.arg)
+                    at += (size + 7) & ~7
+                key = self._fds.get(call.fd)
+                handle = self._handles.get(key, 0) if key is not None else 0
+                if not handle and not _is_open(call.fd):
+                    # Sent, it would fail the whole record's sendmsg: it fails alone,
+                    # first in a record of its own, as it would alone.
+                    if entries:
+                        break
+                    call.set_error(BadFd(f"file descriptor {call.fd} is not open"))
+                    return 1
+                offsets = self.fd_fields.get(call.cmd & 0xFFFF)
+                numbers: list[int] = []
+                if offsets:
+                    if region is None:
+                        region = self._region(argp, (call.cmd >> 16) & 0x3FFF)
+                    numbers = self._fd_args(offsets, region)
+                carried = numbers if handle else [call.fd, *numbers]
+                if entries and len(sent) + len(carried) > p.MAX_FDS:
+                    break
+                entries.append(p.Ioctl(call.cmd, argp, call.fd, handle, tuple(numbers)))
+                sent += carried
+                staged.append((call, key, argp, region))
+            rid = next(chan.rids)
+            try:
+                data = p.encode(p.Batch(tuple(entries)), rid)
+            except (struct.error, p.ProtocolError) as exc:
+                raise InvalidArgument(f"a batched ioctl does not fit the protocol: {exc}") from None
+            reply, rfds = chan.call_record(data, rid, sent, "BATCH")
+            if isinstance(reply, p.Result):  # the record as a whole was refused
+                close_all(rfds)
+                _raise_for(reply)
+            if not isinstance(reply, p.BatchResult) or len(reply.results) > len(staged):
+                close_all(rfds)
+                raise NoDevice(f"devfs server answered BATCH with {reply.TYPE.name}")
+            for (call, key, argp, region), res in zip(staged, reply.results, strict=False):
+                mine, rfds = rfds[: len(res.placeholders)], rfds[len(res.placeholders) :]
+                buf = ioctl_buffer(call.arg) if type(call.arg) is not int else None
+                try:
+                    call.set_result(self._complete(call.fd, key, argp, buf, region, res, mine))
+                except OSError as exc:
+                    call.set_error(exc)
+            return len(reply.results)
+        finally:
+            self.free(scratch)
+
+    def _target(self, fd: int) -> tuple[int, list[int]]:
+        """A request's target: ``(handle, [])`` once the session proved ``fd``'s
+        file, else ``(0, [fd])`` (the descriptor travels with the request)."""
+        key = self._fds.get(fd)
+        handle = self._handles.get(key, 0) if key is not None else 0
+        return handle, [] if handle else [fd]
 
     def _scratch(self, size: int) -> UserBuffer:
         cur: UserBuffer | None = getattr(self._tls, "scratch", None)
@@ -570,7 +772,8 @@ class ClientProcess:
             InvalidArgument: see :func:`accelcore.syscalls.check_mmap_range`.
         """
         check_mmap_range(offset, length)
-        reply, rfds = self._session().call(p.Mmap(offset, length, write), [fd])
+        handle, carried = self._target(fd)
+        reply, rfds = self._session().call(p.Mmap(offset, length, write, handle, fd), carried)
         try:
             _raise_for(reply)
             if not isinstance(reply, p.Mapped):
@@ -614,14 +817,16 @@ class ClientProcess:
     # -- events ------------------------------------------------------------------------
     def read(self, fd: int, size: int, *, nonblock: bool = False) -> bytes:
         """``read(2)``: events from an accel file (interruptible by :meth:`signal`)."""
-        reply, rfds = self._session().call(p.Read(size, nonblock), [fd])
+        handle, carried = self._target(fd)
+        reply, rfds = self._session().call(p.Read(size, nonblock, handle, fd), carried)
         close_all(rfds)
         _raise_for(reply)
         return reply.data if isinstance(reply, p.Data) else b""
 
     def poll(self, fd: int) -> int:
         """The ready mask of ``fd`` now (``POLLIN``, ``POLLOUT``)."""
-        reply, rfds = self._session().call(p.Poll(), [fd])
+        handle, carried = self._target(fd)
+        reply, rfds = self._session().call(p.Poll(handle, fd), carried)
         close_all(rfds)
         _raise_for(reply)
         return reply.ret if isinstance(reply, p.Result) else 0
@@ -663,6 +868,8 @@ class ClientProcess:
             except OSError:
                 pass
         self._fds.clear()
+        self._nfds.clear()
+        self._handles.clear()
         if self._chan is not None and os.getpid() == self._pid:
             # As close(): what these were the last copies of is released before
             # exit() returns (the server may be gone already: nothing to release).

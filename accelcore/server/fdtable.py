@@ -48,12 +48,18 @@ def is_placeholder(value: int) -> bool:
     return PLACEHOLDER_BASE <= value < PLACEHOLDER_BASE + MAX_FDS
 
 
-@dataclass
+@dataclass(slots=True)
 class CallFds:
-    """The descriptors of one call: those the client sent, and those installed."""
+    """The descriptors of one call: those the client sent (``files``; the
+    references taken for them are ``held``, dropped after the call), those
+    installed (at most ``limit``: the reply's record carries them), and those a
+    native client's table fetched meanwhile (released at :meth:`~ServerFdTable.leave`)."""
 
     files: dict[int, OpenFile] = field(default_factory=dict)
     installed: list[tuple[OpenFile, bool]] = field(default_factory=list)
+    limit: int = MAX_FDS
+    held: list[OpenFile] = field(default_factory=list)
+    fetched: list[OpenFile] = field(default_factory=list)
 
 
 class ServerFdTable(FdTable):
@@ -69,15 +75,25 @@ class ServerFdTable(FdTable):
         self._local = threading.local()
         self._room = room
 
+    def enter(self, ctx: CallFds) -> CallFds | None:
+        """Make ``ctx`` this thread's descriptor table until :meth:`leave`; returns
+        the one it replaces, to pass to :meth:`leave`."""
+        prev: CallFds | None = getattr(self._local, "ctx", None)
+        self._local.ctx = ctx
+        return prev
+
+    def leave(self, ctx: CallFds, prev: CallFds | None) -> None:
+        """End the call :meth:`enter` began."""
+        self._local.ctx = prev
+
     @contextmanager
     def call(self, ctx: CallFds) -> Iterator[CallFds]:
         """Make ``ctx`` this thread's descriptor table for the block."""
-        prev = getattr(self._local, "ctx", None)
-        self._local.ctx = ctx
+        prev = self.enter(ctx)
         try:
             yield ctx
         finally:
-            self._local.ctx = prev
+            self.leave(ctx, prev)
 
     def _ctx(self) -> CallFds:
         ctx: CallFds | None = getattr(self._local, "ctx", None)
@@ -87,8 +103,10 @@ class ServerFdTable(FdTable):
 
     def install(self, file: OpenFile, *, cloexec: bool = True) -> int:
         ctx = self._ctx()
-        if len(ctx.installed) >= MAX_FDS:
-            raise TooManyFiles(f"one call may return at most {MAX_FDS} descriptors")
+        if len(ctx.installed) >= ctx.limit:
+            raise TooManyFiles(
+                f"one reply may carry at most {MAX_FDS} descriptors (this call may add {ctx.limit})"
+            )
         if self._room is not None and len(ctx.installed) >= self._room():
             raise TooManyFiles("the client holds as many open files as the server allows it")
         ctx.installed.append((file, cloexec))

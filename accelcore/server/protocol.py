@@ -14,11 +14,24 @@ Header (little endian)::
     length  u32 body bytes (the record is exactly HEADER.size + length)
     rid     u64 request id, echoed in the reply
 
-Nothing here touches a socket: :func:`encode` turns a message into bytes and
-:func:`decode` turns bytes back into a :class:`Frame`, raising
-:class:`ProtocolError` for anything malformed (bad magic or version, unknown
-type, wrong length, truncated or oversized body, bad UTF-8 or JSON, a field out
-of range). The server closes a connection that sends one.
+Every body is a fixed-layout ``struct`` part, then (for a few types) counted
+arrays and text. Nothing here touches a socket: :func:`encode` turns a message
+into bytes and :func:`decode` turns bytes (or a receive buffer's
+``memoryview``) back into a :class:`Frame`, raising :class:`ProtocolError` for
+anything malformed (bad magic or version, unknown type, wrong length, truncated
+or oversized body, bad UTF-8 or JSON, a field out of range). The server closes
+a connection that sends one; a HELLO of another protocol version is answered
+``EPROTONOSUPPORT`` with a message naming both versions first.
+
+**Handles (version 2).** A request aimed at a file (IOCTL, READ, POLL, MMAP)
+names it by a *handle* of the session, proven once: OPEN's RESULT gives the
+handle of the file it opened, and a request whose ``handle`` is 0 carries its
+target as its first ``SCM_RIGHTS`` descriptor, the server resolves it, and the
+RESULT names the target's handle for later calls. A handle is valid only in
+the session that proved it, lapses when the client says it closed its last
+descriptor of the file (CLOSE with ``forget``) and when the file is released;
+a request naming a lapsed or unknown handle fails ``EBADF``. Descriptors the
+*arguments* name still travel with each call (``fd_numbers``).
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,10 +47,13 @@ __all__ = [
     "ARENA_BIT",
     "HEADER",
     "MAGIC",
+    "MAX_BATCH",
     "MAX_FDS",
     "MAX_MESSAGE",
     "PROTOCOL_VERSION",
     "AddArena",
+    "Batch",
+    "BatchResult",
     "Close",
     "Control",
     "ControlReply",
@@ -56,13 +73,15 @@ __all__ = [
     "Result",
     "Signal",
     "Uevent",
+    "VersionMismatch",
     "Welcome",
     "decode",
     "encode",
 ]
 
 MAGIC = b"ACSV"
-PROTOCOL_VERSION = 1
+#: Version 2: handles instead of a descriptor per call, fixed-layout bodies, BATCH.
+PROTOCOL_VERSION = 2
 HEADER = struct.Struct("<4sHHIIQ")
 #: The largest record either side accepts (header included).
 MAX_MESSAGE = 64 * 1024
@@ -71,12 +90,25 @@ MAX_FDS = 16
 #: Longest text field (command names, error messages).
 MAX_TEXT = 4096
 TOKEN_SIZE = 16
+#: The most calls one BATCH record may carry.
+MAX_BATCH = 64
 #: In MUNMAP's ``mapping_id``: the rest is the address of an arena to remove.
 ARENA_BIT = 1 << 63
 
 
 class ProtocolError(ValueError):
     """A record that does not follow the protocol; the connection is closed."""
+
+
+class VersionMismatch(ProtocolError):
+    """A record of another protocol version (:attr:`version`)."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(
+            f"protocol version {version} is not supported: this side speaks version "
+            f"{PROTOCOL_VERSION} (client and server must come from the same accelcore)"
+        )
+        self.version = version
 
 
 class MsgType(enum.IntEnum):
@@ -93,24 +125,28 @@ class MsgType(enum.IntEnum):
     SIGNAL = 9
     CONTROL = 10
     CLOSE = 11
+    BATCH = 12
     WELCOME = 64
     RESULT = 65
     MAPPED = 66
     DATA = 67
     CONTROL_REPLY = 68
     UEVENT = 69
+    BATCH_RESULT = 70
 
 
-def _text(raw: bytes, what: str) -> str:
+def _text(raw: bytes | memoryview, what: str) -> str:
     if len(raw) > MAX_TEXT:
         raise ProtocolError(f"{what} of {len(raw)} bytes exceeds {MAX_TEXT}")
     try:
-        return raw.decode("utf-8")
+        return bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"{what} is not UTF-8: {exc}") from None
 
 
-def _unpack(fixed: struct.Struct, body: bytes, what: str, *, exact: bool = True) -> tuple[Any, ...]:
+def _unpack(
+    fixed: struct.Struct, body: bytes | memoryview, what: str, *, exact: bool = True
+) -> tuple[Any, ...]:
     if len(body) < fixed.size or (exact and len(body) != fixed.size):
         raise ProtocolError(
             f"{what} body is {len(body)} bytes, expected {'' if exact else 'at least '}{fixed.size}"
@@ -118,9 +154,9 @@ def _unpack(fixed: struct.Struct, body: bytes, what: str, *, exact: bool = True)
     return fixed.unpack_from(body)
 
 
-def _json(raw: bytes, what: str) -> dict[str, Any]:
+def _json(raw: bytes | memoryview, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw.decode("utf-8"))
+        value = json.loads(bytes(raw).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"{what} is not valid JSON: {type(exc).__name__}") from None
     if not isinstance(value, dict):
@@ -134,7 +170,7 @@ def _check_range(value: int, lo: int, hi: int, what: str) -> None:
 
 
 class Message:
-    """Base of every record body. Subclasses are frozen dataclasses."""
+    """Base of every record body. Subclasses are dataclasses with slots."""
 
     TYPE: ClassVar[MsgType]
     #: Descriptors the record carries (messages with a variable count override fd_count).
@@ -149,14 +185,14 @@ class Message:
         return b""
 
     @classmethod
-    def parse(cls, body: bytes) -> Message:
+    def parse(cls, body: bytes | memoryview) -> Message:
         """Decode a body; raise :class:`ProtocolError` if it is malformed."""
         if body:
             raise ProtocolError(f"{cls.TYPE.name} has no body, got {len(body)} bytes")
         return cls()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hello(Message):
     """Start a session: the sender becomes a task (pid and creds from SO_PEERCRED).
 
@@ -178,14 +214,14 @@ class Hello(Message):
         return self._FIXED.pack(flags) + self.comm.encode()
 
     @classmethod
-    def parse(cls, body: bytes) -> Hello:
+    def parse(cls, body: bytes | memoryview) -> Hello:
         (flags,) = _unpack(cls._FIXED, body, "HELLO", exact=False)
         if flags & ~3:
             raise ProtocolError(f"HELLO flags {flags:#x} has unknown bits")
         return cls(bool(flags & 1), _text(body[cls._FIXED.size :], "HELLO comm"), bool(flags & 2))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Welcome(Message):
     """The session is open; ``token`` names it in OPEN requests.
 
@@ -212,7 +248,7 @@ class Welcome(Message):
         )
 
     @classmethod
-    def parse(cls, body: bytes) -> Welcome:
+    def parse(cls, body: bytes | memoryview) -> Welcome:
         token, spid, tpid, n = _unpack(cls._FIXED, body, "WELCOME", exact=False)
         tail = body[cls._FIXED.size :]
         if len(tail) < 8 * n:
@@ -222,7 +258,7 @@ class Welcome(Message):
         return cls(token, spid, tpid, _text(tail[8 * n :], "WELCOME version"), pairs)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AddArena(Message):
     """A sealed memfd (the one descriptor) of user memory at ``addr`` in the client."""
 
@@ -236,16 +272,17 @@ class AddArena(Message):
         return self._FIXED.pack(self.addr, self.size)
 
     @classmethod
-    def parse(cls, body: bytes) -> AddArena:
+    def parse(cls, body: bytes | memoryview) -> AddArena:
         addr, size = _unpack(cls._FIXED, body, "ADD_ARENA")
         _check_range(size, 1, 1 << 40, "ADD_ARENA size")
         _check_range(addr, 1, (1 << 63) - 1, "ADD_ARENA addr")
         return cls(addr, size)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Open(Message):
-    """First record on a node connection; carries the connection's own client end."""
+    """First record on a node connection; carries the connection's own client end.
+    The RESULT names the opened file's handle in the session of ``token``."""
 
     TYPE: ClassVar[MsgType] = MsgType.OPEN
     FDS: ClassVar[int] = 1
@@ -257,64 +294,137 @@ class Open(Message):
         return self._FIXED.pack(self.flags, 0, self.token)
 
     @classmethod
-    def parse(cls, body: bytes) -> Open:
+    def parse(cls, body: bytes | memoryview) -> Open:
         flags, pad, token = _unpack(cls._FIXED, body, "OPEN")
         if pad:
             raise ProtocolError(f"OPEN pad is {pad:#x}, must be 0")
         return cls(flags, token)
 
 
-@dataclass(frozen=True, slots=True)
+def _fd_numbers(body: bytes | memoryview, at: int, n: int, what: str) -> tuple[int, ...]:
+    _check_range(n, 0, MAX_FDS, f"{what} descriptor count")
+    if len(body) < at + 4 * n:
+        raise ProtocolError(f"{what} names {n} descriptors but its body ends at {len(body)} bytes")
+    return struct.unpack_from(f"<{n}i", body, at) if n else ()
+
+
+@dataclass(slots=True)
 class Ioctl(Message):
-    """``ioctl(fd, cmd, argp)``. The descriptors are the target, then any named by
-    the arguments; ``fd_numbers`` are their numbers in the client."""
+    """``ioctl(fd, cmd, argp)`` on the file of session handle ``handle`` (its number
+    in the client is ``fd``). With ``handle`` 0 the target travels as the record's
+    first descriptor (and the RESULT names its handle); the descriptors the
+    arguments name follow, ``fd_numbers`` being their numbers in the client.
+
+    Body: ``cmd u32, handle u32, argp u64, fd i32, nargs u32``, then ``nargs``
+    ``i32`` numbers.
+    """
 
     TYPE: ClassVar[MsgType] = MsgType.IOCTL
-    _FIXED: ClassVar[struct.Struct] = struct.Struct("<IIQ")
+    FIXED: ClassVar[struct.Struct] = struct.Struct("<IIQiI")
     cmd: int
     argp: int
-    fd_numbers: tuple[int, ...]
+    fd: int
+    handle: int = 0
+    fd_numbers: tuple[int, ...] = ()
 
     def fd_count(self) -> int:
-        return len(self.fd_numbers)
+        return len(self.fd_numbers) + (not self.handle)
 
     def body(self) -> bytes:
         n = len(self.fd_numbers)
-        return self._FIXED.pack(self.cmd, n, self.argp) + struct.pack(f"<{n}i", *self.fd_numbers)
+        head = self.FIXED.pack(self.cmd, self.handle, self.argp, self.fd, n)
+        return head + struct.pack(f"<{n}i", *self.fd_numbers) if n else head
 
     @classmethod
-    def parse(cls, body: bytes) -> Ioctl:
-        cmd, n, argp = _unpack(cls._FIXED, body, "IOCTL", exact=False)
-        _check_range(n, 1, MAX_FDS, "IOCTL descriptor count")
-        tail = body[cls._FIXED.size :]
-        if len(tail) != 4 * n:
-            raise ProtocolError(f"IOCTL names {n} descriptors but carries {len(tail)} bytes")
-        return cls(cmd, argp, struct.unpack(f"<{n}i", tail))
+    def parse(cls, body: bytes | memoryview) -> Ioctl:
+        msg, end = cls.parse_from(body, 0)
+        if end != len(body):
+            raise ProtocolError(f"IOCTL body is {len(body)} bytes, expected {end}")
+        return msg
+
+    @classmethod
+    def parse_from(cls, body: bytes | memoryview, at: int) -> tuple[Ioctl, int]:
+        """The call at offset ``at`` of ``body`` and the offset after it."""
+        if len(body) < at + cls.FIXED.size:
+            raise ProtocolError(f"IOCTL body is {len(body) - at} bytes, expected {cls.FIXED.size}")
+        cmd, handle, argp, fd, n = cls.FIXED.unpack_from(body, at)
+        at += cls.FIXED.size
+        numbers = _fd_numbers(body, at, n, "IOCTL")
+        if n + (not handle) > MAX_FDS:
+            raise ProtocolError(f"IOCTL carries {n + (not handle)} descriptors, over {MAX_FDS}")
+        return cls(cmd, argp, fd, handle, numbers), at + 4 * n
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
+class Batch(Message):
+    """Several IOCTLs in one record, run in order, each exactly as if it had come
+    alone (its own result, errno and restart); answered by one BATCH_RESULT. The
+    record's descriptors are those of its calls, in order.
+
+    Body: ``count u32, pad u32``, then each call's IOCTL body.
+    """
+
+    TYPE: ClassVar[MsgType] = MsgType.BATCH
+    FIXED: ClassVar[struct.Struct] = struct.Struct("<II")
+    calls: tuple[Ioctl, ...]
+
+    def fd_count(self) -> int:
+        return sum(c.fd_count() for c in self.calls)
+
+    def body(self) -> bytes:
+        return self.FIXED.pack(len(self.calls), 0) + b"".join(c.body() for c in self.calls)
+
+    @classmethod
+    def parse(cls, body: bytes | memoryview) -> Batch:
+        count, pad = _unpack(cls.FIXED, body, "BATCH", exact=False)
+        _check_range(count, 1, MAX_BATCH, "BATCH count")
+        if pad:
+            raise ProtocolError(f"BATCH pad is {pad:#x}, must be 0")
+        at, calls = cls.FIXED.size, []
+        for _ in range(count):
+            call, at = Ioctl.parse_from(body, at)
+            calls.append(call)
+        if at != len(body):
+            raise ProtocolError(f"BATCH body is {len(body)} bytes, its calls end at {at}")
+        msg = cls(tuple(calls))
+        if msg.fd_count() > MAX_FDS:
+            raise ProtocolError(f"BATCH carries {msg.fd_count()} descriptors, more than {MAX_FDS}")
+        return msg
+
+
+#: READ, POLL and MMAP's target: ``handle u32, fd i32`` (as IOCTL's).
+_TARGET = "Ii"
+
+
+@dataclass(slots=True)
 class Mmap(Message):
-    """``mmap`` of the one descriptor."""
+    """``mmap`` of the file of ``handle`` (0: the one descriptor carried)."""
 
     TYPE: ClassVar[MsgType] = MsgType.MMAP
-    FDS: ClassVar[int] = 1
-    _FIXED: ClassVar[struct.Struct] = struct.Struct("<QQII")
+    _FIXED: ClassVar[struct.Struct] = struct.Struct(f"<QQI{_TARGET}I")
     offset: int
     length: int
     writable: bool
+    handle: int = 0
+    fd: int = -1
+
+    def fd_count(self) -> int:
+        return int(not self.handle)
 
     def body(self) -> bytes:
-        return self._FIXED.pack(self.offset, self.length, int(self.writable), 0)
+        return self._FIXED.pack(
+            self.offset, self.length, int(self.writable), self.handle, self.fd, 0
+        )
 
     @classmethod
-    def parse(cls, body: bytes) -> Mmap:
-        offset, length, writable, pad = _unpack(cls._FIXED, body, "MMAP")
+    def parse(cls, body: bytes | memoryview) -> Mmap:
+        offset, length, writable, handle, fd, pad = _unpack(cls._FIXED, body, "MMAP")
         if writable > 1 or pad:
             raise ProtocolError(f"MMAP writable {writable} / pad {pad} out of range")
-        return cls(offset, length, bool(writable))
+        return cls(offset, length, bool(writable), handle, fd)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Munmap(Message):
     """Drop a mapping made by MMAP; or, with :data:`ARENA_BIT` set in ``mapping_id``,
     the arena added at that address (the client unmapped its memory)."""
@@ -327,106 +437,176 @@ class Munmap(Message):
         return self._FIXED.pack(self.mapping_id)
 
     @classmethod
-    def parse(cls, body: bytes) -> Munmap:
+    def parse(cls, body: bytes | memoryview) -> Munmap:
         return cls(*_unpack(cls._FIXED, body, "MUNMAP"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Read(Message):
-    """``read`` of the one descriptor."""
+    """``read`` of the file of ``handle`` (0: the one descriptor carried)."""
 
     TYPE: ClassVar[MsgType] = MsgType.READ
-    FDS: ClassVar[int] = 1
-    _FIXED: ClassVar[struct.Struct] = struct.Struct("<II")
+    _FIXED: ClassVar[struct.Struct] = struct.Struct(f"<II{_TARGET}")
     size: int
     nonblock: bool
+    handle: int = 0
+    fd: int = -1
+
+    def fd_count(self) -> int:
+        return int(not self.handle)
 
     def body(self) -> bytes:
-        return self._FIXED.pack(self.size, int(self.nonblock))
+        return self._FIXED.pack(self.size, int(self.nonblock), self.handle, self.fd)
 
     @classmethod
-    def parse(cls, body: bytes) -> Read:
-        size, nonblock = _unpack(cls._FIXED, body, "READ")
+    def parse(cls, body: bytes | memoryview) -> Read:
+        size, nonblock, handle, fd = _unpack(cls._FIXED, body, "READ")
         _check_range(size, 0, MAX_MESSAGE - HEADER.size, "READ size")
         _check_range(nonblock, 0, 1, "READ nonblock")
-        return cls(size, bool(nonblock))
+        return cls(size, bool(nonblock), handle, fd)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Poll(Message):
-    """The ready mask of the one descriptor."""
+    """The ready mask of the file of ``handle`` (0: the one descriptor carried)."""
 
     TYPE: ClassVar[MsgType] = MsgType.POLL
-    FDS: ClassVar[int] = 1
+    _FIXED: ClassVar[struct.Struct] = struct.Struct(f"<{_TARGET}")
+    handle: int = 0
+    fd: int = -1
+
+    def fd_count(self) -> int:
+        return int(not self.handle)
+
+    def body(self) -> bytes:
+        return self._FIXED.pack(self.handle, self.fd)
+
+    @classmethod
+    def parse(cls, body: bytes | memoryview) -> Poll:
+        return cls(*_unpack(cls._FIXED, body, "POLL"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Signal(Message):
     """A signal for the session's task: its current or next wait is interrupted."""
 
     TYPE: ClassVar[MsgType] = MsgType.SIGNAL
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Close(Message):
     """The client closed a descriptor whose file is ``(st_dev, st_ino)``: if that
     was the last copy anywhere, release the file before replying, so that
-    ``close(2)`` returns only after the release (as the kernel's last ``fput``)."""
+    ``close(2)`` returns only after the release (as the kernel's last ``fput``).
+    ``forget``: it was this process's last descriptor of the file, so the
+    session's handle for it lapses (later calls naming it fail ``EBADF``)."""
 
     TYPE: ClassVar[MsgType] = MsgType.CLOSE
-    _FIXED: ClassVar[struct.Struct] = struct.Struct("<QQ")
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<QQII")
     dev: int
     ino: int
+    forget: bool = False
 
     def body(self) -> bytes:
-        return self._FIXED.pack(self.dev, self.ino)
+        return self._FIXED.pack(self.dev, self.ino, int(self.forget), 0)
 
     @classmethod
-    def parse(cls, body: bytes) -> Close:
-        return cls(*_unpack(cls._FIXED, body, "CLOSE"))
+    def parse(cls, body: bytes | memoryview) -> Close:
+        dev, ino, forget, pad = _unpack(cls._FIXED, body, "CLOSE")
+        if forget > 1 or pad:
+            raise ProtocolError(f"CLOSE forget {forget} / pad {pad} out of range")
+        return cls(dev, ino, bool(forget))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Result(Message):
     """The outcome of a request: a return value, or an errno and a message.
 
     Descriptors the call installed travel with it; ``placeholders`` are the numbers
     the engine wrote for them (into the arguments or the return value), in order.
+    ``handle``: the session handle of the request's target when the request carried
+    it as a descriptor (or of the file OPEN opened); 0 otherwise.
+
+    Body: ``ret i64, errno i32, nfds u32, mlen u32, handle u32``, then ``nfds``
+    ``i32`` placeholders and ``mlen`` bytes of UTF-8 message.
     """
 
     TYPE: ClassVar[MsgType] = MsgType.RESULT
-    _FIXED: ClassVar[struct.Struct] = struct.Struct("<qiII")
+    FIXED: ClassVar[struct.Struct] = struct.Struct("<qiIII")
     ret: int = 0
     errno: int = 0
     placeholders: tuple[int, ...] = ()
     message: str = ""
+    handle: int = 0
 
     def fd_count(self) -> int:
         return len(self.placeholders)
 
     def body(self) -> bytes:
-        msg = self.message.encode()[:MAX_TEXT]
+        msg = self.message.encode()[:MAX_TEXT] if self.message else b""
         n = len(self.placeholders)
-        return (
-            self._FIXED.pack(self.ret, self.errno, n, len(msg))
-            + struct.pack(f"<{n}i", *self.placeholders)
-            + msg
-        )
+        head = self.FIXED.pack(self.ret, self.errno, n, len(msg), self.handle)
+        if not n and not msg:
+            return head
+        return head + struct.pack(f"<{n}i", *self.placeholders) + msg
 
     @classmethod
-    def parse(cls, body: bytes) -> Result:
-        ret, err, n, mlen = _unpack(cls._FIXED, body, "RESULT", exact=False)
-        _check_range(n, 0, MAX_FDS, "RESULT descriptor count")
+    def parse(cls, body: bytes | memoryview) -> Result:
+        msg, end = cls.parse_from(body, 0)
+        if end != len(body):
+            raise ProtocolError(f"RESULT body is {len(body)} bytes, expected {end}")
+        return msg
+
+    @classmethod
+    def parse_from(cls, body: bytes | memoryview, at: int) -> tuple[Result, int]:
+        """The result at offset ``at`` of ``body`` and the offset after it."""
+        if len(body) < at + cls.FIXED.size:
+            raise ProtocolError(f"RESULT body is {len(body) - at} bytes, expected {cls.FIXED.size}")
+        ret, err, n, mlen, handle = cls.FIXED.unpack_from(body, at)
         _check_range(err, 0, 4095, "RESULT errno")
-        tail = body[cls._FIXED.size :]
-        if len(tail) != 4 * n + mlen:
-            raise ProtocolError(f"RESULT tail is {len(tail)} bytes, expected {4 * n + mlen}")
-        return cls(
-            ret, err, struct.unpack_from(f"<{n}i", tail), _text(tail[4 * n :], "RESULT message")
-        )
+        at += cls.FIXED.size
+        placeholders = _fd_numbers(body, at, n, "RESULT")
+        at += 4 * n
+        if mlen > MAX_TEXT or len(body) < at + mlen:
+            raise ProtocolError(f"RESULT message of {mlen} bytes does not fit its body")
+        text = _text(bytes(body[at : at + mlen]), "RESULT message") if mlen else ""
+        return cls(ret, err, placeholders, text, handle), at + mlen
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
+class BatchResult(Message):
+    """The results of a BATCH, in the order of its calls; the descriptors of each
+    follow those of the one before.
+
+    Body: ``count u32, pad u32``, then each call's RESULT body.
+    """
+
+    TYPE: ClassVar[MsgType] = MsgType.BATCH_RESULT
+    FIXED: ClassVar[struct.Struct] = struct.Struct("<II")
+    results: tuple[Result, ...]
+
+    def fd_count(self) -> int:
+        return sum(len(r.placeholders) for r in self.results)
+
+    def body(self) -> bytes:
+        return self.FIXED.pack(len(self.results), 0) + b"".join(r.body() for r in self.results)
+
+    @classmethod
+    def parse(cls, body: bytes | memoryview) -> BatchResult:
+        count, pad = _unpack(cls.FIXED, body, "BATCH_RESULT", exact=False)
+        _check_range(count, 1, MAX_BATCH, "BATCH_RESULT count")
+        if pad:
+            raise ProtocolError(f"BATCH_RESULT pad is {pad:#x}, must be 0")
+        at, results = cls.FIXED.size, []
+        for _ in range(count):
+            res, at = Result.parse_from(body, at)
+            results.append(res)
+        if at != len(body):
+            raise ProtocolError(f"BATCH_RESULT body is {len(body)} bytes, its results end at {at}")
+        return cls(tuple(results))
+
+
+@dataclass(slots=True)
 class Mapped(Message):
     """MMAP succeeded: the descriptor is the backing memfd; map ``length`` bytes at
     ``memfd_offset`` of it."""
@@ -442,11 +622,11 @@ class Mapped(Message):
         return self._FIXED.pack(self.mapping_id, self.memfd_offset, self.length)
 
     @classmethod
-    def parse(cls, body: bytes) -> Mapped:
+    def parse(cls, body: bytes | memoryview) -> Mapped:
         return cls(*_unpack(cls._FIXED, body, "MAPPED"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Data(Message):
     """Bytes READ returned."""
 
@@ -457,11 +637,11 @@ class Data(Message):
         return self.data
 
     @classmethod
-    def parse(cls, body: bytes) -> Data:
+    def parse(cls, body: bytes | memoryview) -> Data:
         return cls(bytes(body))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Control(Message):
     """A control-endpoint request: ``{"op": ..., ...}`` as JSON."""
 
@@ -472,14 +652,14 @@ class Control(Message):
         return json.dumps(self.request, default=str).encode()
 
     @classmethod
-    def parse(cls, body: bytes) -> Control:
+    def parse(cls, body: bytes | memoryview) -> Control:
         req = _json(body, "CONTROL")
         if not isinstance(req.get("op"), str):
             raise ProtocolError("CONTROL request has no string 'op'")
         return cls(req)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ControlReply(Message):
     """``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``."""
 
@@ -490,11 +670,11 @@ class ControlReply(Message):
         return json.dumps(self.reply, default=str).encode()
 
     @classmethod
-    def parse(cls, body: bytes) -> ControlReply:
+    def parse(cls, body: bytes | memoryview) -> ControlReply:
         return cls(_json(body, "CONTROL_REPLY"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Uevent(Message):
     """One uevent of a subscription: action, devpath, subsystem, seqnum, env."""
 
@@ -505,7 +685,7 @@ class Uevent(Message):
         return json.dumps(self.event, default=str).encode()
 
     @classmethod
-    def parse(cls, body: bytes) -> Uevent:
+    def parse(cls, body: bytes | memoryview) -> Uevent:
         return cls(_json(body, "UEVENT"))
 
 
@@ -517,6 +697,7 @@ _TYPES: dict[int, type[Message]] = {
         AddArena,
         Open,
         Ioctl,
+        Batch,
         Mmap,
         Munmap,
         Read,
@@ -525,6 +706,7 @@ _TYPES: dict[int, type[Message]] = {
         Control,
         Close,
         Result,
+        BatchResult,
         Mapped,
         Data,
         ControlReply,
@@ -533,7 +715,7 @@ _TYPES: dict[int, type[Message]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Frame:
     """A decoded record: its request id and message."""
 
@@ -560,30 +742,53 @@ def encode(message: Message, rid: int = 0) -> bytes:
     return HEADER.pack(MAGIC, PROTOCOL_VERSION, message.TYPE, 0, len(body), rid) + body
 
 
-def decode(data: bytes | bytearray | memoryview) -> Frame:
-    """Parse one record.
+_IOCTL_RECORD = struct.Struct(HEADER.format + Ioctl.FIXED.format[1:])
+
+
+def encode_ioctl(
+    rid: int, cmd: int, argp: int, fd: int, handle: int = 0, fd_numbers: Sequence[int] = ()
+) -> bytes:
+    """``encode(Ioctl(cmd, argp, fd, handle, fd_numbers), rid)``, in one ``pack``
+    and without building the message: the clients' per-call path.
 
     Raises:
-        ProtocolError: anything malformed (the message says what).
+        struct.error: a field does not fit its type (``cmd`` in 32 bits…).
     """
-    raw = bytes(data)
-    if len(raw) < HEADER.size:
-        raise ProtocolError(f"record of {len(raw)} bytes is shorter than the header")
-    if len(raw) > MAX_MESSAGE:
-        raise ProtocolError(f"record of {len(raw)} bytes exceeds {MAX_MESSAGE}")
-    magic, version, mtype, flags, length, rid = HEADER.unpack_from(raw)
+    n = len(fd_numbers)
+    head = _IOCTL_RECORD.pack(
+        MAGIC, PROTOCOL_VERSION, _IOCTL, 0, Ioctl.FIXED.size + 4 * n, rid, cmd, handle, argp, fd, n
+    )
+    return head + struct.pack(f"<{n}i", *fd_numbers) if n else head
+
+
+_IOCTL = int(MsgType.IOCTL)
+
+
+def decode(data: bytes | bytearray | memoryview) -> Frame:
+    """Parse one record (a receive buffer's ``memoryview`` is parsed in place).
+
+    Raises:
+        VersionMismatch: the record is of another protocol version.
+        ProtocolError: anything else malformed (the message says what).
+    """
+    size = len(data)
+    if size < HEADER.size:
+        raise ProtocolError(f"record of {size} bytes is shorter than the header")
+    if size > MAX_MESSAGE:
+        raise ProtocolError(f"record of {size} bytes exceeds {MAX_MESSAGE}")
+    magic, version, mtype, flags, length, rid = HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise ProtocolError(f"bad magic {magic!r}")
+        raise ProtocolError(f"bad magic {bytes(magic)!r}")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version} is not {PROTOCOL_VERSION}")
+        raise VersionMismatch(version)
     if flags:
         raise ProtocolError(f"header flags {flags:#x} must be 0")
-    if length != len(raw) - HEADER.size:
-        raise ProtocolError(f"header says {length} body bytes, record has {len(raw) - HEADER.size}")
+    if length != size - HEADER.size:
+        raise ProtocolError(f"header says {length} body bytes, record has {size - HEADER.size}")
     cls = _TYPES.get(mtype)
     if cls is None:
         raise ProtocolError(f"unknown message type {mtype}")
     try:
-        return Frame(rid, cls.parse(raw[HEADER.size :]))
+        return Frame(rid, cls.parse(memoryview(data)[HEADER.size :]))
     except struct.error as exc:
         raise ProtocolError(f"{cls.TYPE.name}: {exc}") from None

@@ -121,7 +121,7 @@ def raise_nofile_limit() -> int:
 
 
 @dataclass(eq=False)
-class _FileEnd:
+class FileEnd:
     """The server end of an open file's connection."""
 
     sock: socket.socket
@@ -202,10 +202,10 @@ class Server:
         self._post_lock = threading.Lock()
         self._listeners: dict[str, socket.socket] = {}
         self._control: socket.socket | None = None
-        self._ends: dict[int, _FileEnd] = {}
+        self._ends: dict[int, FileEnd] = {}
         #: Ends released by a client's CLOSE whose sockets the selector has yet to forget.
-        self._closing_ends: set[_FileEnd] = set()
-        self._by_key: dict[tuple[int, int], _FileEnd] = {}
+        self._closing_ends: set[FileEnd] = set()
+        self._by_key: dict[tuple[int, int], FileEnd] = {}
         self._sessions: dict[bytes, Session] = {}
         self._threads: set[threading.Thread] = set()
         self._thread: threading.Thread | None = None
@@ -432,7 +432,7 @@ class Server:
             conn = self._accept(sock)
             if conn is not None:
                 self._spawn(self._run_session, conn, name="accel-session")
-        elif isinstance(what, _FileEnd):
+        elif isinstance(what, FileEnd):
             try:
                 data = what.sock.recv(p.MAX_MESSAGE)
             except BlockingIOError:
@@ -578,10 +578,11 @@ class Server:
                 with self.clock.lock:
                     self.check_file_room(pid, session.uid)
                     file = session.syscalls.open_file(session.task, path, msg.flags)
-                    end = _FileEnd(
+                    end = FileEnd(
                         conn, file, key, f"{path} (pid {pid})", pid, session.uid, session.token
                     )
                     self._by_key[key] = end
+                    handle = session.add_handle(end)
             except OSError as exc:
                 code = exc.errno if exc.errno and 0 < exc.errno < 4096 else errno.EIO
                 send_record(
@@ -589,7 +590,7 @@ class Server:
                 )
                 conn.close()
                 return
-            send_record(conn, p.encode(p.Result(), frame.rid))
+            send_record(conn, p.encode(p.Result(handle=handle), frame.rid))
             conn.setblocking(False)
             self.post(lambda: self._watch(end))
         except p.ProtocolError as exc:
@@ -602,14 +603,14 @@ class Server:
             log.exception("internal error opening %s", path)
             conn.close()
 
-    def _watch(self, end: _FileEnd) -> None:
+    def _watch(self, end: FileEnd) -> None:
         if self._stopping or end.closed:
             self._release_end(end)
             return
         self._ends[end.sock.fileno()] = end
         self._sel.register(end.sock, selectors.EVENT_READ, end)
 
-    def _release_end(self, end: _FileEnd) -> None:
+    def _release_end(self, end: FileEnd) -> None:
         """Selector thread: release the file (if not yet) and forget its socket."""
         self._release_file(end)
         fileno = end.sock.fileno()
@@ -620,7 +621,7 @@ class Server:
         with self.clock.lock:
             self._closing_ends.discard(end)
 
-    def _release_file(self, end: _FileEnd) -> None:
+    def _release_file(self, end: FileEnd) -> None:
         """Drop the open file's reference once (any thread)."""
         with self.clock.lock:
             if end.closed:
@@ -710,7 +711,7 @@ class Server:
         client end's descriptor, to be sent and then closed by the caller; the file
         is charged to client process ``pid`` of ``uid`` (session ``session``)."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        end = _FileEnd(mine, file, _key(theirs.fileno()), f"{file.kind} file", pid, uid, session)
+        end = FileEnd(mine, file, _key(theirs.fileno()), f"{file.kind} file", pid, uid, session)
         mine.setblocking(False)
         with self.clock.lock:
             self._by_key[end.key] = end
@@ -720,15 +721,22 @@ class Server:
     def lookup_fd(self, fd: int) -> OpenFile | None:
         """The open file behind a received descriptor (with a new reference), if it
         is the client end of one of ours."""
+        end = self.lookup_end(fd)
+        return end.file if end is not None else None
+
+    def lookup_end(self, fd: int) -> FileEnd | None:
+        """The server end of the file behind a received descriptor, with a new
+        reference on its file, if the descriptor is the client end of one of ours."""
         try:
             key = _key(fd)
         except OSError:
             return None
         with self.clock.lock:
             end = self._by_key.get(key)
-            if end is None or end.file.released:
+            if end is None or end.closed or end.file.released:
                 return None
-            return end.file.get()
+            end.file.get()
+            return end
 
     # -- sessions ------------------------------------------------------------------------
     def _run_session(self, conn: socket.socket) -> None:

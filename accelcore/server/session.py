@@ -4,12 +4,15 @@ A session is a connection to ``<runtime>/control`` that said HELLO. The peer's
 pid, uid and gid (``SO_PEERCRED``) become a :class:`~accelcore.task.Task`; the
 memfd arenas the client sends are mapped into the task's address space at the
 client's own addresses, so user pointers in ioctl arguments need no copying.
-Requests arrive here with the descriptors they name; the session resolves them
-to the server's files and makes the call through the system-call layer
-(:class:`~accelcore.syscalls.Syscalls`), with the task's descriptor table holding
-those files for the length of the call. Calls that may sleep (as the layer
-answers) run on the session's worker threads, so a blocked call never stops the
-session from taking a ``SIGNAL`` that interrupts it.
+A request names its target file by a *handle* the session proved once (at OPEN,
+or the first time the client sent that descriptor), and carries the descriptors
+its arguments name; the session resolves them to the server's files and makes
+the call through the system-call layer (:class:`~accelcore.syscalls.Syscalls`),
+with the task's descriptor table holding those files for the length of the
+call. A BATCH runs its calls in order, each as if it had come alone. Calls
+that may sleep (as the layer answers) run on the session's worker threads, so
+a blocked call never stops the session from taking a ``SIGNAL`` that
+interrupts it.
 
 When the connection ends (the process exited or was killed) every wait of the
 task is interrupted, its mappings are dropped and the task exits.
@@ -31,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AccelError, NoMemory
+from ..errors import AccelError, BadFd, NoMemory
 from ..memory import PAGE_SIZE, SharedMemory, charge_to
 from ..syscalls import Syscalls, fd_offsets, ioctl_may_sleep, read_may_sleep
 from ..sysfs import Uevent as SysUevent
@@ -39,11 +42,11 @@ from ..task import Task
 from ..udmabuf import WRITE_SEALS, MemfdFile
 from ..vfs import Mapping, OpenFile
 from . import protocol as p
-from .fdtable import PLACEHOLDER_BASE, TARGET_FD, CallFds, ServerFdTable, backing_memory
-from .wire import close_all, pass_credentials, peer_credentials, recv_record_creds, send_record
+from .fdtable import PLACEHOLDER_BASE, CallFds, ServerFdTable, backing_memory
+from .wire import RecordReader, close_all, pass_credentials, peer_credentials, send_record
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .server import FileEnd, Server
 
 __all__ = ["Session"]
 
@@ -118,6 +121,12 @@ class Session:
         self._next_mapping = 1
         self._charge = _BufferCharge(server, self.pid, self.uid)
         self._unwatch: Any = None
+        self._reader = RecordReader(sock, creds=True)
+        #: Handles this session proved: handle -> the server end of the file, and
+        #: the file's key -> handle (guarded by ``clock.lock``).
+        self._handles: dict[int, FileEnd] = {}
+        self._handle_of: dict[tuple[int, int], int] = {}
+        self._next_handle = 1
         #: The native client's pidfd said it exited: nothing more is served.
         self.process_gone = False
         self.closing = False
@@ -135,18 +144,21 @@ class Session:
             log.debug("pid %d: reply %s not sent: %s", self.pid, message.TYPE.name, exc)
 
     def _fail(self, rid: int, exc: BaseException) -> None:
+        self.send(self._error_result(exc), rid)
+
+    def _error_result(self, exc: BaseException) -> p.Result:
+        """The RESULT a failed call answers with."""
         # (An interrupted call reaches here as EINTR: the system-call layer
         # turns RestartSyscall into Interrupted or restarts the call.)
         if self.closing and isinstance(exc, OSError) and exc.errno == errno.EINTR:
             # Interrupted by the server's own stop, not by a signal of the client:
             # the device is going away, as after a hot-unplug.
-            self.send(p.Result(errno=errno.ENODEV, message="the devfs server is stopping"), rid)
-        elif isinstance(exc, OSError):
+            return p.Result(errno=errno.ENODEV, message="the devfs server is stopping")
+        if isinstance(exc, OSError):
             code = exc.errno if exc.errno and 0 < exc.errno < 4096 else errno.EIO
-            self.send(p.Result(errno=code, message=str(exc.strerror or exc)), rid)
-        else:
-            log.exception("pid %d: internal error serving a request", self.pid)
-            self.send(p.Result(errno=errno.EIO, message=f"server error: {exc!r}"), rid)
+            return p.Result(errno=code, message=str(exc.strerror or exc))
+        log.error("pid %d: internal error serving a request", self.pid, exc_info=exc)
+        return p.Result(errno=errno.EIO, message=f"server error: {exc!r}")
 
     def run(self) -> None:
         """Serve the connection until it ends; never raises."""
@@ -155,8 +167,9 @@ class Session:
             # A connection that says nothing within the timeout is closed: silent
             # connects must not hold a thread and a descriptor for ever.
             self.sock.settimeout(self.server.limits.hello_timeout)
+            recv = self._reader.recv
             while not self.closing:
-                data, fds, creds = recv_record_creds(self.sock)
+                data, fds, creds = recv()
                 if first:
                     first = False
                     self.sock.settimeout(None)
@@ -164,7 +177,12 @@ class Session:
                     close_all(fds)
                     break
                 try:
-                    frame = p.decode(data)
+                    try:
+                        frame = p.decode(data)
+                    except p.VersionMismatch as exc:
+                        if self.task is None:  # say why before closing
+                            self.send(p.Result(errno=errno.EPROTONOSUPPORT, message=str(exc)))
+                        raise
                     if frame.message.fd_count() != len(fds):
                         raise p.ProtocolError(
                             f"{frame.message.TYPE.name} needs {frame.message.fd_count()} "
@@ -238,11 +256,24 @@ class Session:
         return False
 
     def _handle(self, rid: int, msg: p.Message, fds: list[int]) -> bool:
-        if isinstance(msg, p.Control):
+        kind = type(msg)
+        if self.task is not None:
+            # The hot requests first: one type test each.
+            if kind is p.Ioctl:
+                assert isinstance(msg, p.Ioctl)
+                self._ioctl(rid, msg, fds)
+                return True
+            if kind is p.Batch:
+                assert isinstance(msg, p.Batch)
+                self._batch(rid, msg, fds)
+                return True
+        if kind is p.Control:
+            assert isinstance(msg, p.Control)
             return self._control(rid, msg)
-        if isinstance(msg, p.Hello):
+        if kind is p.Hello:
             if self.task is not None:
                 raise p.ProtocolError("second HELLO on one session")
+            assert isinstance(msg, p.Hello)
             self._hello(rid, msg)
             return True
         if self.task is None:
@@ -250,8 +281,8 @@ class Session:
             raise p.ProtocolError(f"{msg.TYPE.name} before HELLO")
         if isinstance(msg, p.Signal):
             self.syscalls.signal(self.task)
-        elif isinstance(msg, p.Ioctl | p.Read):
-            self._submit(rid, msg, fds)
+        elif isinstance(msg, p.Read):
+            self._read(rid, msg, fds)
         elif isinstance(msg, p.AddArena):
             self._guard(rid, self._add_arena, msg, fds)
         elif isinstance(msg, p.Mmap):
@@ -405,9 +436,10 @@ class Session:
             wake_r.close()
             wake_w.close()
 
-    # -- descriptors -------------------------------------------------------------
+    # -- descriptors and handles ---------------------------------------------------
     def _resolve(self, fds: list[int]) -> list[OpenFile]:
-        """The files behind received descriptors, each with a reference for the call.
+        """The files behind received descriptors, each with a reference for the call
+        (the descriptors are closed).
 
         Our sockets resolve through the server's registry; a memfd becomes a
         :class:`MemfdFile` over the same pages; anything else is an opaque file
@@ -429,73 +461,229 @@ class Session:
             raise
         return out
 
-    def _target(self, file: OpenFile) -> contextlib.AbstractContextManager[CallFds]:
-        """The task's descriptor table for a request whose one descriptor is its
-        target: that file, under :data:`~accelcore.server.fdtable.TARGET_FD`."""
-        assert self.task is not None and isinstance(self.task.files, ServerFdTable)
-        return self.task.files.call(CallFds(files={TARGET_FD: file}))
+    def add_handle(self, end: FileEnd) -> int:
+        """This session's handle for the file of ``end`` (the one it has, or a new
+        one); 0 if the session holds as many handles as it may (the client then
+        keeps sending that descriptor with each call). Call under ``clock.lock``."""
+        h = self._handle_of.get(end.key)
+        if h is not None and self._handles.get(h) is end:
+            return h
+        cap = max(64, 2 * self.server.limits.files_per_client)
+        if len(self._handles) >= cap:
+            for old, e in list(self._handles.items()):
+                if e.closed:
+                    del self._handles[old]
+                    if self._handle_of.get(e.key) == old:
+                        del self._handle_of[e.key]
+            if len(self._handles) >= cap:
+                return 0
+        h = self._next_handle
+        if h > 0xFFFF_FFFF:
+            return 0
+        self._next_handle += 1
+        self._handles[h] = end
+        self._handle_of[end.key] = h
+        return h
+
+    def _forget(self, key: tuple[int, int]) -> None:
+        """The client closed its last descriptor of the file ``key``: its handle lapses."""
+        with self.clock.lock:
+            h = self._handle_of.pop(key, None)
+            if h is not None:
+                self._handles.pop(h, None)
+
+    def _target(self, handle: int, fd: int, fds: list[int]) -> tuple[OpenFile, int]:
+        """The target of a request, with a reference: the file of session handle
+        ``handle``; or, with ``handle`` 0, of the descriptor ``fds[0]`` (taken off the
+        list and closed), which is given a handle if it is one of ours.
+
+        Returns:
+            ``(file, handle proven by this request or 0)``.
+
+        Raises:
+            BadFd: ``handle`` is not a handle of this session, or its file was
+                released (``EBADF``).
+        """
+        if handle:
+            with self.clock.lock:
+                end = self._handles.get(handle)
+                if end is None or end.closed or end.file.released:
+                    raise BadFd(
+                        f"file descriptor {fd} (handle {handle}) is not open in this session"
+                    )
+                return end.file.get(), 0
+        sent = fds.pop(0)
+        end = self.server.lookup_end(sent)
+        if end is None:
+            return self._resolve([sent])[0], 0
+        os.close(sent)
+        with self.clock.lock:
+            return end.file, self.add_handle(end)
+
+    def _files(
+        self, handle: int, fd: int, numbers: tuple[int, ...], fds: list[int]
+    ) -> tuple[CallFds, int]:
+        """The descriptor table of one call: its target under ``fd`` and the files
+        of the argument descriptors (``fds``, consumed) under their ``numbers``,
+        each with a reference; and the handle proven for the target (or 0)."""
+        target, proven = self._target(handle, fd, fds)
+        try:
+            args = self._resolve([fds.pop(0) for _ in numbers])
+        except BaseException:
+            self._put([target])
+            raise
+        files = {fd: target}
+        files.update(zip(numbers, args, strict=True))
+        return CallFds(files, held=[target, *args]), proven
 
     def _put(self, files: list[OpenFile]) -> None:
         with self.clock.lock:
             for f in files:
                 f.put()
 
-    # -- calls that may sleep ---------------------------------------------------------
-    def _submit(self, rid: int, msg: p.Message, fds: list[int]) -> None:
+    # -- calls ---------------------------------------------------------------------
+    def _ioctl(self, rid: int, msg: p.Ioctl, fds: list[int]) -> None:
         try:
-            files = self._resolve(fds)
+            ctx, proven = self._files(msg.handle, msg.fd, msg.fd_numbers, fds)
         except Exception as exc:
+            close_all(fds)
             self._fail(rid, exc)
             return
-        if not _may_sleep(msg, files):
+        if not ioctl_may_sleep(ctx.files[msg.fd], msg.cmd):
             # Most ioctls (INFO, submissions, every core ioctl) never sleep: run them
             # here, saving the hand-off to a worker thread and back, which cost more
             # than the call itself. Only declared waits need an interruptible worker.
-            self._call(rid, msg, files)
+            self._reply(rid, self._execute(msg, ctx, proven))
             return
+        self._on_worker(lambda: self._reply(rid, self._execute(msg, ctx, proven)))
+
+    def _batch(self, rid: int, msg: p.Batch, fds: list[int]) -> None:
+        calls: list[tuple[p.Ioctl, CallFds | BaseException, int]] = []
+        try:
+            for call in msg.calls:
+                mine = fds[: call.fd_count()]
+                del fds[: call.fd_count()]
+                try:
+                    ctx, proven = self._files(call.handle, call.fd, call.fd_numbers, mine)
+                    calls.append((call, ctx, proven))
+                except Exception as exc:
+                    close_all(mine)
+                    calls.append((call, exc, 0))
+        except BaseException:
+            for _, done, _ in calls:
+                if isinstance(done, CallFds):
+                    self._put(done.held)
+            close_all(fds)
+            raise
+
+        def run() -> None:
+            # After a call that returned descriptors the rest are not run (their
+            # results are left off, and the client sends them again): each call
+            # may return as many descriptors as a reply carries, as when alone.
+            results: list[p.Result] = []
+            ends: list[int] = []
+            for i, (call, done, proven) in enumerate(calls):
+                if ends:
+                    self._put(
+                        [f for _, d, _ in calls[i:] if isinstance(d, CallFds) for f in d.held]
+                    )
+                    break
+                if not isinstance(done, CallFds):
+                    results.append(self._error_result(done))
+                    continue
+                res, ends = self._execute(call, done, proven)
+                results.append(res)
+            self._reply(rid, (p.BatchResult(tuple(results)), ends))
+
+        sleeps = any(
+            isinstance(done, CallFds) and ioctl_may_sleep(done.files[call.fd], call.cmd)
+            for call, done, _ in calls
+        )
+        if sleeps:
+            self._on_worker(run)
+        else:
+            run()
+
+    def _on_worker(self, fn: Any) -> None:
+        """Run a call that may sleep on one of the session's workers, so that the
+        session goes on taking requests (a SIGNAL must reach the sleeper)."""
         if self._workers is None:
             self._workers = ThreadPoolExecutor(
                 WORKERS_PER_SESSION, thread_name_prefix=f"accel-pid{self.pid}"
             )
-        fut = self._workers.submit(self._call, rid, msg, files)
+        fut = self._workers.submit(fn)
         self._inflight.add(fut)
         fut.add_done_callback(self._inflight.discard)
 
-    def _call(self, rid: int, msg: p.Message, files: list[OpenFile]) -> None:
+    def _execute(self, msg: p.Ioctl, ctx: CallFds, proven: int) -> tuple[p.Result, list[int]]:
+        """Make one ioctl with the descriptor table ``ctx`` (whose references it
+        drops); returns its RESULT and the descriptors to send with it (client ends
+        of the files the call installed)."""
         task = self.task
         assert task is not None and isinstance(task.files, ServerFdTable)
-        ctx = CallFds()
-        if isinstance(msg, p.Ioctl):
-            ctx.files = dict(zip(msg.fd_numbers, files, strict=True))
-        else:
-            ctx.files = {TARGET_FD: files[0]}
-        try:
-            with task.files.call(ctx), charge_to(self._charge):
-                if isinstance(msg, p.Ioctl):
-                    ret = self.syscalls.ioctl(task, msg.fd_numbers[0], msg.cmd, msg.argp)
-                else:
-                    assert isinstance(msg, p.Read)
-                    data = self.syscalls.read(task, TARGET_FD, msg.size, nonblock=msg.nonblock)
-        except BaseException as exc:
-            self._put([f for f, _ in ctx.installed])
-            self._fail(rid, exc)
-            return
-        finally:
-            self._put(files)
-        if isinstance(msg, p.Read):
-            self.send(p.Data(data), rid)
-            return
-        ends = [
-            self.server.export_file(f, self.pid, self.uid, self.token) for f, _ in ctx.installed
-        ]
+        table = task.files
+        with self.clock.lock:  # re-entered by the call: one hold for all of it
+            prev = table.enter(ctx)
+            try:
+                try:
+                    with charge_to(self._charge):
+                        ret = self.syscalls.ioctl(task, msg.fd, msg.cmd, msg.argp)
+                finally:
+                    table.leave(ctx, prev)
+                    for f in ctx.held:
+                        f.put()
+            except Exception as exc:
+                for f, _ in ctx.installed:
+                    f.put()
+                result = self._error_result(exc)
+                result.handle = proven
+                return result, []
+            if not ctx.installed:
+                return p.Result(ret, 0, (), "", proven), []
+            ends = [
+                self.server.export_file(f, self.pid, self.uid, self.token) for f, _ in ctx.installed
+            ]
         placeholders = tuple(PLACEHOLDER_BASE + i for i in range(len(ends)))
+        return p.Result(ret, 0, placeholders, "", proven), ends
+
+    def _reply(self, rid: int, reply: tuple[p.Message, list[int]]) -> None:
+        message, ends = reply
+        if not ends:
+            self.send(message, rid)
+            return
         # Our copies of the client ends go before a CLOSE of this session is
         # served, so that the client's last close() finds the end hung up.
         with self._handing_out:
             try:
-                self.send(p.Result(ret=ret, placeholders=placeholders), rid, ends)
+                self.send(message, rid, ends)
             finally:
                 close_all(ends)
+
+    def _read(self, rid: int, msg: p.Read, fds: list[int]) -> None:
+        try:
+            ctx, _ = self._files(msg.handle, msg.fd, (), fds)
+        except Exception as exc:
+            close_all(fds)
+            self._fail(rid, exc)
+            return
+
+        def run() -> None:
+            task = self.task
+            assert task is not None and isinstance(task.files, ServerFdTable)
+            try:
+                with task.files.call(ctx):
+                    data = self.syscalls.read(task, msg.fd, msg.size, nonblock=msg.nonblock)
+            except Exception as exc:
+                self._fail(rid, exc)
+                return
+            finally:
+                self._put(ctx.held)
+            self.send(p.Data(data), rid)
+
+        if read_may_sleep(ctx.files[msg.fd], nonblock=msg.nonblock):
+            self._on_worker(run)
+        else:
+            run()
 
     # -- quick requests ------------------------------------------------------------
     def _add_arena(self, rid: int, msg: p.AddArena, fds: list[int]) -> None:
@@ -592,15 +780,17 @@ class Session:
             close_all(fds)
             raise
         try:
-            (file,) = self._resolve(fds)
+            ctx, _ = self._files(msg.handle, msg.fd, (), fds)
         except BaseException:
             self._uncharge_mapping()
             raise
+        file = ctx.files[msg.fd]
+        assert isinstance(self.task.files, ServerFdTable)
         charged = True
         try:
-            with self.clock.lock, self._target(file):
+            with self.clock.lock, self.task.files.call(ctx):
                 mapping = self.syscalls.mmap(
-                    self.task, TARGET_FD, msg.offset, msg.length, write=msg.writable
+                    self.task, msg.fd, msg.offset, msg.length, write=msg.writable
                 )
                 try:
                     mem, offset = backing_memory(file, mapping)
@@ -617,7 +807,7 @@ class Session:
                 self._mappings[mid] = mapping
                 charged = False  # now the mapping's, given back when it goes
         finally:
-            self._put([file])
+            self._put(ctx.held)
             if charged:
                 self._uncharge_mapping()
         try:
@@ -647,14 +837,14 @@ class Session:
         self.send(p.Result(), rid)
 
     def _poll(self, rid: int, msg: p.Poll, fds: list[int]) -> None:
-        (file,) = self._resolve(fds)
-        assert self.task is not None
+        ctx, proven = self._files(msg.handle, msg.fd, (), fds)
+        assert self.task is not None and isinstance(self.task.files, ServerFdTable)
         try:
-            with self._target(file):
-                mask = self.syscalls.poll(self.task, TARGET_FD)
+            with self.task.files.call(ctx):
+                mask = self.syscalls.poll(self.task, msg.fd)
         finally:
-            self._put([file])
-        self.send(p.Result(ret=mask), rid)
+            self._put(ctx.held)
+        self.send(p.Result(ret=mask, handle=proven), rid)
 
     def _close(self, rid: int, msg: p.Close, fds: list[int]) -> None:
         # The client closed its descriptor before sending this: if that was the
@@ -664,6 +854,8 @@ class Session:
         # dropping it waits for that copy to go before the hang-up is checked.
         self._handing_out.acquire()
         self._handing_out.release()
+        if msg.forget:
+            self._forget((msg.dev, msg.ino))
         self.server.release_if_closed((msg.dev, msg.ino))
         self.send(p.Result(), rid)
 
@@ -812,12 +1004,3 @@ def _adopt_memfd(fd: int, room: int) -> MemfdFile | None:
     except (AccelError, OSError):
         return None
     return MemfdFile(memory, flags=flags & os.O_ACCMODE)
-
-
-def _may_sleep(msg: p.Message, files: list[OpenFile]) -> bool:
-    """Whether the call can block, as the system-call layer answers for its file."""
-    if not files:
-        return False
-    if isinstance(msg, p.Ioctl):
-        return ioctl_may_sleep(files[0], msg.cmd)
-    return isinstance(msg, p.Read) and read_may_sleep(files[0], nonblock=msg.nonblock)

@@ -21,6 +21,7 @@ from ..errors import PermissionDenied, TooManyFiles
 from .protocol import MAX_FDS, MAX_MESSAGE, ProtocolError
 
 __all__ = [
+    "RecordReader",
     "connect_verified",
     "pass_credentials",
     "peer_credentials",
@@ -101,6 +102,47 @@ def pass_credentials(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 
 
+class RecordReader:
+    """The receiving side of one connection: records land in one buffer of
+    ``max_size + 1`` bytes allocated once (a ``SOCK_SEQPACKET`` record arrives
+    whole or is truncated, so one byte more than the largest record tells a
+    truncated one), instead of a new buffer per record.
+
+    Args:
+        sock: The connection.
+        creds: Also receive each record's ``SCM_CREDENTIALS`` (``sock`` must have
+            ``SO_PASSCRED``, see :func:`pass_credentials`).
+        max_size: The largest record accepted.
+        max_fds: The most descriptors one record may carry.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        creds: bool = False,
+        max_size: int = MAX_MESSAGE,
+        max_fds: int = MAX_FDS,
+    ) -> None:
+        self.sock = sock
+        self._buf = bytearray(max_size + 1)
+        self._view = memoryview(self._buf)
+        self._max_size = max_size
+        self._max_fds = max_fds
+        self._anc = socket.CMSG_SPACE(max_fds * 4) + (_CRED_SPACE if creds else 0)
+
+    def recv(self) -> tuple[memoryview, list[int], tuple[int, int, int] | None]:
+        """Receive one record: ``(data, fds, creds)``, ``data`` a view of the buffer
+        valid until the next call; ``(empty, [], None)`` at end of file.
+
+        Raises:
+            As :func:`recv_record_creds`.
+        """
+        n, anc, flags, _ = self.sock.recvmsg_into([self._buf], self._anc, socket.MSG_CMSG_CLOEXEC)
+        fds, creds = _check(anc, flags, n, self._max_size, self._max_fds)
+        return self._view[:n], fds, creds
+
+
 def _recv(
     sock: socket.socket, max_size: int, max_fds: int, cred_space: int
 ) -> tuple[bytes, list[int], tuple[int, int, int] | None]:
@@ -116,6 +158,17 @@ def _recv(
     data, anc, flags, _ = sock.recvmsg(
         max_size + 1, socket.CMSG_SPACE(max_fds * 4) + cred_space, socket.MSG_CMSG_CLOEXEC
     )
+    fds, creds = _check(anc, flags, len(data), max_size, max_fds)
+    return data, fds, creds
+
+
+def _check(
+    anc: list[tuple[int, int, bytes]], flags: int, size: int, max_size: int, max_fds: int
+) -> tuple[list[int], tuple[int, int, int] | None]:
+    """The descriptors and credentials of a received record, once its size and
+    descriptor count are checked (see :func:`_recv`)."""
+    if not anc and not flags and size <= max_size:
+        return [], None
     fds = _fds_of(anc)
     creds: tuple[int, int, int] | None = None
     for level, kind, payload in anc:
@@ -136,10 +189,10 @@ def _recv(
                 "has no free descriptor"
             )
         raise ProtocolError(f"record carried more than {max_fds} descriptors")
-    if flags & socket.MSG_TRUNC or len(data) > max_size:
+    if flags & socket.MSG_TRUNC or size > max_size:
         close_all(fds)
         raise ProtocolError(f"record exceeds {max_size} bytes")
-    return data, fds, creds
+    return fds, creds
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

@@ -46,7 +46,7 @@ class Native:
 
     def ioctl(self, cmd: int, argp: int) -> tuple[p.Result, list[int]]:
         n = self.dev.fileno()
-        reply, rfds = self._call(p.Ioctl(cmd, argp, (n,)), [n])
+        reply, rfds = self._call(p.Ioctl(cmd, argp, n), [n])
         assert isinstance(reply, p.Result)
         return reply, rfds
 

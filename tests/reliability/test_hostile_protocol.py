@@ -88,7 +88,7 @@ def records(draw: st.DrawFn) -> bytes:
             body,
             rid,
             length=draw(st.integers(0, (1 << 32) - 1)),
-            version=draw(st.sampled_from([p.PROTOCOL_VERSION, 0, 2])),
+            version=draw(st.sampled_from([p.PROTOCOL_VERSION, 0, 1, 3])),
             flags=draw(st.sampled_from([0, 1, 1 << 31])),
         )
     if kind == "truncated":
@@ -101,14 +101,21 @@ def records(draw: st.DrawFn) -> bytes:
 def valid_requests(draw: st.DrawFn) -> p.Message:
     """Well-formed requests with hostile values (sent after a real HELLO)."""
     u64 = st.integers(0, (1 << 64) - 1)
+    u32 = st.integers(0, (1 << 32) - 1)
+    # Handles: 0 (the target travels as a descriptor) or forged ones, which name
+    # another session's file or none.
+    handle = draw(st.sampled_from([0, 1, 2, 3, 0xFFFF_FFFF]) | u32)
+    call = p.Ioctl(draw(u32), draw(u64), 3, handle)
     return draw(
         st.sampled_from(
             [
-                p.Ioctl(draw(st.integers(0, (1 << 32) - 1)), draw(u64), (3,)),
-                p.Mmap(draw(u64), draw(u64), draw(st.booleans())),
+                call,
+                p.Batch((call, p.Ioctl(draw(u32), draw(u64), 4, draw(u32)))),
+                p.Mmap(draw(u64), draw(u64), draw(st.booleans()), handle),
                 p.Munmap(draw(u64)),
-                p.Read(draw(st.integers(0, 4096)), True),
-                p.Poll(),
+                p.Read(draw(st.integers(0, 4096)), True, handle),
+                p.Poll(handle),
+                p.Close(draw(u64), draw(u64), draw(st.booleans())),
                 p.Signal(),
                 p.Hello(),
                 p.AddArena(draw(st.integers(1, 1 << 40)) & ~0xFFF or 4096, 4096),
@@ -175,8 +182,8 @@ def test_fuzzed_protocol_never_hurts_the_server_or_other_clients(
                 _drain(s)
             for i, rec in enumerate(recs):
                 data = p.encode(rec, i + 2) if isinstance(rec, p.Message) else rec
-                if isinstance(rec, p.Ioctl | p.Mmap | p.Poll | p.Read | p.AddArena) and fds:
-                    _send(s, data, fds[:1])
+                if isinstance(rec, p.Message) and rec.fd_count() and fds:
+                    _send(s, data, fds[: rec.fd_count()])
                 else:
                     _send(s, data, fds if i == 0 else [])
                 counts["bytes"] += len(data)

@@ -78,7 +78,7 @@ def test_inherited_session_socket_cannot_act_as_its_task(
     def attacker() -> int:
         _drop_to_nobody()
         sock = socket.socket(fileno=stolen)  # blocking: it shares the parent's flags
-        send_record(sock, p.encode(p.Ioctl(CORE.DRM_IOCTL_DROP_MASTER, 0, (fd,)), 4242), [fd])
+        send_record(sock, p.encode(p.Ioctl(CORE.DRM_IOCTL_DROP_MASTER, 0, fd), 4242), [fd])
         if not select.select([sock], [], [], 10)[0]:
             return 5
         data, fds = recv_record(sock)
@@ -220,7 +220,7 @@ def test_native_session_ends_when_its_process_exits(
         with __import__("contextlib").suppress(OSError):
             send_record(
                 ctl,
-                p.encode(p.Ioctl(CORE.ACCEL_IOCTL_INFO, ctypes.addressof(arg), (dev.fileno(),)), 3),
+                p.encode(p.Ioctl(CORE.ACCEL_IOCTL_INFO, ctypes.addressof(arg), dev.fileno()), 3),
                 [dev.fileno()],
             )
         try:

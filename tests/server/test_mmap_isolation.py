@@ -75,7 +75,7 @@ def _raw_mmap(
     proc: ClientProcess, fd: int, offset: int, length: int, write: bool
 ) -> tuple[int, int]:
     """MMAP as the wire carries it: ``(mapping id, the descriptor received)``."""
-    reply, fds = proc._session().call(p.Mmap(offset, length, write), [fd])
+    reply, fds = proc._session().call(p.Mmap(offset, length, write, 0, fd), [fd])
     assert isinstance(reply, p.Mapped), reply
     (memfd,) = fds
     return reply.mapping_id, memfd

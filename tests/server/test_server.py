@@ -276,7 +276,7 @@ GARBAGE = {
     "bad magic": b"NOPE" + b"\0" * 20,
     "truncated": p.encode(p.Munmap(1))[:-3],
     "oversized": b"\0" * (p.MAX_MESSAGE + 100),
-    "ioctl before hello": p.encode(p.Ioctl(1, 0, (0,))),
+    "ioctl before hello": p.encode(p.Ioctl(1, 0, 0)),
 }
 
 
