@@ -11,6 +11,7 @@ io_uring runs unlinked SQEs). The in-process :class:`~accelcore.Process` has the
 same API (it runs the calls one after another), so code written against one
 transport runs on the other.
 
+>>> import errno
 >>> from accelcore.testing import vaccel_subsystem
 >>> from accelcore import Process
 >>> from accelcore.uapi import CORE

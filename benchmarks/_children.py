@@ -22,6 +22,9 @@ from drivers.habana_like.userlib import HlkClient
 
 from .harness import compare
 
+#: Calls per batch of the batched cross-process figure.
+BATCH = 16
+
 
 def _info(params: dict[str, Any]) -> dict[str, float]:
     proc = connect(params["rt"])
@@ -37,31 +40,36 @@ def _info(params: dict[str, Any]) -> dict[str, float]:
     def measured() -> None:
         proc.ioctl(fd, cmd, args.addr)
 
+    batch = proc.batch()
+
+    def batched() -> None:
+        for _ in range(BATCH):
+            batch.ioctl(fd, cmd, args.addr)
+        for call in batch.submit():
+            call.result()
+
     request = b"\0" * params["size"]
     plain = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     plain.connect(params["plain"])
-    scm = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    scm.connect(params["scm"])
-    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, "little"))]
 
     def raw() -> None:
         plain.send(request)
         plain.recv(65536)
 
-    def raw_scm() -> None:
-        scm.sendmsg([request], rights)
-        scm.recv(65536)
-
     loops = params["loops"]
-    for fn in (measured, raw, raw_scm):  # warm up
+    for fn in (measured, raw, batched):  # warm up
         for _ in range(200):
             fn()
     info_ns, plain_ns = compare(measured, raw, loops)
-    _, scm_ns = compare(measured, raw_scm, loops // 2, rounds=3)
+    batch_ns, plain2_ns = compare(batched, raw, loops // BATCH)
     plain.close()
-    scm.close()
     proc.exit()
-    return {"info": info_ns, "plain": plain_ns, "scm": scm_ns}
+    return {
+        "info": info_ns,
+        "plain": plain_ns,
+        "batched": batch_ns / BATCH,
+        "plain_batched": plain2_ns,
+    }
 
 
 def _exporter(params: dict[str, Any]) -> dict[str, float]:

@@ -101,7 +101,7 @@ class ProtocolError(ValueError):
 
 
 class VersionMismatch(ProtocolError):
-    """A record of another protocol version (:attr:`version`)."""
+    """A record of another protocol version (its number is ``version``)."""
 
     def __init__(self, version: int) -> None:
         super().__init__(
@@ -762,6 +762,16 @@ def encode_ioctl(
 
 
 _IOCTL = int(MsgType.IOCTL)
+_RESULT_RECORD = struct.Struct(HEADER.format + Result.FIXED.format[1:])
+_RESULT = int(MsgType.RESULT)
+
+
+def encode_result(rid: int, ret: int, handle: int = 0) -> bytes:
+    """``encode(Result(ret, handle=handle), rid)`` (a success that returns no
+    descriptors) in one ``pack``: the server's per-call path."""
+    return _RESULT_RECORD.pack(
+        MAGIC, PROTOCOL_VERSION, _RESULT, 0, Result.FIXED.size, rid, ret, 0, 0, 0, handle
+    )
 
 
 def decode(data: bytes | bytearray | memoryview) -> Frame:

@@ -57,6 +57,7 @@ from .wire import close_all, pass_credentials, peer_credentials, recv_record_cre
 __all__ = [
     "CONTROL_NAME",
     "PID_NAME",
+    "FileEnd",
     "Server",
     "default_runtime_dir",
     "prepare_runtime_dir",
@@ -122,7 +123,8 @@ def raise_nofile_limit() -> int:
 
 @dataclass(eq=False)
 class FileEnd:
-    """The server end of an open file's connection."""
+    """The server end of an open file's connection: the file it serves, the
+    client end's ``(st_dev, st_ino)``, and who it is charged to."""
 
     sock: socket.socket
     file: OpenFile

@@ -137,9 +137,13 @@ class Session:
     # -- plumbing ----------------------------------------------------------------
     def send(self, message: p.Message, rid: int = 0, fds: list[int] | None = None) -> None:
         """Send a reply; a client that went away is not an error."""
+        if type(message) is p.Result and not (message.errno or message.placeholders):
+            data = p.encode_result(rid, message.ret, message.handle)  # the common reply
+        else:
+            data = p.encode(message, rid)
         try:
             with self._send_lock:
-                send_record(self.sock, p.encode(message, rid), fds or [])
+                send_record(self.sock, data, fds or [])
         except OSError as exc:
             log.debug("pid %d: reply %s not sent: %s", self.pid, message.TYPE.name, exc)
 
@@ -162,40 +166,14 @@ class Session:
 
     def run(self) -> None:
         """Serve the connection until it ends; never raises."""
-        first = True
         try:
             # A connection that says nothing within the timeout is closed: silent
             # connects must not hold a thread and a descriptor for ever.
             self.sock.settimeout(self.server.limits.hello_timeout)
-            recv = self._reader.recv
-            while not self.closing:
-                data, fds, creds = recv()
-                if first:
-                    first = False
-                    self.sock.settimeout(None)
-                if (not data and not fds) or self.process_gone:
-                    close_all(fds)
-                    break
-                try:
-                    try:
-                        frame = p.decode(data)
-                    except p.VersionMismatch as exc:
-                        if self.task is None:  # say why before closing
-                            self.send(p.Result(errno=errno.EPROTONOSUPPORT, message=str(exc)))
-                        raise
-                    if frame.message.fd_count() != len(fds):
-                        raise p.ProtocolError(
-                            f"{frame.message.TYPE.name} needs {frame.message.fd_count()} "
-                            f"descriptors, got {len(fds)}"
-                        )
-                except p.ProtocolError:
-                    close_all(fds)
-                    raise
-                if not self._sender_ok(frame.rid, frame.message, creds):
-                    close_all(fds)
-                    continue
-                if not self._handle(frame.rid, frame.message, fds):
-                    break
+            # What the session's calls allocate is charged to its client (workers
+            # do the same in _on_worker).
+            with charge_to(self._charge):
+                self._serve()
         except p.ProtocolError as exc:
             self.refused = True
             log.warning(
@@ -217,6 +195,38 @@ class Session:
             log.exception("pid %d: internal error; closing its connection", self.pid)
         finally:
             self.teardown()
+
+    def _serve(self) -> None:
+        first = True
+        recv = self._reader.recv
+        while not self.closing:
+            data, fds, creds = recv()
+            if first:
+                first = False
+                self.sock.settimeout(None)
+            if (not data and not fds) or self.process_gone:
+                close_all(fds)
+                return
+            try:
+                try:
+                    frame = p.decode(data)
+                except p.VersionMismatch as exc:
+                    if self.task is None:  # say why before closing
+                        self.send(p.Result(errno=errno.EPROTONOSUPPORT, message=str(exc)))
+                    raise
+                if frame.message.fd_count() != len(fds):
+                    raise p.ProtocolError(
+                        f"{frame.message.TYPE.name} needs {frame.message.fd_count()} "
+                        f"descriptors, got {len(fds)}"
+                    )
+            except p.ProtocolError:
+                close_all(fds)
+                raise
+            if not self._sender_ok(frame.rid, frame.message, creds):
+                close_all(fds)
+                continue
+            if not self._handle(frame.rid, frame.message, fds):
+                return
 
     # -- requests ----------------------------------------------------------------
     def _sender_ok(self, rid: int, msg: p.Message, creds: tuple[int, int, int] | None) -> bool:
@@ -543,19 +553,22 @@ class Session:
 
     # -- calls ---------------------------------------------------------------------
     def _ioctl(self, rid: int, msg: p.Ioctl, fds: list[int]) -> None:
-        try:
-            ctx, proven = self._files(msg.handle, msg.fd, msg.fd_numbers, fds)
-        except Exception as exc:
-            close_all(fds)
-            self._fail(rid, exc)
-            return
-        if not ioctl_may_sleep(ctx.files[msg.fd], msg.cmd):
-            # Most ioctls (INFO, submissions, every core ioctl) never sleep: run them
-            # here, saving the hand-off to a worker thread and back, which cost more
-            # than the call itself. Only declared waits need an interruptible worker.
-            self._reply(rid, self._execute(msg, ctx, proven))
-            return
-        self._on_worker(lambda: self._reply(rid, self._execute(msg, ctx, proven)))
+        with self.clock.lock:  # one hold for all of it (an RLock: inner holds nest)
+            try:
+                ctx, proven = self._files(msg.handle, msg.fd, msg.fd_numbers, fds)
+            except Exception as exc:
+                close_all(fds)
+                reply: tuple[p.Message, list[int]] | None = (self._error_result(exc), [])
+            else:
+                # Most ioctls (INFO, submissions, every core ioctl) never sleep: run
+                # them here, saving the hand-off to a worker thread and back, which
+                # costs more than the call. Only declared waits need a worker.
+                sleeps = ioctl_may_sleep(ctx.files[msg.fd], msg.cmd)
+                reply = None if sleeps else self._execute(msg, ctx, proven)
+        if reply is not None:
+            self._reply(rid, reply)
+        else:
+            self._on_worker(lambda: self._reply(rid, self._execute(msg, ctx, proven)))
 
     def _batch(self, rid: int, msg: p.Batch, fds: list[int]) -> None:
         calls: list[tuple[p.Ioctl, CallFds | BaseException, int]] = []
@@ -611,7 +624,12 @@ class Session:
             self._workers = ThreadPoolExecutor(
                 WORKERS_PER_SESSION, thread_name_prefix=f"accel-pid{self.pid}"
             )
-        fut = self._workers.submit(fn)
+
+        def charged() -> None:
+            with charge_to(self._charge):
+                fn()
+
+        fut = self._workers.submit(charged)
         self._inflight.add(fut)
         fut.add_done_callback(self._inflight.discard)
 
@@ -626,8 +644,7 @@ class Session:
             prev = table.enter(ctx)
             try:
                 try:
-                    with charge_to(self._charge):
-                        ret = self.syscalls.ioctl(task, msg.fd, msg.cmd, msg.argp)
+                    ret = self.syscalls.ioctl(task, msg.fd, msg.cmd, msg.argp)
                 finally:
                     table.leave(ctx, prev)
                     for f in ctx.held:

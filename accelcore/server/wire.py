@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 _CREDS = struct.Struct("3i")
+#: The flags as plain ints (``socket``'s are ``MsgFlag`` enums, slow to combine).
+_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 
 
 def send_record(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
@@ -138,7 +141,7 @@ class RecordReader:
         Raises:
             As :func:`recv_record_creds`.
         """
-        n, anc, flags, _ = self.sock.recvmsg_into([self._buf], self._anc, socket.MSG_CMSG_CLOEXEC)
+        n, anc, flags, _ = self.sock.recvmsg_into([self._buf], self._anc, _CLOEXEC)
         fds, creds = _check(anc, flags, n, self._max_size, self._max_fds)
         return self._view[:n], fds, creds
 
@@ -167,7 +170,7 @@ def _check(
 ) -> tuple[list[int], tuple[int, int, int] | None]:
     """The descriptors and credentials of a received record, once its size and
     descriptor count are checked (see :func:`_recv`)."""
-    if not anc and not flags and size <= max_size:
+    if not anc and not flags & _TRUNCATED and size <= max_size:
         return [], None
     fds = _fds_of(anc)
     creds: tuple[int, int, int] | None = None
@@ -179,7 +182,7 @@ def _check(
         ):
             pid, uid, gid = _CREDS.unpack_from(payload)
             creds = (pid, uid, gid)
-    if flags & socket.MSG_CTRUNC:
+    if flags & int(socket.MSG_CTRUNC):
         close_all(fds)
         if len(fds) < max_fds:
             # There was room for more: the kernel could not install them, because
@@ -189,7 +192,7 @@ def _check(
                 "has no free descriptor"
             )
         raise ProtocolError(f"record carried more than {max_fds} descriptors")
-    if flags & socket.MSG_TRUNC or size > max_size:
+    if flags & int(socket.MSG_TRUNC) or size > max_size:
         close_all(fds)
         raise ProtocolError(f"record exceeds {max_size} bytes")
     return fds, creds

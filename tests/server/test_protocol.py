@@ -107,9 +107,7 @@ BAD_RECORDS = {
     "control without op": _record(p.MsgType.CONTROL, b'{"x": 1}'),
     "control deep nesting": _record(p.MsgType.CONTROL, b"[" * 30000 + b"]" * 30000),
     "result errno range": _record(p.MsgType.RESULT, struct.pack("<qiIII", 0, -1, 0, 0, 0)),
-    "result tail length": _record(
-        p.MsgType.RESULT, struct.pack("<qiIII", 0, 1, 0, 5, 0) + b"ab"
-    ),
+    "result tail length": _record(p.MsgType.RESULT, struct.pack("<qiIII", 0, 1, 0, 5, 0) + b"ab"),
     "result v1 body": _record(p.MsgType.RESULT, struct.pack("<qiII", 0, 1, 0, 0)),
     "arena size zero": _record(p.MsgType.ADD_ARENA, struct.pack("<QQ", 4096, 0)),
     "read nonblock 2": _record(p.MsgType.READ, struct.pack("<IIIi", 8, 2, 0, 3)),
