@@ -398,6 +398,7 @@ def stop_server(runtime_dir: Path | str | None = None, timeout: float = 10) -> b
         dead = _read_pidfile(rt)
         # A server that died (SIGKILL) left them; one still exiting is waited for.
         if dead is not None and dead != os.getpid() and _wait_gone(dead, STOP_GRACE):
+            _reap(dead, timeout)
             _remove_leftovers(rt, dead)
         return False
     if pid == os.getpid():  # an in-process server: only ask
@@ -416,11 +417,17 @@ def stop_server(runtime_dir: Path | str | None = None, timeout: float = 10) -> b
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _wait_gone(pid, grace)
+    _reap(pid, timeout)
+    _remove_leftovers(rt, pid)
+    return True
+
+
+def _reap(pid: int, timeout: float) -> None:
+    """Wait for a server this process spawned (it is gone or going), so that it
+    leaves no zombie and no ``Popen`` that believes it still runs."""
     proc = _SPAWNED.pop(pid, None)
     if proc is not None:
         proc.wait(timeout)
-    _remove_leftovers(rt, pid)
-    return True
 
 
 # -- the foreground server ---------------------------------------------------------------

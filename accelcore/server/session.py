@@ -537,6 +537,8 @@ class Session:
         of the argument descriptors (``fds``, consumed) under their ``numbers``,
         each with a reference; and the handle proven for the target (or 0)."""
         target, proven = self._target(handle, fd, fds)
+        if not numbers:
+            return CallFds({fd: target}, held=[target]), proven
         try:
             args = self._resolve([fds.pop(0) for _ in numbers])
         except BaseException:
@@ -572,7 +574,9 @@ class Session:
 
     def _batch(self, rid: int, msg: p.Batch, fds: list[int]) -> None:
         calls: list[tuple[p.Ioctl, CallFds | BaseException, int]] = []
+        lock = self.clock.lock
         try:
+            lock.acquire()  # one hold for the batch's lookups (an RLock: they nest)
             for call in msg.calls:
                 mine = fds[: call.fd_count()]
                 del fds[: call.fd_count()]
@@ -588,8 +592,10 @@ class Session:
                     self._put(done.held)
             close_all(fds)
             raise
+        finally:
+            lock.release()
 
-        def run() -> None:
+        def run() -> tuple[p.Message, list[int]]:
             # After a call that returned descriptors the rest are not run (their
             # results are left off, and the client sends them again): each call
             # may return as many descriptors as a reply carries, as when alone.
@@ -606,16 +612,18 @@ class Session:
                     continue
                 res, ends = self._execute(call, done, proven)
                 results.append(res)
-            self._reply(rid, (p.BatchResult(tuple(results)), ends))
+            return p.BatchResult(tuple(results)), ends
 
-        sleeps = any(
-            isinstance(done, CallFds) and ioctl_may_sleep(done.files[call.fd], call.cmd)
-            for call, done, _ in calls
-        )
-        if sleeps:
-            self._on_worker(run)
+        with lock:  # one hold for the whole batch unless a call sleeps
+            sleeps = any(
+                isinstance(done, CallFds) and ioctl_may_sleep(done.files[call.fd], call.cmd)
+                for call, done, _ in calls
+            )
+            reply = None if sleeps else run()
+        if reply is not None:
+            self._reply(rid, reply)
         else:
-            run()
+            self._on_worker(lambda: self._reply(rid, run()))
 
     def _on_worker(self, fn: Any) -> None:
         """Run a call that may sleep on one of the session's workers, so that the

@@ -29,7 +29,7 @@ from accelcore.cli.sources import EmbeddedSource, vaccel_machine
 from accelcore.demo.story import Child
 from accelcore.errors import Busy, NoDevice, NotPermitted
 from accelcore.server import Server
-from accelcore.server.daemon import spawn_server
+from accelcore.server.daemon import spawn_server, stop_server
 
 
 def run(rt: Path, *args: str, env: dict[str, str | None] | None = None) -> Result:
@@ -179,8 +179,7 @@ def test_monitor_exits_9_with_a_message_when_the_server_goes_away(rt: Path) -> N
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        stop_server(rt)  # reaps it and removes what it left
 
 
 def test_top_exits_9_with_a_message_when_the_server_dies(rt: Path) -> None:
@@ -205,8 +204,7 @@ def test_top_exits_9_with_a_message_when_the_server_dies(rt: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        stop_server(rt)  # reaps it and removes what it left
 
 
 # -- several devices, identifiers, summary -------------------------------------------------------
