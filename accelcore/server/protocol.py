@@ -782,6 +782,20 @@ def decode(data: bytes | bytearray | memoryview) -> Frame:
         ProtocolError: anything else malformed (the message says what).
     """
     size = len(data)
+    if size in (_RESULT_RECORD.size, _IOCTL_RECORD.size):
+        # The two records of nearly every call: a RESULT with nothing but its
+        # fixed part, an IOCTL naming no argument descriptors. One unpack each,
+        # the same checks as below.
+        head = HEADER.unpack_from(data)
+        if head[0] == MAGIC and head[1] == PROTOCOL_VERSION and not head[3]:
+            if head[2] == _RESULT and size == _RESULT_RECORD.size:
+                ret, err, n, mlen, handle = _RESULT_RECORD.unpack_from(data)[6:]
+                if not n and not mlen and 0 <= err <= 4095 and head[4] == Result.FIXED.size:
+                    return Frame(head[5], Result(ret, err, (), "", handle))
+            elif head[2] == _IOCTL and size == _IOCTL_RECORD.size:
+                cmd, handle, argp, fd, n = _IOCTL_RECORD.unpack_from(data)[6:]
+                if not n and handle and head[4] == Ioctl.FIXED.size:
+                    return Frame(head[5], Ioctl(cmd, argp, fd, handle, ()))
     if size < HEADER.size:
         raise ProtocolError(f"record of {size} bytes is shorter than the header")
     if size > MAX_MESSAGE:
