@@ -170,8 +170,16 @@ def _check(
 ) -> tuple[list[int], tuple[int, int, int] | None]:
     """The descriptors and credentials of a received record, once its size and
     descriptor count are checked (see :func:`_recv`)."""
-    if not anc and not flags & _TRUNCATED and size <= max_size:
-        return [], None
+    if not flags & _TRUNCATED and size <= max_size:
+        if not anc:
+            return [], None
+        if len(anc) == 1:  # the usual: the sender's credentials, no descriptors
+            level, kind, payload = anc[0]
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                if len(payload) >= _CREDS.size:
+                    pid, uid, gid = _CREDS.unpack_from(payload)
+                    return [], (pid, uid, gid)
+                return [], None
     fds = _fds_of(anc)
     creds: tuple[int, int, int] | None = None
     for level, kind, payload in anc:
