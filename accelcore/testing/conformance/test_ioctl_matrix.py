@@ -141,6 +141,53 @@ def test_examples_are_valid(accel_conformance: Conformance) -> None:
     _fail(rig, _expect(rig, cases, 0))
 
 
+@check(
+    "ioctl-matrix",
+    "every declared example succeeds inside proc.batch(), between two failing calls, "
+    "each with its own result, and leaves nothing behind",
+)
+def test_examples_batched(accel_conformance: Conformance) -> None:
+    rig = _rig(accel_conformance)
+    examples = _examples(accel_conformance, rig)
+    used = set(rig.devices[0].ioctls)
+    free = [nr for nr in range(DRM_COMMAND_BASE, DRM_COMMAND_END) if nr not in used]
+    if not free:
+        pytest.skip(f"driver {rig.name} uses every driver ioctl number: none is unknown")
+    bad = ioc.IO(ord("d"), free[-1])  # ENOTTY
+    wrong = []
+    for name in examples:
+        rig.settle()
+        base = rig.subsystem.accounting()
+        proc = rig.process()
+        try:
+            prep = rig.prepare(proc, name)
+            with proc.batch() as b:
+                first = b.ioctl(prep.fd, bad, 0)
+                call = b.ioctl(
+                    prep.fd, rig.ioctl_def(name).cmd, bytearray(prep.payload) if prep.payload else 0
+                )
+                last = b.ioctl(prep.fd, bad, 0)
+            outcomes = [(c.error.errno or 0) if c.error else 0 for c in (first, call, last)]
+            if outcomes != [errno.ENOTTY, 0, errno.ENOTTY]:
+                why = f" ({call.error.strerror})" if call.error else ""
+                wrong.append(
+                    f"{name} in a batch: got {[_name(e) for e in outcomes]}{why}, expected "
+                    "[ENOTTY, success, ENOTTY]"
+                )
+        finally:
+            proc.exit()
+        rig.settle()
+        after = rig.subsystem.accounting()
+        left = [
+            f"{k}: {base[k]} -> {after.get(k)}"
+            for k in base
+            if k not in {"shared_memory", "oopses"} and after.get(k) != base[k]
+        ]
+        if left:
+            wrong.append(f"{name} in a batch left resources behind: " + "; ".join(left))
+    _fail(rig, wrong)
+
+
 @check("ioctl-matrix", "unknown numbers in the driver range (0x40..0x9f) get ENOTTY")
 def test_unknown_numbers_enotty(accel_conformance: Conformance) -> None:
     rig = accel_conformance.rig()
