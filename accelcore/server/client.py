@@ -113,7 +113,10 @@ class _Channel:
         self.sock = sock
         self._reader = RecordReader(sock)
         self._send_lock = threading.RLock()  # RLock: a signal handler may send
-        self._cond = threading.Condition()
+        #: Guards the reply table and the reader's turn; ``_cond`` waits on it.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        self._waiting = 0
         self._replies: dict[int, tuple[p.Message, list[int]]] = {}
         self._reading = False
         self.rids = itertools.count(1)
@@ -122,7 +125,7 @@ class _Channel:
         self.gone: str | None = None
 
     def _lost(self, why: str) -> NoDevice:
-        with self._cond:
+        with self._mutex:
             if self.gone is None:
                 self.gone = why
             self._cond.notify_all()
@@ -155,42 +158,47 @@ class _Channel:
     def call_record(
         self, data: bytes, rid: int, fds: Sequence[int], what: str
     ) -> tuple[p.Message, list[int]]:
-        """Send an encoded request of request id ``rid`` and wait for its reply."""
+        """Send an encoded request of request id ``rid`` and wait for its reply.
+
+        One thread at a time reads; a reply for another caller is left in the
+        table for it, and the waiting callers are woken (only when there are)."""
         self.inflight += 1
         try:
             self.send_record(data, fds, what)
-            return self._wait(rid)
+            mutex = self._mutex
+            while True:
+                with mutex:
+                    while True:
+                        reply = self._replies.pop(rid, None)
+                        if reply is not None:
+                            return reply
+                        if self.gone is not None:
+                            raise NoDevice(f"the devfs server session ended: {self.gone}")
+                        if not self._reading:
+                            self._reading = True
+                            break
+                        self._waiting += 1
+                        try:
+                            self._cond.wait()
+                        finally:
+                            self._waiting -= 1
+                try:
+                    frame, rfds = self._read()
+                except BaseException:
+                    with mutex:
+                        self._reading = False
+                        self._cond.notify_all()
+                    raise
+                with mutex:
+                    self._reading = False
+                    if frame.rid != rid:
+                        self._replies[frame.rid] = (frame.message, rfds)
+                    if self._waiting:  # the next reader, or the caller of that reply
+                        self._cond.notify_all()
+                if frame.rid == rid:
+                    return frame.message, rfds
         finally:
             self.inflight -= 1
-
-    def _wait(self, rid: int) -> tuple[p.Message, list[int]]:
-        cond = self._cond
-        while True:
-            with cond:
-                while True:
-                    reply = self._replies.pop(rid, None)
-                    if reply is not None:
-                        return reply
-                    if self.gone is not None:
-                        raise NoDevice(f"the devfs server session ended: {self.gone}")
-                    if not self._reading:
-                        self._reading = True
-                        break
-                    cond.wait()
-            try:
-                frame, fds = self._read()
-            except BaseException:
-                with cond:
-                    self._reading = False
-                    cond.notify_all()
-                raise
-            with cond:
-                self._reading = False
-                if frame.rid != rid:
-                    self._replies[frame.rid] = (frame.message, fds)
-                cond.notify_all()  # the next reader, or the caller of that reply
-            if frame.rid == rid:
-                return frame.message, fds
 
     def _read(self) -> tuple[p.Frame, list[int]]:
         try:

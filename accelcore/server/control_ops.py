@@ -205,9 +205,14 @@ def _holders_of(server: Server, files: Iterable[OpenFile]) -> dict[int, list[Hol
         ends = [(id(f), ino, pid) for f, ino, pid in server.open_ends() if id(f) in targets]
     pids = server.session_pids() | {pid for _, _, pid in ends if pid > 0}
     by_ino = scan_holders((ino for _, ino, _ in ends), pids)
+    me = os.getpid()
+    with server.clock.lock:  # the server's own copies, in flight to a client
+        ours = set(server.handing_out)
     out: dict[int, list[Holder]] = {t: [] for t in targets}
     for fid, ino, _ in ends:
-        out[fid] += [Holder(pid, fd) for pid, fd in by_ino.get(ino, [])]
+        out[fid] += [
+            Holder(pid, fd) for pid, fd in by_ino.get(ino, []) if not (pid == me and fd in ours)
+        ]
     return out
 
 

@@ -208,6 +208,9 @@ class Server:
         #: Ends released by a client's CLOSE whose sockets the selector has yet to forget.
         self._closing_ends: set[FileEnd] = set()
         self._by_key: dict[tuple[int, int], FileEnd] = {}
+        #: Our own copies of client ends being handed out (sent, not yet closed):
+        #: not holders of the files (guarded by ``clock.lock``).
+        self.handing_out: set[int] = set()
         self._sessions: dict[bytes, Session] = {}
         self._threads: set[threading.Thread] = set()
         self._thread: threading.Thread | None = None
@@ -710,15 +713,23 @@ class Server:
 
     def export_file(self, file: OpenFile, pid: int = 0, uid: int = -1, session: bytes = b"") -> int:
         """Make a socket pair for ``file`` (taking over one reference) and return the
-        client end's descriptor, to be sent and then closed by the caller; the file
-        is charged to client process ``pid`` of ``uid`` (session ``session``)."""
+        client end's descriptor, to be sent and then closed by the caller with
+        :meth:`handed_out`; the file is charged to client process ``pid`` of ``uid``
+        (session ``session``)."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         end = FileEnd(mine, file, _key(theirs.fileno()), f"{file.kind} file", pid, uid, session)
         mine.setblocking(False)
         with self.clock.lock:
             self._by_key[end.key] = end
+            self.handing_out.add(theirs.fileno())
         self.post(lambda: self._watch(end))
         return theirs.detach()
+
+    def handed_out(self, fds: list[int]) -> None:
+        """Close our copies of client ends made by :meth:`export_file`, once sent."""
+        with self.clock.lock:
+            self.handing_out.difference_update(fds)
+            close_all(fds)
 
     def lookup_fd(self, fd: int) -> OpenFile | None:
         """The open file behind a received descriptor (with a new reference), if it

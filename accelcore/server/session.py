@@ -682,7 +682,7 @@ class Session:
             try:
                 self.send(message, rid, ends)
             finally:
-                close_all(ends)
+                self.server.handed_out(ends)
 
     def _read(self, rid: int, msg: p.Read, fds: list[int]) -> None:
         try:
