@@ -197,8 +197,14 @@ def _info_during_fill(params: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _fleet_client(params: dict[str, Any], ready: int, start: int) -> list[int]:
-    """One of the fleet: INFO ``loops`` times, each timed alone, after the start signal."""
+#: Per-task scheduler statistics: CPU time, run-queue time (ns), timeslices.
+SCHEDSTAT = "/proc/self/schedstat"
+
+
+def _fleet_client(params: dict[str, Any], ready: int, start: int) -> list[tuple[int, int]]:
+    """One of the fleet: INFO ``loops`` times after the start signal; per call, its
+    latency (timed alone) and how much of it, at most, this client spent waiting
+    for a CPU (its run-queue time, read just outside the timed window), in ns."""
     proc = connect(params["rt"])
     fd = proc.open("/dev/accel/accel0")
     out = proc.alloc(64)
@@ -210,14 +216,27 @@ def _fleet_client(params: dict[str, Any], ready: int, start: int) -> list[int]:
     cmd = CORE.ACCEL_IOCTL_INFO
     for _ in range(50):  # warm up
         proc.ioctl(fd, cmd, args.addr)
+    try:
+        stat = os.open(SCHEDSTAT, os.O_RDONLY)
+    except OSError:  # a kernel without CONFIG_SCHED_INFO: no run-queue time
+        stat = -1
+
+    def waited() -> int:
+        """This (single-threaded) process's time runnable but waiting for a CPU."""
+        return int(os.pread(stat, 128, 0).split()[1]) if stat >= 0 else 0
+
     os.write(ready, b"r")
     os.read(start, 1)
     clock = time.perf_counter_ns
     samples = []
     for _ in range(params["loops"]):
+        w0 = waited()
         t0 = clock()
         proc.ioctl(fd, cmd, args.addr)
-        samples.append(clock() - t0)
+        t1 = clock()
+        samples.append((t1 - t0, waited() - w0))
+    if stat >= 0:
+        os.close(stat)
     proc.exit()
     return samples
 
@@ -258,11 +277,26 @@ def _fleet(params: dict[str, Any]) -> dict[str, float]:
             raise RuntimeError(f"fleet client {pid} failed")
     os.close(ready_r)
     os.close(start_w)
-    samples = sorted(x for i in range(n) for x in json.loads((out_dir / f"{i}.json").read_text()))
+    samples = sorted(
+        (lat, wait)
+        for i in range(n)
+        for lat, wait in json.loads((out_dir / f"{i}.json").read_text())
+    )
+    p99_at = min(len(samples) - 1, int(0.99 * len(samples)))
+    mid = samples[len(samples) * 45 // 100 : len(samples) * 55 // 100]
+    tail = samples[p99_at:]
     return {
-        "p50": float(samples[len(samples) // 2]),
-        "p99": float(samples[min(len(samples) - 1, int(0.99 * len(samples)))]),
+        "p50": float(samples[len(samples) // 2][0]),
+        "p99": float(samples[p99_at][0]),
         "calls": float(len(samples)),
+        # Where the time went, from the client side: of the calls around the
+        # median and of those at or above p99, the mean latency and the mean time
+        # their client spent waiting for a CPU; the rest was the server's.
+        "mid_mean": sum(lat for lat, _ in mid) / len(mid),
+        "mid_client_wait": sum(wait for _, wait in mid) / len(mid),
+        "tail_mean": sum(lat for lat, _ in tail) / len(tail),
+        "tail_client_wait": sum(wait for _, wait in tail) / len(tail),
+        "client_wait_known": float(os.path.exists(SCHEDSTAT)),
     }
 
 
