@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Callable
 
 from benchmarks.gemm import cs_nop_rate
@@ -50,3 +52,21 @@ def test_compare_many_gives_one_median_per_function_in_order() -> None:
     out = compare_many([counter("a"), counter("b"), counter("c")], loops=20, rounds=3)
     assert len(out) == 3 and all(v > 0 for v in out)
     assert calls == {"a": 60, "b": 60, "c": 60}
+
+
+def test_server_p99_figure_says_where_the_tail_went(monkeypatch) -> None:
+    """The fleet figure end to end with 2 clients (values not checked): its note
+    splits the tail calls' time into the clients' run-queue wait and the rest."""
+    from benchmarks import crossprocess
+
+    monkeypatch.setattr(crossprocess, "FLEET", 2)
+    (fig,) = crossprocess.server_p99_32(quick=True)
+    assert set(fig.as_dict()) >= KEYS
+    assert fig.name == "server_p99_32" and fig.target == "<= 4.0x"
+    assert all(math.isfinite(v) and v > 0 for v in (fig.value, fig.baseline, fig.ratio))
+    assert "400 INFO calls; 2 client processes" in fig.note
+    if os.path.exists("/proc/self/schedstat"):
+        assert re.search(
+            r"calls at or above p99 took [\d.]+ ms on average, [\d.]+ ms of it", fig.note
+        )
+    assert re.search(r"server CPU \d+ us per call; load average [\d.]+ on \d+ CPUs", fig.note)
