@@ -42,6 +42,7 @@ from ..machine import Machine
 from ..vfs import OpenFile
 from . import protocol as p
 from .control_ops import CONTROL_OPS
+from .dispatch import Dispatcher
 from .limits import DEFAULT_LIMITS, Ledger, ServerLimits
 from .rundir import (
     UnsafeRuntimeDir,
@@ -214,6 +215,7 @@ class Server:
         self._sessions: dict[bytes, Session] = {}
         self._threads: set[threading.Thread] = set()
         self._thread: threading.Thread | None = None
+        self._dispatcher: Dispatcher | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._stopping = False
         self.stopped = threading.Event()
@@ -255,6 +257,8 @@ class Server:
             raise
         with self.clock.lock:
             self._unsubscribe = self.machine.sysfs.subscribe(lambda ev: self._node_event())
+        self._dispatcher = Dispatcher(self)
+        self._dispatcher.start()
         self._thread = threading.Thread(target=self._serve, name="accel-devfs", daemon=True)
         self._thread.start()
         log.info(
@@ -341,6 +345,8 @@ class Server:
             session.interrupt()
             with contextlib.suppress(OSError):
                 session.sock.shutdown(socket.SHUT_RDWR)
+        if self._dispatcher is not None:
+            self._dispatcher.stop()  # its sessions' ends run on threads joined below
         for t in list(self._threads):
             if t is not threading.current_thread():
                 t.join(15)
@@ -436,7 +442,7 @@ class Server:
         elif what == "control":
             conn = self._accept(sock)
             if conn is not None:
-                self._spawn(self._run_session, conn, name="accel-session")
+                self.spawn(self._run_session, conn, name="accel-session")
         elif isinstance(what, FileEnd):
             try:
                 data = what.sock.recv(p.MAX_MESSAGE)
@@ -456,7 +462,7 @@ class Server:
         elif isinstance(what, str):
             conn = self._accept(sock)
             if conn is not None:
-                self._spawn(self._opening, conn, what, name="accel-open")
+                self.spawn(self._opening, conn, what, name="accel-open")
 
     def _accept(self, lsock: socket.socket) -> socket.socket | None:
         try:
@@ -484,7 +490,9 @@ class Server:
         with contextlib.suppress(OSError):
             self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
-    def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
+    def spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
+        """Run ``target(*args)`` on a new thread that :meth:`stop` joins."""
+
         def run() -> None:
             try:
                 target(*args)
@@ -763,16 +771,36 @@ class Server:
             return
         with self._post_lock:
             self._connections.add(session)
+
+        def ended() -> None:
+            with self._post_lock:
+                self._connections.discard(session)
+            self._leave(conn, "session")
+
+        session.on_end = ended
         if self._stopping:
             session.closing = True
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        try:
-            session.run()
-        finally:
-            with self._post_lock:
-                self._connections.discard(session)
-            self._leave(conn, "session")
+        session.run()
+
+    def dispatch(self, session: Session) -> bool:
+        """Hand ``session`` (past HELLO) to the dispatcher thread; whether it took it
+        (not when the server is stopping: the session's thread then ends it)."""
+        if self._dispatcher is None or self._stopping:
+            return False
+        self._dispatcher.add(session)
+        return True
+
+    @property
+    def dispatcher_thread(self) -> threading.Thread | None:
+        """The thread that serves the sessions past HELLO (see :meth:`dispatch`)."""
+        return self._dispatcher.thread if self._dispatcher is not None else None
+
+    def dispatcher_want_write(self, session: Session) -> None:
+        """(Dispatcher thread) ``session`` has replies queued for a slow reader."""
+        if self._dispatcher is not None:
+            self._dispatcher.want_write(session)
 
     def _admit(self, conn: socket.socket, kind: str) -> bool:
         """Count a new ``kind`` connection against its peer's caps (per process and

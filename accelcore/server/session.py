@@ -30,6 +30,8 @@ import secrets
 import select
 import socket
 import threading
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,7 @@ from ..task import Task
 from ..udmabuf import WRITE_SEALS, MemfdFile
 from ..vfs import Mapping, OpenFile
 from . import protocol as p
+from .dispatch import OUTBOX_MAX
 from .fdtable import PLACEHOLDER_BASE, CallFds, ServerFdTable, backing_memory
 from .wire import RecordReader, close_all, pass_credentials, peer_credentials, send_record
 
@@ -127,6 +130,13 @@ class Session:
         self._handles: dict[int, FileEnd] = {}
         self._handle_of: dict[tuple[int, int], int] = {}
         self._next_handle = 1
+        self._first = True
+        #: Called once the session has ended (its teardown done), on that thread.
+        self.on_end: Callable[[], None] | None = None
+        #: Replies waiting for the client to read (only the dispatcher's thread
+        #: queues them): ``(record, descriptors, what to do once sent)``.
+        self._outbox: deque[tuple[bytes, list[int], Callable[[], None] | None]] = deque()
+        self._dispatcher: threading.Thread | None = None
         #: The native client's pidfd said it exited: nothing more is served.
         self.process_gone = False
         self.closing = False
@@ -135,17 +145,80 @@ class Session:
         self.refused = False
 
     # -- plumbing ----------------------------------------------------------------
-    def send(self, message: p.Message, rid: int = 0, fds: list[int] | None = None) -> None:
-        """Send a reply; a client that went away is not an error."""
+    def send(
+        self,
+        message: p.Message,
+        rid: int = 0,
+        fds: list[int] | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
+        """Send a reply; a client that went away is not an error. ``on_sent`` runs
+        once the record is gone (or failed): at once, or — on the dispatcher's
+        thread, when the client's socket is full — when :meth:`flush` sends it."""
         if type(message) is p.Result and not (message.errno or message.placeholders):
             data = p.encode_result(rid, message.ret, message.handle)  # the common reply
         else:
             data = p.encode(message, rid)
+        if self._dispatcher is threading.current_thread():
+            self._queue(data, fds or [], on_sent)
+            return
         try:
             with self._send_lock:
                 send_record(self.sock, data, fds or [])
         except OSError as exc:
             log.debug("pid %d: reply %s not sent: %s", self.pid, message.TYPE.name, exc)
+        finally:
+            if on_sent is not None:
+                on_sent()
+
+    def _queue(self, data: bytes, fds: list[int], on_sent: Callable[[], None] | None) -> None:
+        """(Dispatcher thread) send without blocking, or queue behind earlier replies."""
+        if not self._outbox:
+            try:
+                with self._send_lock:
+                    send_record(self.sock, data, fds, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                log.debug("pid %d: reply not sent: %s", self.pid, exc)
+                if on_sent is not None:
+                    on_sent()
+                return
+            else:
+                if on_sent is not None:
+                    on_sent()
+                return
+        if len(self._outbox) >= OUTBOX_MAX:
+            log.warning(
+                "pid %d does not read its replies (%d queued); closing its session",
+                self.pid,
+                len(self._outbox),
+            )
+            self.refused = True
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            if on_sent is not None:
+                on_sent()
+            return
+        self._outbox.append((data, fds, on_sent))
+        self.server.dispatcher_want_write(self)
+
+    def flush(self) -> bool:
+        """(Dispatcher thread) send queued replies while the socket takes them;
+        whether the queue is empty."""
+        while self._outbox:
+            data, fds, on_sent = self._outbox[0]
+            try:
+                with self._send_lock:
+                    send_record(self.sock, data, fds, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                log.debug("pid %d: reply not sent: %s", self.pid, exc)
+            self._outbox.popleft()
+            if on_sent is not None:
+                on_sent()
+        return True
 
     def _fail(self, rid: int, exc: BaseException) -> None:
         self.send(self._error_result(exc), rid)
@@ -165,15 +238,71 @@ class Session:
         return p.Result(errno=errno.EIO, message=f"server error: {exc!r}")
 
     def run(self) -> None:
-        """Serve the connection until it ends; never raises."""
+        """Serve the connection on this thread until it has said HELLO — then the
+        server's dispatcher (:mod:`~accelcore.server.dispatch`), if it has one,
+        serves it — or until it ends; never raises."""
         try:
             # A connection that says nothing within the timeout is closed: silent
             # connects must not hold a thread and a descriptor for ever.
             self.sock.settimeout(self.server.limits.hello_timeout)
-            # What the session's calls allocate is charged to its client (workers
-            # do the same in _on_worker).
-            with charge_to(self._charge):
-                self._serve()
+        except OSError:
+            self.end()
+            return
+        # What the session's calls allocate is charged to its client (workers and
+        # the dispatcher do the same around each call).
+        with charge_to(self._charge):
+            while self.step(nonblock=False):
+                if self.task is not None and self.server.dispatch(self):
+                    self._dispatcher = self.server.dispatcher_thread
+                    return
+        self.end()
+
+    def end(self) -> None:
+        """The session is over: tear it down, then tell the server (``on_end``)."""
+        try:
+            self.teardown()
+        finally:
+            if self.on_end is not None:
+                self.on_end()
+
+    def step(self, *, nonblock: bool) -> bool:
+        """Receive and handle one record (``nonblock``: only if one is there, as the
+        dispatcher asks); whether the session goes on. Never raises."""
+        if self.closing:
+            return False
+        try:
+            try:
+                data, fds, creds = self._reader.recv(socket.MSG_DONTWAIT if nonblock else 0)
+            except BlockingIOError:
+                return True
+            if self._first:
+                self._first = False
+                self.sock.settimeout(None)
+            if (not data and not fds) or self.process_gone:
+                close_all(fds)
+                return False
+            try:
+                try:
+                    frame = p.decode(data)
+                except p.VersionMismatch as exc:
+                    if self.task is None:  # say why before closing
+                        self.send(p.Result(errno=errno.EPROTONOSUPPORT, message=str(exc)))
+                    raise
+                if frame.message.fd_count() != len(fds):
+                    raise p.ProtocolError(
+                        f"{frame.message.TYPE.name} needs {frame.message.fd_count()} "
+                        f"descriptors, got {len(fds)}"
+                    )
+            except p.ProtocolError:
+                close_all(fds)
+                raise
+            if not self._sender_ok(frame.rid, frame.message, creds):
+                close_all(fds)
+                return True
+            if nonblock:
+                with charge_to(self._charge):
+                    return self._handle(frame.rid, frame.message, fds)
+            return self._handle(frame.rid, frame.message, fds)
         except p.ProtocolError as exc:
             self.refused = True
             log.warning(
@@ -193,40 +322,7 @@ class Session:
         except Exception:
             self.refused = True
             log.exception("pid %d: internal error; closing its connection", self.pid)
-        finally:
-            self.teardown()
-
-    def _serve(self) -> None:
-        first = True
-        recv = self._reader.recv
-        while not self.closing:
-            data, fds, creds = recv()
-            if first:
-                first = False
-                self.sock.settimeout(None)
-            if (not data and not fds) or self.process_gone:
-                close_all(fds)
-                return
-            try:
-                try:
-                    frame = p.decode(data)
-                except p.VersionMismatch as exc:
-                    if self.task is None:  # say why before closing
-                        self.send(p.Result(errno=errno.EPROTONOSUPPORT, message=str(exc)))
-                    raise
-                if frame.message.fd_count() != len(fds):
-                    raise p.ProtocolError(
-                        f"{frame.message.TYPE.name} needs {frame.message.fd_count()} "
-                        f"descriptors, got {len(fds)}"
-                    )
-            except p.ProtocolError:
-                close_all(fds)
-                raise
-            if not self._sender_ok(frame.rid, frame.message, creds):
-                close_all(fds)
-                continue
-            if not self._handle(frame.rid, frame.message, fds):
-                return
+        return False
 
     # -- requests ----------------------------------------------------------------
     def _sender_ok(self, rid: int, msg: p.Message, creds: tuple[int, int, int] | None) -> bool:
@@ -679,10 +775,7 @@ class Session:
         # Our copies of the client ends go before a CLOSE of this session is
         # served, so that the client's last close() finds the end hung up.
         with self._handing_out:
-            try:
-                self.send(message, rid, ends)
-            finally:
-                self.server.handed_out(ends)
+            self.send(message, rid, ends, lambda: self.server.handed_out(ends))
 
     def _read(self, rid: int, msg: p.Read, fds: list[int]) -> None:
         try:
@@ -945,6 +1038,10 @@ class Session:
                     sub.exit_task(task)
                 else:
                     task.exit()
+        while self._outbox:  # replies the client never read: our copies go
+            _, _, on_sent = self._outbox.popleft()
+            if on_sent is not None:
+                on_sent()
         with contextlib.suppress(OSError):
             self.sock.close()
 

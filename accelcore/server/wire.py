@@ -38,12 +38,12 @@ _CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 
 
-def send_record(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
-    """Send one record, with ``fds`` as ``SCM_RIGHTS``."""
+def send_record(sock: socket.socket, data: bytes, fds: Sequence[int] = (), flags: int = 0) -> None:
+    """Send one record, with ``fds`` as ``SCM_RIGHTS`` (``flags``: ``MSG_DONTWAIT``…)."""
     if fds:
-        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], flags)
     else:
-        sock.sendmsg([data])
+        sock.sendmsg([data], [], flags)
 
 
 def _fds_of(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -134,14 +134,16 @@ class RecordReader:
         self._max_fds = max_fds
         self._anc = socket.CMSG_SPACE(max_fds * 4) + (_CRED_SPACE if creds else 0)
 
-    def recv(self) -> tuple[memoryview, list[int], tuple[int, int, int] | None]:
+    def recv(self, flags: int = 0) -> tuple[memoryview, list[int], tuple[int, int, int] | None]:
         """Receive one record: ``(data, fds, creds)``, ``data`` a view of the buffer
         valid until the next call; ``(empty, [], None)`` at end of file.
+        ``flags``: ``MSG_DONTWAIT`` for a receive that does not wait.
 
         Raises:
+            BlockingIOError: ``MSG_DONTWAIT`` and no record is there.
             As :func:`recv_record_creds`.
         """
-        n, anc, flags, _ = self.sock.recvmsg_into([self._buf], self._anc, _CLOEXEC)
+        n, anc, flags, _ = self.sock.recvmsg_into([self._buf], self._anc, _CLOEXEC | flags)
         fds, creds = _check(anc, flags, n, self._max_size, self._max_fds)
         return self._view[:n], fds, creds
 
