@@ -14,9 +14,12 @@ the process is killed. Then the server drops the open file's reference. Files
 the engine hands out (dma-bufs, sync files) are socket pairs made the same way.
 
 Threads: one selector thread accepts connections and watches the server ends of
-open files for end of file; each session has its own thread, and its calls that
-may sleep run on per-session workers, so a slow or blocked client never holds
-up another. The engine is entered only under ``clock.lock``, which waits release.
+open files for end of file; each new connection has a thread of its own until
+it says HELLO (control connections keep it), then one dispatcher thread
+(:mod:`~accelcore.server.dispatch`) takes every session's records in turn; calls
+that may sleep run on per-session workers, so a slow or blocked client never
+holds up another. The engine is entered only under ``clock.lock``, which waits
+release.
 """
 
 from __future__ import annotations
