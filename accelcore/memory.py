@@ -16,7 +16,7 @@ import mmap
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -132,19 +132,26 @@ class MemoryCharge(Protocol):
 _CHARGE = threading.local()
 
 
-@contextlib.contextmanager
-def charge_to(account: MemoryCharge) -> Iterator[None]:
+class charge_to:  # noqa: N801 - used as a function: ``with charge_to(account):``
     """Charge every :class:`SharedMemory` this thread creates meanwhile (buffer
     objects, not adopted memfds) to ``account`` until it is freed, as the kernel
     charges an allocation to the current task's memory cgroup. The devfs server
-    charges a client's calls to that client and its uid.
+    charges a client's calls to that client and its uid. (A plain context
+    manager, not a generator: the server enters one per call.)
     """
-    before = getattr(_CHARGE, "account", None)
-    _CHARGE.account = account
-    try:
-        yield
-    finally:
-        _CHARGE.account = before
+
+    __slots__ = ("_account", "_before")
+
+    def __init__(self, account: MemoryCharge) -> None:
+        self._account = account
+        self._before: MemoryCharge | None = None
+
+    def __enter__(self) -> None:
+        self._before = getattr(_CHARGE, "account", None)
+        _CHARGE.account = self._account
+
+    def __exit__(self, *exc: object) -> None:
+        _CHARGE.account = self._before
 
 
 #: Live regions by the id of their mmap, so a view can be traced to its memfd.

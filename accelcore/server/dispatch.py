@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import selectors
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -47,14 +47,17 @@ class Dispatcher:
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        self._sel = selectors.DefaultSelector()
+        # epoll itself, not ``selectors``: its per-wakeup bookkeeping is Python
+        # code that every call would pay for.
+        self._ep = select.epoll()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._ep.register(self._wake_r.fileno(), select.EPOLLIN)
         self._posted: list[Callable[[], None]] = []
         self._lock = threading.Lock()
-        self._sessions: set[Session] = set()
+        #: The sessions served, by the descriptor number of their socket.
+        self._sessions: dict[int, Session] = {}
         self._stopping = False
         self.thread = threading.Thread(target=self._run, name="accel-dispatch", daemon=True)
 
@@ -68,8 +71,8 @@ class Dispatcher:
     def want_write(self, session: Session) -> None:
         """(Dispatcher thread) ``session`` has queued replies: flush them when its
         socket takes more."""
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self._sel.modify(session.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, session)
+        with contextlib.suppress(OSError):
+            self._ep.modify(session.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
 
     def stop(self) -> None:
         """End every session it serves (each on a thread of the server) and stop."""
@@ -77,7 +80,7 @@ class Dispatcher:
         self._wake()
         if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(15)
-        self._sel.close()
+        self._ep.close()
         self._wake_r.close()
         self._wake_w.close()
 
@@ -95,37 +98,42 @@ class Dispatcher:
             self._end(session)
             return
         try:
-            self._sel.register(session.sock, selectors.EVENT_READ, session)
-        except (KeyError, ValueError, OSError):  # closed meanwhile
+            fd = session.sock.fileno()
+            self._ep.register(fd, select.EPOLLIN)
+        except (ValueError, OSError):  # closed meanwhile
             self._end(session)
             return
-        self._sessions.add(session)
+        self._sessions[fd] = session
 
     def _run(self) -> None:
+        wake = self._wake_r.fileno()
+        sessions = self._sessions
         try:
             while not self._stopping:
                 try:
-                    events = self._sel.select()
+                    events = self._ep.poll()
+                except InterruptedError:
+                    continue
                 except OSError:
                     return
-                for key, mask in events:
-                    session = key.data
-                    if session is None:
+                for fd, mask in events:
+                    if fd == wake:
                         self._drain()
                         continue
-                    if session not in self._sessions:
+                    session = sessions.get(fd)
+                    if session is None:
                         continue  # dropped by an earlier event of this round
                     try:
-                        if mask & selectors.EVENT_WRITE and session.flush():
-                            self._sel.modify(session.sock, selectors.EVENT_READ, session)
-                        if mask & selectors.EVENT_READ and not session.step(nonblock=True):
-                            self._drop(session)
+                        if mask & select.EPOLLOUT and session.flush():
+                            self._ep.modify(fd, select.EPOLLIN)
+                        if mask & ~select.EPOLLOUT and not session.step(nonblock=True):
+                            self._drop(fd, session)
                     except Exception:
                         log.exception("pid %d: internal error in the dispatcher", session.pid)
-                        self._drop(session)
+                        self._drop(fd, session)
         finally:
-            for session in list(self._sessions):
-                self._drop(session)
+            for fd, session in list(sessions.items()):
+                self._drop(fd, session)
 
     def _drain(self) -> None:
         with contextlib.suppress(OSError):
@@ -135,10 +143,10 @@ class Dispatcher:
         for fn in posted:
             fn()
 
-    def _drop(self, session: Session) -> None:
-        self._sessions.discard(session)
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self._sel.unregister(session.sock)
+    def _drop(self, fd: int, session: Session) -> None:
+        del self._sessions[fd]
+        with contextlib.suppress(ValueError, OSError):
+            self._ep.unregister(fd)
         self._end(session)
 
     def _end(self, session: Session) -> None:
