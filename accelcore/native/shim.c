@@ -44,7 +44,7 @@
 #endif
 
 /* --- the protocol (accelcore/server/protocol.py) --------------------------- */
-#define PROTO_VERSION 1
+#define PROTO_VERSION 2
 #define MAX_MESSAGE 65536
 #define MAX_FDS 16
 #define TOKEN_SIZE 16
@@ -56,6 +56,8 @@ enum {
 };
 #define HELLO_NATIVE 2u
 #define ARENA_BIT (1ULL << 63)
+/* RESULT: ret i64, errno i32, nfds u32, mlen u32, handle u32; nfds i32; message. */
+#define RESULT_FIXED 24
 
 struct hdr {
 	char magic[4];
@@ -104,6 +106,36 @@ static int warned;
 enum { K_UNKNOWN = 0, K_OURS = 1, K_OTHER = 2, K_MASK = 3, K_NONBLOCK = 4 };
 static unsigned char fdk[FD_TABLE];
 
+/* Session handles (protocol v2): once the server has seen a descriptor's file
+ * (OPEN's RESULT, or the first request that carried the descriptor), requests
+ * name it by the handle the RESULT gave, and the descriptor no longer travels.
+ * Per descriptor number below HANDLE_SLOTS (a number above just keeps sending
+ * its descriptor): the handle of its file, 0 if not known; and a sequence
+ * number bumped whenever the number stops naming its file (close, dup2/dup3
+ * onto it), so that a handle learned by a call that raced with such a change
+ * is not stored (it would name the old file).  copies made by dup share their
+ * file's handle; the process's last descriptor of a file going sends CLOSE
+ * with forget, and its handle lapses in the server.  h_forgets counts CLOSEs
+ * with forget in flight and h_epoch is bumped as each starts and ends: a handle
+ * learned while one was in flight may be the one being forgotten, so it is not
+ * stored either.  All under h_lock (never held across I/O); emptied in a forked
+ * child, whose session is a new one. */
+#define HANDLE_SLOTS 4096
+struct hslot {
+	uint32_t handle;
+	uint32_t seq;
+};
+static pthread_mutex_t h_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct hslot hslots[HANDLE_SLOTS];
+static int h_top; /* every slot with a handle is below it (the scan for other copies) */
+static unsigned h_forgets, h_epoch;
+/* What a request read before it was sent: its target's handle and the state it
+ * must find unchanged to store the handle its RESULT names. */
+struct hsnap {
+	uint32_t handle, seq;
+	unsigned epoch;
+};
+
 /* Replies are matched to callers by request id. */
 struct waiter {
 	uint64_t rid;
@@ -150,8 +182,121 @@ static void set_kind(int fd, unsigned char k)
 		fdk[fd] = k;
 }
 
+/* --- the handle cache ------------------------------------------------------- */
+static void handle_snap(int fd, struct hsnap *s)
+{
+	s->handle = 0;
+	s->seq = 0;
+	s->epoch = 0;
+	if (fd < 0 || fd >= HANDLE_SLOTS)
+		return;
+	pthread_mutex_lock(&h_lock);
+	s->handle = hslots[fd].handle;
+	s->seq = hslots[fd].seq;
+	s->epoch = h_epoch;
+	pthread_mutex_unlock(&h_lock);
+}
+
+static void put_handle(int fd, uint32_t h)
+{
+	hslots[fd].handle = h;
+	if (h && fd >= h_top)
+		h_top = fd + 1;
+}
+
+/* Store the handle a RESULT named for fd, if fd still names the file the request
+ * was sent for (s taken before the request) and no CLOSE with forget was in
+ * flight meanwhile. */
+static void learn_handle(int fd, uint32_t h, const struct hsnap *s)
+{
+	if (!h || fd < 0 || fd >= HANDLE_SLOTS)
+		return;
+	pthread_mutex_lock(&h_lock);
+	if (hslots[fd].seq == s->seq && h_epoch == s->epoch && !h_forgets &&
+	    (fdk[fd] & K_MASK) == K_OURS)
+		put_handle(fd, h);
+	pthread_mutex_unlock(&h_lock);
+}
+
+/* The handle of a file just opened at fd (OPEN's RESULT): a new file. */
+static void set_handle(int fd, uint32_t h)
+{
+	if (fd < 0 || fd >= HANDLE_SLOTS)
+		return;
+	pthread_mutex_lock(&h_lock);
+	hslots[fd].seq++;
+	put_handle(fd, h);
+	pthread_mutex_unlock(&h_lock);
+}
+
+/* dup: to names from's file (s taken from from before the copy was made). */
+static void copy_handle(int from, int to, const struct hsnap *s)
+{
+	if (to < 0 || to >= HANDLE_SLOTS)
+		return;
+	pthread_mutex_lock(&h_lock);
+	hslots[to].seq++;
+	put_handle(to, from >= 0 && from < HANDLE_SLOTS && from != sess_fd &&
+			       hslots[from].seq == s->seq ? hslots[from].handle : 0);
+	pthread_mutex_unlock(&h_lock);
+}
+
+/* fd stops naming its file (it is being closed, or replaced by dup2/dup3).
+ * Returns 1 if it was the process's last descriptor with that file's handle:
+ * the caller then sends CLOSE with forget and calls forget_done() after. */
+static int untrack_handle(int fd)
+{
+	uint32_t h;
+	int i, last = 0;
+	if (fd < 0 || fd >= HANDLE_SLOTS)
+		return 0;
+	pthread_mutex_lock(&h_lock);
+	h = hslots[fd].handle;
+	hslots[fd].handle = 0;
+	hslots[fd].seq++;
+	if (h) {
+		last = 1;
+		for (i = 0; i < h_top; i++)
+			if (hslots[i].handle == h) {
+				last = 0;
+				break;
+			}
+		if (last) {
+			h_forgets++;
+			h_epoch++;
+		}
+	}
+	pthread_mutex_unlock(&h_lock);
+	return last;
+}
+
+static void forget_done(void)
+{
+	pthread_mutex_lock(&h_lock);
+	h_forgets--;
+	h_epoch++;
+	pthread_mutex_unlock(&h_lock);
+}
+
+/* fork: the table is consistent while the child copies it, and the child's is
+ * emptied (its session will be a new one: the parent's handles are not its). */
+static void before_fork(void)
+{
+	pthread_mutex_lock(&h_lock);
+}
+
+static void after_fork_parent(void)
+{
+	pthread_mutex_unlock(&h_lock);
+}
+
 static void after_fork_child(void)
 {
+	memset(hslots, 0, sizeof(hslots));
+	h_top = 0;
+	h_forgets = 0;
+	h_epoch++;
+	pthread_mutex_unlock(&h_lock);
 	/* The child does not speak on its parent's session: it starts its own at its
 	 * first call.  Inherited descriptors and mappings stay (they are shared). */
 	pthread_mutex_init(&g_lock, NULL);
@@ -180,7 +325,7 @@ __attribute__((constructor)) static void shim_init(void)
 		snprintf(rt_dir, sizeof(rt_dir), "%s/accelcore-%u", tmp && *tmp ? tmp : "/tmp",
 			 (unsigned)getuid());
 	}
-	pthread_atfork(NULL, NULL, after_fork_child);
+	pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }
 
 /* --- records ---------------------------------------------------------------- */
@@ -334,11 +479,16 @@ static int ensure_session(void)
 		goto fail_close;
 	}
 	memcpy(&h, buf, HEADER_SIZE);
-	if (h.type == T_RESULT && n >= HEADER_SIZE + 20) {
+	if (h.type == T_RESULT && n >= HEADER_SIZE + RESULT_FIXED) {
 		int32_t err;
+		uint32_t nph;
 		memcpy(&err, buf + HEADER_SIZE + 8, 4);
+		memcpy(&nph, buf + HEADER_SIZE + 12, 4);
 		buf[n < (ssize_t)sizeof(buf) ? n : (ssize_t)sizeof(buf) - 1] = 0;
-		warn_once("the server refused native client mode: %s", buf + HEADER_SIZE + 20);
+		warn_once("the server refused native client mode: %s",
+			  nph <= MAX_FDS && HEADER_SIZE + RESULT_FIXED + 4 * nph <= (size_t)n
+				  ? buf + HEADER_SIZE + RESULT_FIXED + 4 * nph
+				  : "(malformed reply)");
 		REAL(close)(s);
 		errno = err ? err : EPERM;
 		goto fail;
@@ -463,25 +613,29 @@ static int call(uint16_t type, const void *body, uint32_t blen, const int *fds, 
 	return 0;
 }
 
-/* A RESULT body: ret, errno, placeholders. Returns 0, or -1 if malformed. */
+/* A RESULT body: ret, errno, placeholders, the target's handle. Returns 0, or
+ * -1 if malformed. */
 struct result {
 	int64_t ret;
 	int32_t err;
 	uint32_t n;
+	uint32_t handle;
 	int32_t ph[MAX_FDS];
 };
 static int parse_result(const struct waiter *w, struct result *r)
 {
 	uint32_t mlen;
-	if (w->type != T_RESULT || w->len < 20)
+	if (w->type != T_RESULT || w->len < RESULT_FIXED)
 		return -1;
 	memcpy(&r->ret, w->body, 8);
 	memcpy(&r->err, w->body + 8, 4);
 	memcpy(&r->n, w->body + 12, 4);
 	memcpy(&mlen, w->body + 16, 4);
-	if (r->n > MAX_FDS || w->len != 20 + 4 * r->n + mlen || (int)r->n != w->nfds)
+	memcpy(&r->handle, w->body + 20, 4);
+	if (r->n > MAX_FDS || mlen > MAX_MESSAGE ||
+	    w->len != RESULT_FIXED + 4 * (size_t)r->n + mlen || (int)r->n != w->nfds)
 		return -1;
-	memcpy(r->ph, w->body + 20, 4 * r->n);
+	memcpy(r->ph, w->body + RESULT_FIXED, 4 * r->n);
 	return 0;
 }
 
@@ -545,6 +699,7 @@ static int open_node(const char *sockpath, const char *path, int flags)
 	ssize_t n;
 	struct hdr h;
 	int32_t err;
+	uint32_t handle;
 
 	if (ensure_session() < 0)
 		return -1;
@@ -573,12 +728,13 @@ static int open_node(const char *sockpath, const char *path, int flags)
 		n = recv_rec(s, buf, sizeof(buf), fds, &nfds);
 	while (n < 0 && errno == EINTR);
 	close_fds(fds, nfds);
-	if (n < HEADER_SIZE + 20) {
+	if (n < HEADER_SIZE + RESULT_FIXED) {
 		errno = ENODEV;
 		goto fail;
 	}
 	memcpy(&h, buf, HEADER_SIZE);
 	memcpy(&err, buf + HEADER_SIZE + 8, 4);
+	memcpy(&handle, buf + HEADER_SIZE + 20, 4);
 	if (h.type != T_RESULT) {
 		errno = EPROTO;
 		goto fail;
@@ -589,6 +745,7 @@ static int open_node(const char *sockpath, const char *path, int flags)
 	}
 	(void)path;
 	set_kind(s, K_OURS | ((flags & O_NONBLOCK) ? K_NONBLOCK : 0));
+	set_handle(s, handle);
 	return s;
 fail:
 	{
@@ -645,31 +802,54 @@ int __open_2(const char *path, int flags)
 }
 int __open64_2(const char *path, int flags) __attribute__((alias("__open_2")));
 
+/* Whether fd is a descriptor already known to be ours (no server check: close
+ * and dup2 need no session); its file's identity in st. */
+static int known_ours(int fd, struct stat *st)
+{
+	return fd >= 0 && fd < FD_TABLE && (fdk[fd] & K_MASK) == K_OURS && fstat(fd, st) == 0;
+}
+
+/* CLOSE after a descriptor of ours (file st) was closed: if that was the last
+ * copy anywhere, the server releases the file before replying, so close()
+ * returns after the release, as the kernel's.  forget: it was this process's
+ * last descriptor with the file's handle (the handle lapses). */
+static void send_close(const struct stat *st, int forget)
+{
+	struct {
+		uint64_t dev, ino;
+		uint32_t forget, pad;
+	} __attribute__((packed)) body;
+	char reply[4096 + 128];
+	struct waiter w;
+	int saved = errno;
+	body.dev = (uint64_t)st->st_dev;
+	body.ino = (uint64_t)st->st_ino;
+	body.forget = forget ? 1 : 0;
+	body.pad = 0;
+	w.body = reply;
+	w.cap = sizeof(reply);
+	if (call(T_CLOSE, &body, sizeof(body), NULL, 0, &w) == 0)
+		close_fds(w.fds, w.nfds);
+	errno = saved;
+}
+
 int close(int fd)
 {
 	struct stat st;
-	int ours, r, saved;
+	int ours, r, last;
 	if (fd >= 0 && fd == sess_fd) {
 		errno = EBADF; /* the program never opened it */
 		return -1;
 	}
-	/* Only descriptors already known to be ours (no server check on close). */
-	ours = fd >= 0 && fd < FD_TABLE && (fdk[fd] & K_MASK) == K_OURS && fstat(fd, &st) == 0;
+	ours = known_ours(fd, &st);
 	set_kind(fd, K_UNKNOWN);
+	last = untrack_handle(fd);
 	r = REAL(close)(fd);
-	if (r == 0 && ours) {
-		/* CLOSE: if that was the last copy, the server releases the file before
-		 * replying, so close() returns after the release, as the kernel's. */
-		uint64_t body[2] = { (uint64_t)st.st_dev, (uint64_t)st.st_ino };
-		char reply[4096 + 128];
-		struct waiter w;
-		saved = errno;
-		w.body = reply;
-		w.cap = sizeof(reply);
-		if (call(T_CLOSE, body, sizeof(body), NULL, 0, &w) == 0)
-			close_fds(w.fds, w.nfds);
-		errno = saved;
-	}
+	/* Linux frees the number whatever close returns, but for EBADF. */
+	if (ours && (r == 0 || errno != EBADF))
+		send_close(&st, last);
+	if (last)
+		forget_done();
 	return r;
 }
 
@@ -681,50 +861,76 @@ static void copy_kind(int from, int to)
 
 int dup(int fd)
 {
-	int r = REAL(dup)(fd);
-	if (r >= 0)
+	struct hsnap s;
+	int r;
+	handle_snap(fd, &s);
+	r = REAL(dup)(fd);
+	if (r >= 0) {
 		copy_kind(fd, r);
+		copy_handle(fd, r, &s);
+	}
+	return r;
+}
+
+/* dup2/dup3 onto `to`: whatever `to` named is closed (as close() would). */
+static int dup_onto(int fd, int to, int flags, int three)
+{
+	struct stat st;
+	struct hsnap s;
+	int r, ours, last;
+	ours = known_ours(to, &st);
+	handle_snap(fd, &s);
+	last = untrack_handle(to);
+	r = three ? REAL(dup3)(fd, to, flags) : REAL(dup2)(fd, to);
+	if (r >= 0) {
+		copy_kind(fd, r);
+		copy_handle(fd, r, &s);
+		if (ours)
+			send_close(&st, last);
+	}
+	if (last)
+		forget_done();
 	return r;
 }
 
 int dup2(int fd, int to)
 {
-	int r;
 	if (to >= 0 && to == sess_fd && fd != to) {
 		errno = EBUSY;
 		return -1;
 	}
-	r = REAL(dup2)(fd, to);
-	if (r >= 0 && fd != to)
-		copy_kind(fd, r);
-	return r;
+	if (fd == to)
+		return REAL(dup2)(fd, to);
+	return dup_onto(fd, to, 0, 0);
 }
 
 int dup3(int fd, int to, int flags)
 {
-	int r;
 	if (to >= 0 && to == sess_fd) {
 		errno = EBUSY;
 		return -1;
 	}
-	r = REAL(dup3)(fd, to, flags);
-	if (r >= 0)
-		copy_kind(fd, r);
-	return r;
+	if (fd == to)
+		return REAL(dup3)(fd, to, flags); /* EINVAL */
+	return dup_onto(fd, to, flags, 1);
 }
 
 int fcntl(int fd, int cmd, ...)
 {
 	va_list ap;
 	void *arg;
+	struct hsnap s;
 	int r;
 	va_start(ap, cmd);
 	arg = va_arg(ap, void *);
 	va_end(ap);
+	if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
+		handle_snap(fd, &s);
 	r = REAL(fcntl)(fd, cmd, arg);
-	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC))
+	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) {
 		copy_kind(fd, r);
-	else if (r >= 0 && cmd == F_SETFL && fd >= 0 && fd < FD_TABLE && (fdk[fd] & K_MASK) == K_OURS)
+		copy_handle(fd, r, &s);
+	} else if (r >= 0 && cmd == F_SETFL && fd >= 0 && fd < FD_TABLE && (fdk[fd] & K_MASK) == K_OURS)
 		fdk[fd] = K_OURS | (((long)arg & O_NONBLOCK) ? K_NONBLOCK : 0);
 	return r;
 }
@@ -734,13 +940,18 @@ int ioctl(int fd, unsigned long request, ...)
 {
 	va_list ap;
 	void *argp;
-	char body[16 + 4];
+	/* cmd u32, handle u32, argp u64, fd i32, nargs u32 (0: in native mode the
+	 * server fetches the descriptors the arguments name itself). */
+	struct {
+		uint32_t cmd, handle;
+		uint64_t argp;
+		int32_t fd;
+		uint32_t nargs;
+	} __attribute__((packed)) body;
 	char reply[4096 + 128];
 	struct waiter w;
 	struct result r;
-	uint32_t cmd = (uint32_t)request, one = 1;
-	uint64_t addr;
-	int32_t fdn = fd;
+	struct hsnap s;
 	uint32_t i;
 	int64_t ret;
 
@@ -749,20 +960,24 @@ int ioctl(int fd, unsigned long request, ...)
 	va_end(ap);
 	if (!is_ours(fd))
 		return REAL(ioctl)(fd, request, argp);
-	addr = (uint64_t)(uintptr_t)argp;
-	memcpy(body, &cmd, 4);
-	memcpy(body + 4, &one, 4);
-	memcpy(body + 8, &addr, 8);
-	memcpy(body + 16, &fdn, 4);
+	handle_snap(fd, &s);
+	body.cmd = (uint32_t)request;
+	body.handle = s.handle;
+	body.argp = (uint64_t)(uintptr_t)argp;
+	body.fd = fd;
+	body.nargs = 0;
 	w.body = reply;
 	w.cap = sizeof(reply);
-	if (call(T_IOCTL, body, sizeof(body), &fd, 1, &w) < 0)
+	/* The target travels only until the server has named its handle. */
+	if (call(T_IOCTL, &body, sizeof(body), &fd, s.handle ? 0 : 1, &w) < 0)
 		return -1;
 	if (parse_result(&w, &r) < 0) {
 		close_fds(w.fds, w.nfds);
 		errno = EPROTO;
 		return -1;
 	}
+	if (!s.handle)
+		learn_handle(fd, r.handle, &s);
 	if (r.err) {
 		close_fds(w.fds, w.nfds);
 		errno = r.err;
@@ -850,10 +1065,13 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	struct {
 		uint64_t offset, length;
-		uint32_t writable, pad;
+		uint32_t writable, handle;
+		int32_t fd;
+		uint32_t pad;
 	} __attribute__((packed)) body;
 	char reply[4096 + 128];
 	struct waiter w;
+	struct hsnap s;
 	uint64_t mid, moff, mlen;
 	long page = sysconf(_SC_PAGESIZE);
 	size_t delta;
@@ -868,13 +1086,16 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 		errno = EINVAL;
 		return MAP_FAILED;
 	}
+	handle_snap(fd, &s);
 	body.offset = (uint64_t)off;
 	body.length = len;
 	body.writable = (prot & PROT_WRITE) ? 1 : 0;
+	body.handle = s.handle;
+	body.fd = fd;
 	body.pad = 0;
 	w.body = reply;
 	w.cap = sizeof(reply);
-	if (call(T_MMAP, &body, sizeof(body), &fd, 1, &w) < 0)
+	if (call(T_MMAP, &body, sizeof(body), &fd, s.handle ? 0 : 1, &w) < 0)
 		return MAP_FAILED;
 	if (w.type != T_MAPPED || w.len != 24 || w.nfds != 1) {
 		struct result r;
@@ -949,9 +1170,13 @@ int munmap(void *addr, size_t len)
 
 ssize_t read(int fd, void *buf, size_t count)
 {
-	uint32_t body[2];
+	struct {
+		uint32_t size, nonblock, handle;
+		int32_t fd;
+	} __attribute__((packed)) body;
 	struct waiter w;
 	struct result r;
+	struct hsnap s;
 	char *reply;
 	size_t cap;
 
@@ -959,8 +1184,11 @@ ssize_t read(int fd, void *buf, size_t count)
 		return REAL(read)(fd, buf, count);
 	if (count > MAX_MESSAGE - HEADER_SIZE)
 		count = MAX_MESSAGE - HEADER_SIZE;
-	body[0] = (uint32_t)count;
-	body[1] = (fd < FD_TABLE && (fdk[fd] & K_NONBLOCK)) ? 1 : 0;
+	handle_snap(fd, &s);
+	body.size = (uint32_t)count;
+	body.nonblock = (fd < FD_TABLE && (fdk[fd] & K_NONBLOCK)) ? 1 : 0;
+	body.handle = s.handle;
+	body.fd = fd;
 	cap = count > 4200 ? count : 4200;
 	reply = malloc(cap);
 	if (!reply) {
@@ -969,7 +1197,7 @@ ssize_t read(int fd, void *buf, size_t count)
 	}
 	w.body = reply;
 	w.cap = cap;
-	if (call(T_READ, body, sizeof(body), &fd, 1, &w) < 0) {
+	if (call(T_READ, &body, sizeof(body), &fd, s.handle ? 0 : 1, &w) < 0) {
 		free(reply);
 		return -1;
 	}
@@ -988,12 +1216,20 @@ ssize_t read(int fd, void *buf, size_t count)
 
 static int poll_ours(int fd, short *mask)
 {
+	struct {
+		uint32_t handle;
+		int32_t fd;
+	} __attribute__((packed)) body;
 	struct waiter w;
 	struct result r;
+	struct hsnap s;
 	char reply[4096 + 128];
+	handle_snap(fd, &s);
+	body.handle = s.handle;
+	body.fd = fd;
 	w.body = reply;
 	w.cap = sizeof(reply);
-	if (call(T_POLL, NULL, 0, &fd, 1, &w) < 0)
+	if (call(T_POLL, &body, sizeof(body), &fd, s.handle ? 0 : 1, &w) < 0)
 		return -1;
 	close_fds(w.fds, w.nfds);
 	w.nfds = 0;
@@ -1001,6 +1237,8 @@ static int poll_ours(int fd, short *mask)
 		errno = EPROTO;
 		return -1;
 	}
+	if (!s.handle)
+		learn_handle(fd, r.handle, &s);
 	if (r.err) {
 		errno = r.err;
 		return -1;
