@@ -35,10 +35,14 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
 #ifndef PR_SET_PTRACER
 #define PR_SET_PTRACER 0x59616d61
 #endif
@@ -81,13 +85,15 @@ static void *(*real_mmap)(void *, size_t, int, int, int, off_t);
 static int (*real_munmap)(void *, size_t);
 static ssize_t (*real_read)(int, void *, size_t);
 static int (*real_poll)(struct pollfd *, nfds_t, int);
+static int (*real_close_range)(unsigned int, unsigned int, int);
+static void (*real_closefrom)(int);
 
 #define RESOLVE(name) (real_##name = dlsym(RTLD_NEXT, #name))
 static void resolve_all(void)
 {
 	RESOLVE(open); RESOLVE(openat); RESOLVE(close); RESOLVE(dup); RESOLVE(dup2);
 	RESOLVE(dup3); RESOLVE(fcntl); RESOLVE(ioctl); RESOLVE(mmap); RESOLVE(munmap);
-	RESOLVE(read); RESOLVE(poll);
+	RESOLVE(read); RESOLVE(poll); RESOLVE(close_range); RESOLVE(closefrom);
 }
 static pthread_once_t resolve_once = PTHREAD_ONCE_INIT;
 #define REAL(name) (real_##name ? real_##name : (pthread_once(&resolve_once, resolve_all), real_##name))
@@ -851,6 +857,109 @@ int close(int fd)
 	if (last)
 		forget_done();
 	return r;
+}
+
+/* close_range/closefrom: every number in [lo, hi] stops naming its file, as
+ * with close() (the server's are CLOSEd after), but the session's socket,
+ * which the program never opened, stays: the range is closed around it. */
+struct gone {
+	struct stat st;
+	int last;
+};
+
+static int sys_close_range(unsigned lo, unsigned hi, unsigned flags)
+{
+	if (real_close_range)
+		return real_close_range(lo, hi, (int)flags);
+#ifdef SYS_close_range
+	return (int)syscall(SYS_close_range, lo, hi, flags);
+#else
+	errno = ENOSYS;
+	return -1;
+#endif
+}
+
+static int range_close(unsigned lo, unsigned hi, unsigned flags, int from)
+{
+	struct gone *gone = NULL;
+	size_t n = 0, cap = 0, i;
+	unsigned fd, top = hi < FD_TABLE - 1 ? hi : FD_TABLE - 1;
+	int r = 0, s = sess_fd;
+
+	if (lo > hi) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (!(flags & CLOSE_RANGE_CLOEXEC)) {
+		for (fd = lo; fd <= top; fd++) {
+			struct stat st;
+			int ours;
+			if ((int)fd == s || !fdk[fd])
+				continue;
+			ours = known_ours((int)fd, &st);
+			set_kind((int)fd, K_UNKNOWN);
+			if (!ours) {
+				untrack_handle((int)fd);
+				continue;
+			}
+			if (n == cap) {
+				size_t more_cap = cap ? 2 * cap : 16;
+				struct gone *more = realloc(gone, more_cap * sizeof(*gone));
+				if (!more) { /* no CLOSE: released when the server sees it go */
+					untrack_handle((int)fd);
+					continue;
+				}
+				gone = more;
+				cap = more_cap;
+			}
+			gone[n].st = st;
+			gone[n].last = untrack_handle((int)fd);
+			n++;
+		}
+	}
+	if (s >= 0 && (unsigned)s >= lo && (unsigned)s <= hi) {
+		if ((unsigned)s > lo)
+			r = sys_close_range(lo, (unsigned)s - 1, flags);
+		if (r == 0 && (unsigned)s < hi)
+			r = sys_close_range((unsigned)s + 1, hi, flags);
+	} else {
+		r = sys_close_range(lo, hi, flags);
+	}
+	if (r < 0 && from) {
+		/* closefrom without close_range(2): glibc's own (it scans /proc). */
+		if (!REAL(closefrom)) {
+			errno = ENOSYS;
+			return -1;
+		}
+		if (s < 0 || (unsigned)s < lo) {
+			real_closefrom((int)lo);
+		} else {
+			for (fd = lo; fd < (unsigned)s; fd++)
+				REAL(close)((int)fd);
+			real_closefrom(s + 1);
+		}
+		r = 0;
+	}
+	for (i = 0; i < n; i++) {
+		if (r == 0)
+			send_close(&gone[i].st, gone[i].last);
+		if (gone[i].last)
+			forget_done();
+	}
+	free(gone);
+	return r;
+}
+
+int close_range(unsigned int lo, unsigned int hi, int flags)
+{
+	return range_close(lo, hi, (unsigned)flags, 0);
+}
+
+void closefrom(int lo)
+{
+	if (lo < 0)
+		lo = 0;
+	range_close((unsigned)lo, ~0U, 0, 1);
 }
 
 static void copy_kind(int from, int to)
