@@ -3,13 +3,16 @@
  * accelcore's LD_PRELOAD library: unmodified native programs on the simulated
  * devices of an accelcore devfs server (`accelctl run -- PROG`).
  *
- * It intercepts open/openat/close/dup/dup2/dup3/fcntl/ioctl/mmap/munmap/read/poll
- * on the server's device nodes (/dev/accel/accelN, /dev/udmabuf, /dev/kfd, ...:
- * whatever the server serves, a socket under its runtime directory) and on the
+ * It intercepts open/openat/close/close_range/closefrom/dup/dup2/dup3/fcntl/
+ * ioctl/mmap/munmap/read/poll on the server's device nodes (/dev/accel/accelN,
+ * /dev/udmabuf, /dev/kfd, ...: whatever the server serves, a socket under its
+ * runtime directory) and on the
  * files the server hands out (dma-bufs), and speaks the server's protocol
  * (accelcore/server/protocol.py) in native client mode: the server reads and
  * writes this process's memory itself (process_vm_readv/writev), so an ioctl is
- * one request and one reply, whatever pointers its argument holds.
+ * one request and one reply, whatever pointers its argument holds, and once the
+ * server has named a descriptor's file by a session handle (protocol v2) the
+ * request carries the handle instead of the descriptor (the handle cache below).
  * Everything else goes to libc (dlsym(RTLD_NEXT)).
  *
  * Descriptors are real: a device fd is the connection to the node's socket, a
@@ -260,6 +263,8 @@ static int untrack_handle(int fd)
 	h = hslots[fd].handle;
 	hslots[fd].handle = 0;
 	hslots[fd].seq++;
+	while (h_top > 0 && !hslots[h_top - 1].handle)
+		h_top--;
 	if (h) {
 		last = 1;
 		for (i = 0; i < h_top; i++)
