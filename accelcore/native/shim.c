@@ -1100,8 +1100,10 @@ int ioctl(int fd, unsigned long request, ...)
 	/* Descriptors the call installed: write our numbers where the engine put
 	 * its placeholders (in the argument, or the return value). */
 	ret = r.ret;
-	for (i = 0; i < r.n; i++)
+	for (i = 0; i < r.n; i++) {
 		set_kind(w.fds[i], K_OURS);
+		set_handle(w.fds[i], 0); /* a new file: proven at its first call */
+	}
 	if (r.n) {
 		size_t size = (request >> 16) & 0x3FFF, off;
 		for (off = 0; argp && off + 4 <= size; off += 4) {
