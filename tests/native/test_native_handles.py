@@ -183,3 +183,16 @@ def test_close_range_and_closefrom_close_as_close_does(
     # Each closed a copy of a file the program still holds: CLOSE, no forget.
     assert spy.forgets(out["pid"])[:2] == [False, False]
     assert settled(machine, baseline) == baseline
+
+
+def test_a_first_answer_racing_with_the_forgetting_close_is_not_kept(
+    run_native: Callable[..., Run], minors: dict[str, str], machine: Machine
+) -> None:
+    """A thread's first call on a passed copy may be answered with the handle the
+    main thread's concurrent last close is making the server forget; the library
+    must not keep it (the thread's next call would be ``EBADF``)."""
+    baseline = machine.subsystem.accounting()
+    out = _run(run_native, "race")
+    assert out["race_minor"] == minors[NODE]
+    assert out["race_bad"] == "0"
+    assert settled(machine, baseline) == baseline

@@ -5,6 +5,7 @@
  * the minor of the device the call reached; lines are key=value. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +65,18 @@ static int passed_copy(int fd)
 	return got;
 }
 
+/* race: a thread's first calls on a passed copy while the main thread closes
+ * the file's last proven descriptor (its CLOSE forgets the handle the thread's
+ * first answer may name). */
+static int race_fd, race_bad;
+static void *race_thread(void *arg)
+{
+	int m1 = minor_of(race_fd), m2 = minor_of(race_fd);
+	if (m1 != *(int *)arg || m2 != *(int *)arg)
+		__atomic_add_fetch(&race_bad, 1, __ATOMIC_RELAXED);
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 3 ? argv[1] : "";
@@ -120,6 +133,22 @@ int main(int argc, char **argv)
 		printf("after_closefrom=%d\n", minor_of(i));
 		printf("session_alive=%d\n", minor_of(a));
 		printf("close=%d %d %d\n", close(i), close(a), close(other));
+	} else if (!strcmp(what, "race")) {
+		int want, n;
+		a = open(argv[2], O_RDWR);
+		want = minor_of(a);
+		close(a);
+		for (n = 0; n < 200; n++) {
+			pthread_t t;
+			a = open(argv[2], O_RDWR);
+			race_fd = passed_copy(a);
+			if (pthread_create(&t, NULL, race_thread, &want))
+				return 3;
+			close(a); /* the last descriptor with a's handle: CLOSE forgets it */
+			pthread_join(t, NULL);
+			close(race_fd);
+		}
+		printf("race_minor=%d\nrace_bad=%d\n", want, race_bad);
 	} else if (!strcmp(what, "dup")) {
 		/* Copies share the handle; only the last one's CLOSE forgets it. */
 		int c, d;
@@ -177,7 +206,7 @@ int main(int argc, char **argv)
 			printf("close=%d\n", close(b));
 		}
 	} else {
-		fprintf(stderr, "usage: handles repeat|reuse|range|dup|fork|far NODE OTHER_NODE\n");
+		fprintf(stderr, "usage: handles repeat|reuse|range|race|dup|fork|far NODE OTHER_NODE\n");
 		return 2;
 	}
 	return 0;
