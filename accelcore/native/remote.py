@@ -25,6 +25,7 @@ import ctypes
 import errno
 import os
 import select
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,15 +101,22 @@ class NativeAddressSpace(AddressSpace):
         super().__init__()
         self.pid = pid
         self.pidfd = pidfd
+        # One poller of the pidfd per thread (a poll object must not be polled by
+        # two threads at once), made at a thread's first access, not at every one.
+        self._pollers = threading.local()
 
     def alive(self) -> bool:
         """Whether the client process still runs: its pidfd is not readable (a pidfd
         polls readable once its process has exited) and not closed by :meth:`clear`."""
-        if self.pidfd < 0:
+        pidfd = self.pidfd
+        if pidfd < 0:
             return False
-        poller = select.poll()
-        poller.register(self.pidfd, select.POLLIN)
-        return not poller.poll(0)
+        mine = self._pollers
+        if getattr(mine, "fd", None) != pidfd:
+            mine.poller = select.poll()
+            mine.poller.register(pidfd, select.POLLIN)
+            mine.fd = pidfd
+        return not mine.poller.poll(0)  # a closed pidfd polls POLLNVAL: not alive
 
     def _check_alive(self, addr: int) -> None:
         """Raises:
