@@ -1,11 +1,12 @@
 """Descriptors of a remote task, as the engine sees them during one call.
 
 A client's descriptors are real: they live in the client process, and the
-engine's ``task.files`` cannot hold them. Instead, each request carries the
-descriptors it names (the target, and those named by the ioctl arguments) with
-their numbers in the client; the server resolves each to its
-:class:`~accelcore.vfs.OpenFile` and, for the length of the call, the task's
-:class:`ServerFdTable` answers ``get(n)`` from them. Files the engine installs
+engine's ``task.files`` cannot hold them. Instead, each request names its target
+(by the session handle proven for it, or by carrying the descriptor) and
+carries the descriptors its ioctl arguments name, with their numbers in the
+client; the server resolves each to its :class:`~accelcore.vfs.OpenFile` and,
+for the length of the call, the task's :class:`ServerFdTable` answers ``get(n)``
+from them. Files the engine installs
 (``PRIME_HANDLE_TO_FD``, ``UDMABUF_CREATE``…) get *placeholder* numbers; the
 server sends the real descriptors with the reply and the client rewrites the
 placeholders with the numbers the kernel gave it.
@@ -28,7 +29,6 @@ from .protocol import MAX_FDS
 
 __all__ = [
     "PLACEHOLDER_BASE",
-    "TARGET_FD",
     "CallFds",
     "ServerFdTable",
     "backing_memory",
@@ -37,10 +37,6 @@ __all__ = [
 
 #: Descriptor numbers the engine sees for files it installs during a call.
 PLACEHOLDER_BASE = 0x7ACC_0000
-#: The number a request's one descriptor (the target of READ, POLL, MMAP) has in
-#: the task's table during the call: those requests do not carry its number in
-#: the client.
-TARGET_FD = PLACEHOLDER_BASE - 1
 
 
 def is_placeholder(value: int) -> bool:
