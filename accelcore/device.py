@@ -72,6 +72,9 @@ class DeviceStatus(enum.IntEnum):
     UNPLUGGED = 4
 
 
+_UNPLUGGED = DeviceStatus.UNPLUGGED
+
+
 @dataclass(frozen=True, slots=True)
 class Oops:
     """A driver bug caught by the core: an exception that was not an errno error."""
@@ -103,6 +106,8 @@ class AccelDevice:
         info: dict[int, InfoDesc],
     ) -> None:
         self.subsystem = subsystem
+        #: ``subsystem.clock``: device time, and the engine lock (``clock.lock``).
+        self.clock = subsystem.clock
         self.driver = driver
         self.parent = parent
         self.minor = minor
@@ -157,7 +162,7 @@ class AccelDevice:
 
     @property
     def unplugged(self) -> bool:
-        return self.status == DeviceStatus.UNPLUGGED
+        return self.status is _UNPLUGGED
 
     @property
     def tainted(self) -> bool:
@@ -237,7 +242,8 @@ class AccelDevice:
 
     def set_status(self, status: DeviceStatus) -> None:
         """Change the health status and announce it with a ``change`` uevent."""
-        if status == self.status:
+        status = DeviceStatus(status)  # a member, so checks can compare by identity
+        if status is self.status:
             return
         self.status = status
         if self.sysfs is not None and self.sysfs in self.subsystem.sysfs:

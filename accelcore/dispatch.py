@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from _cffi_backend import from_buffer  # FFI.from_buffer's backend (see accelcore.ioctl)
+
 from .device import DeviceStatus
 from .driver import (
     DRM_COMMAND_BASE,
@@ -88,9 +90,9 @@ class IoctlCall(IoctlCallBase):
         self.cmd = cmd
         self.desc = desc
         self.buf = buf
-        self.clock = dev.subsystem.clock
+        self.clock = dev.clock
         ptype = desc.ptype
-        self.args = None if ptype is None else desc.uapi.ffi.from_buffer(ptype, buf)  # type: ignore[union-attr]
+        self.args = None if ptype is None else from_buffer(ptype, buf, False)
         self.file = file
         self.device = dev
 
@@ -147,7 +149,7 @@ def dispatch(file: AccelFile, task: Task, cmd: int, argp: int) -> int:
         AccelError: the errno of the failure (see the module docstring for order).
     """
     dev = file.device
-    with dev.subsystem.clock.lock:
+    with dev.clock.lock:
         # The device's plan for this number: its row and sizes, found once.
         plan = dev.ioctl_plans.get(cmd)
         if plan is None:

@@ -16,6 +16,7 @@ methods.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,17 +38,18 @@ class CoreQuery:
     """A core INFO query: the op, what it answers, and whether it is an array.
 
     ``answer`` returns the query's *sources*, cheaply (the device's files, its
-    regions…), and ``encode`` turns one source into its uAPI struct. An array
-    query encodes only the elements the caller's buffer takes, so asking for one
-    client costs the same with one open file or a thousand (the engine lock is
-    held for the call: no query may take time proportional to the machine).
+    regions…), and ``encode`` turns one source into the bytes of its uAPI struct
+    (a query without ``encode`` answers those bytes itself). An array query
+    encodes only the elements the caller's buffer takes, so asking for one client
+    costs the same with one open file or a thousand (the engine lock is held for
+    the call: no query may take time proportional to the machine).
     """
 
     op: int
     name: str
     answer_type: str
     answer: Callable[[AccelDevice], Sequence[Any]]
-    encode: Callable[[Any], Any] | None = None
+    encode: Callable[[Any], bytes] | None = None
     array: bool = False
     unplugged_ok: bool = False
     #: ``sizeof(answer_type)``, resolved once.
@@ -57,119 +59,206 @@ class CoreQuery:
         object.__setattr__(self, "size", CORE.sizeof(self.answer_type))
 
 
-_FFI = CORE.ffi
-#: Pointer types of the answer structs and lengths of their ``char[N]`` fields,
-#: resolved on first use instead of on every query.
-_PTR_TYPES: dict[str, Any] = {}
-_STR_LENGTHS: dict[tuple[str, str], int] = {}
+#: struct-module codes of the header's integer types.
+_CODES = {
+    "uint8_t": "B",
+    "int8_t": "b",
+    "uint16_t": "H",
+    "int16_t": "h",
+    "uint32_t": "I",
+    "int32_t": "i",
+    "uint64_t": "Q",
+    "int64_t": "q",
+}
 
 
-def _new(ctype: str) -> Any:
-    """A zeroed ``ctype`` of the core header (a cffi pointer to it)."""
-    ptype = _PTR_TYPES.get(ctype)
-    if ptype is None:
-        ptype = _PTR_TYPES[ctype] = _FFI.typeof(ctype + " *")
-    return _FFI.new(ptype)
+def _packer(ctype: str, *names: str) -> struct.Struct:
+    """A :class:`struct.Struct` for ``ctype`` of the core header, laid out from the
+    header (offsets, sizes, padding), whose values are ``names`` in that order.
+
+    ``names`` must be every field, in the header's order, except that a ``pad``
+    field may be left out (it then packs as zero and unpacks to nothing): the
+    header stays the one source of the layout, and a struct that changes there
+    fails here, at import, not in an answer. A ``char[N]`` field takes bytes and
+    keeps its last byte NUL (a longer value is cut, as ``strscpy`` does).
+    """
+    layout = CORE.layout(ctype)
+    fields = [f for f in layout.fields if f.name != "pad" or "pad" in names]
+    if tuple(f.name for f in fields) != names:
+        raise TypeError(f"{ctype} has fields {[f.name for f in fields]}, not {list(names)}")
+    fmt, at = "=", 0
+    for f in layout.fields:
+        fmt += f"{f.offset - at}x" if f.offset > at else ""
+        if f not in fields:
+            fmt += f"{f.size}x"
+        elif f.ctype.startswith("char["):
+            fmt += f"{f.size - 1}sx"
+        else:
+            fmt += _CODES[f.ctype]
+        at = f.offset + f.size
+    fmt += f"{layout.size - at}x" if layout.size > at else ""
+    packer = struct.Struct(fmt)
+    assert packer.size == layout.size, (ctype, fmt)
+    return packer
 
 
-def _set_str(owner: Any, name: str, value: str) -> None:
-    """Set a ``char[N]`` field, cut to leave room for the terminating NUL."""
-    ctype = _FFI.typeof(owner).item
-    length = _STR_LENGTHS.get((ctype.cname, name))
-    if length is None:
-        length = _STR_LENGTHS[(ctype.cname, name)] = dict(ctype.fields)[name].type.length
-    setattr(owner, name, value.encode()[: length - 1])
+_DEVICE = _packer(
+    "struct accel_info_device",
+    "driver",
+    "bus_id",
+    "version_major",
+    "version_minor",
+    "version_patchlevel",
+    "minor",
+    "vendor",
+    "device",
+    "subsystem_vendor",
+    "subsystem_device",
+    "class_code",
+    "ownership_policy",
+    "features",
+)
+_STATUS = _packer(
+    "struct accel_info_status", "status", "flags", "reset_count", "oops_count", "open_count"
+)
+_OWNERSHIP = _packer(
+    "struct accel_info_ownership",
+    "state",
+    "policy",
+    "owner_client_id",
+    "owner_pid",
+    "pin_count",
+    "pinned_bytes",
+)
+_CLIENT = _packer(
+    "struct accel_info_client",
+    "client_id",
+    "pid",
+    "uid",
+    "flags",
+    "handles",
+    "memory_bytes",
+    "engine_time_ns",
+    "name",
+    "comm",
+)
+_MEMORY_REGION = _packer("struct accel_info_memory_region", "name", "total_bytes", "used_bytes")
+_ENGINE = _packer(
+    "struct accel_info_engine",
+    "name",
+    "engine_class",
+    "busy",
+    "busy_time_ns",
+    "submitted",
+    "completed",
+)
+#: The argument of ``ACCEL_IOCTL_INFO``, read from the kernel copy in one step.
+_ARGS = _packer(
+    "struct accel_info",
+    "return_pointer",
+    "return_size",
+    "op",
+    "index",
+    "flags",
+    "actual_size",
+    "pad",
+)
 
 
-def _device(dev: AccelDevice) -> list[Any]:
-    a = _new("struct accel_info_device")
+def _device(dev: AccelDevice) -> list[bytes]:
     drv = dev.driver
-    _set_str(a, "driver", drv.name)
-    _set_str(a, "bus_id", dev.bus_id)
-    a.version_major, a.version_minor, a.version_patchlevel = drv.version
-    a.minor = dev.minor
     parent = dev.parent
-    for attr in ("vendor", "device", "subsystem_vendor", "subsystem_device", "class_code"):
-        setattr(a, attr, int(getattr(parent, attr, 0) or 0))
-    a.ownership_policy = int(drv.ownership)
-    a.features = (
-        (CORE.ACCEL_FEATURE_GEM if DriverFeature.GEM in drv.features else 0)
-        | (CORE.ACCEL_FEATURE_PRIME if DriverFeature.PRIME in drv.features else 0)
-        | (CORE.ACCEL_FEATURE_CONTROL_NODE if DriverFeature.CONTROL_NODE in drv.features else 0)
-        | (CORE.ACCEL_FEATURE_SYNCOBJ if DriverFeature.SYNCOBJ in drv.features else 0)
-        | (
-            CORE.ACCEL_FEATURE_SYNCOBJ_TIMELINE
-            if DriverFeature.SYNCOBJ_TIMELINE in drv.features
-            else 0
-        )
+    feats = drv.features
+    features = (
+        (CORE.ACCEL_FEATURE_GEM if DriverFeature.GEM in feats else 0)
+        | (CORE.ACCEL_FEATURE_PRIME if DriverFeature.PRIME in feats else 0)
+        | (CORE.ACCEL_FEATURE_CONTROL_NODE if DriverFeature.CONTROL_NODE in feats else 0)
+        | (CORE.ACCEL_FEATURE_SYNCOBJ if DriverFeature.SYNCOBJ in feats else 0)
+        | (CORE.ACCEL_FEATURE_SYNCOBJ_TIMELINE if DriverFeature.SYNCOBJ_TIMELINE in feats else 0)
     )
-    return [a]
+    ids = (
+        int(getattr(parent, attr, 0) or 0)
+        for attr in ("vendor", "device", "subsystem_vendor", "subsystem_device", "class_code")
+    )
+    return [
+        _DEVICE.pack(
+            drv.name.encode(),
+            dev.bus_id.encode(),
+            *drv.version,
+            dev.minor,
+            *ids,
+            int(drv.ownership),
+            features,
+        )
+    ]
 
 
-def _status(dev: AccelDevice) -> list[Any]:
-    a = _new("struct accel_info_status")
-    a.status = int(dev.status)
-    a.flags = CORE.ACCEL_STATUS_FLAG_TAINTED if dev.tainted else 0
-    a.reset_count = dev.reset_count
-    a.oops_count = len(dev.oopses)
-    a.open_count = len(dev.files)
-    return [a]
+def _status(dev: AccelDevice) -> list[bytes]:
+    return [
+        _STATUS.pack(
+            dev.status,
+            CORE.ACCEL_STATUS_FLAG_TAINTED if dev.oopses else 0,
+            dev.reset_count,
+            len(dev.oopses),
+            len(dev.files),
+        )
+    ]
 
 
-def _ownership(dev: AccelDevice) -> list[Any]:
+def _ownership(dev: AccelDevice) -> list[bytes]:
     own = dev.ownership
-    a = _new("struct accel_info_ownership")
-    a.state = int(own.state)
-    a.policy = int(own.policy)
-    if own.owner is not None:
-        a.owner_client_id = own.owner.client_id
-        a.owner_pid = own.owner.pid
-    a.pin_count = len(own.pins)
-    a.pinned_bytes = own.pinned_bytes
-    return [a]
+    owner = own.owner
+    return [
+        _OWNERSHIP.pack(
+            own.state,
+            own.policy,
+            0 if owner is None else owner.client_id,
+            0 if owner is None else owner.pid,
+            len(own.pins),
+            own.pinned_bytes,
+        )
+    ]
 
 
 def _clients(dev: AccelDevice) -> Sequence[AccelFile]:
     return dev.files
 
 
-def _client(f: AccelFile) -> Any:
-    a = _new("struct accel_info_client")
-    a.client_id = f.client_id
-    a.pid = f.pid
-    a.uid = f.uid
-    a.flags = (
+def _client(f: AccelFile) -> bytes:
+    return _CLIENT.pack(
+        f.client_id,
+        f.pid,
+        f.uid,
         (CORE.ACCEL_CLIENT_OWNER if f.is_owner else 0)
         | (CORE.ACCEL_CLIENT_CONTROL if f.control else 0)
-        | (CORE.ACCEL_CLIENT_ADMIN if f.admin else 0)
+        | (CORE.ACCEL_CLIENT_ADMIN if f.admin else 0),
+        len(f.handles),
+        f.memory_bytes,
+        f.engine_time_ns,
+        f.client_name.encode(),
+        f.comm.encode(),
     )
-    a.handles = len(f.handles)
-    a.memory_bytes = f.memory_bytes
-    a.engine_time_ns = f.engine_time_ns
-    _set_str(a, "name", f.client_name)
-    _set_str(a, "comm", f.comm)
-    return a
 
 
-def _memory(dev: AccelDevice) -> list[Any]:
-    out = []
-    for r in dev.driver.memory_regions(dev):
-        a = _new("struct accel_info_memory_region")
-        _set_str(a, "name", r.name)
-        a.total_bytes, a.used_bytes = r.total_bytes, r.used_bytes
-        out.append(a)
-    return out
+def _memory(dev: AccelDevice) -> list[bytes]:
+    return [
+        _MEMORY_REGION.pack(r.name.encode(), r.total_bytes, r.used_bytes)
+        for r in dev.driver.memory_regions(dev)
+    ]
 
 
-def _engines(dev: AccelDevice) -> list[Any]:
-    out = []
-    for e in dev.driver.engines(dev):
-        a = _new("struct accel_info_engine")
-        _set_str(a, "name", e.name)
-        a.engine_class, a.busy = e.engine_class, int(e.busy)
-        a.busy_time_ns, a.submitted, a.completed = e.busy_time_ns, e.submitted, e.completed
-        out.append(a)
-    return out
+def _engines(dev: AccelDevice) -> list[bytes]:
+    return [
+        _ENGINE.pack(
+            e.name.encode(),
+            e.engine_class,
+            int(e.busy),
+            e.busy_time_ns,
+            e.submitted,
+            e.completed,
+        )
+        for e in dev.driver.engines(dev)
+    ]
 
 
 #: The core queries by op.
@@ -212,14 +301,13 @@ def info_ioctl(call: IoctlCall) -> None:
         BadAddress: ``return_size`` is non-zero and ``return_pointer`` is not
             writable user memory.
     """
-    a = call.args
+    ptr, return_size, op, index, flags, _, pad = _ARGS.unpack_from(call.buf)
     dev = call.device
-    if a.flags:
-        raise InvalidArgument(f"accel_info.flags is {a.flags:#x}, must be 0")
-    if a.pad:
-        raise InvalidArgument(f"accel_info.pad is {a.pad:#x}, must be 0")
-    op = a.op
-    return_size = a.return_size
+    a = call.args
+    if flags:
+        raise InvalidArgument(f"accel_info.flags is {flags:#x}, must be 0")
+    if pad:
+        raise InvalidArgument(f"accel_info.pad is {pad:#x}, must be 0")
     elem_size = 0
     data: bytes | bytearray
     if op >= CORE.ACCEL_INFO_DRIVER_BASE:
@@ -244,24 +332,21 @@ def info_ioctl(call: IoctlCall) -> None:
         sources = q.answer(dev)
         if q.array:
             elem_size = q.size
-            first = min(a.index, len(sources))
+            first = min(index, len(sources))
             # actual_size counts every element from index on, but only the whole
             # elements the buffer takes are encoded.
             a.actual_size = (len(sources) - first) * elem_size
             sources = sources[first : first + return_size // elem_size]
-        elif a.index:
-            raise InvalidArgument(f"accel_info.index is {a.index} for a non-array query")
+        elif index:
+            raise InvalidArgument(f"accel_info.index is {index} for a non-array query")
         encode = q.encode
-        if encode is not None:
-            sources = [encode(i) for i in sources]
-        buffer = _FFI.buffer  # the structs' bytes, joined without a copy each
-        data = b"".join([buffer(i) for i in sources])
+        data = b"".join(sources if encode is None else [encode(i) for i in sources])
         if not q.array:
             a.actual_size = len(data)
     n = min(return_size, len(data))
     if elem_size:
         n -= n % elem_size
-    if return_size and not a.return_pointer:
+    if return_size and not ptr:
         raise BadAddress("accel_info.return_pointer is NULL with a non-zero return_size")
     if n:
-        call.copy_to_user(a.return_pointer, data if n == len(data) else data[:n])
+        call.copy_to_user(ptr, data if n == len(data) else data[:n])

@@ -19,6 +19,11 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+# cffi's backend function that FFI.from_buffer forwards to once it has resolved a
+# type name: the rows hold resolved pointer types (IoctlDesc.ptype), so the call
+# object makes its args over the kernel copy without that wrapper.
+from _cffi_backend import from_buffer
+
 from .clock import Deadlock, WaitResult
 from .driver import IoctlDesc, IoctlFlags
 from .errors import AccelError, DeviceIOError, NotTTY, RestartSyscall, error_for_errno
@@ -71,7 +76,7 @@ class IoctlCallBase:
         self.clock = clock
         self.args: Any = None
         if desc.ptype is not None:
-            self.args = desc.uapi.ffi.from_buffer(desc.ptype, buf)  # type: ignore[union-attr]
+            self.args = from_buffer(desc.ptype, buf, False)
 
     # -- user memory -------------------------------------------------------------
     def copy_from_user(self, addr: int, length: int) -> bytes:
@@ -283,7 +288,7 @@ class FileIoctlCall(IoctlCallBase):
         self.buf = buf
         self.clock = clock
         ptype = desc.ptype
-        self.args = None if ptype is None else desc.uapi.ffi.from_buffer(ptype, buf)  # type: ignore[union-attr]
+        self.args = None if ptype is None else from_buffer(ptype, buf, False)
         self.file = file
 
 

@@ -82,11 +82,12 @@ class AddressSpace:
         self._starts: list[int] = []
         self._vmas: list[Vma] = []
         self._owned: dict[int, SharedMemory] = {}
-        # The two ranges accessed last, as (start, end, vma): an ioctl reads its
-        # argument in one range and writes its answer in another, so one entry
-        # would be replaced on every access.
-        self._hot: tuple[int, int, Vma] | None = None
-        self._warm: tuple[int, int, Vma] | None = None
+        # The two ranges accessed last, as (start, end, view, writable), the view
+        # read-only for a read-only range: an ioctl reads its argument in one range
+        # and writes its answer in another, so one entry would be replaced on every
+        # access. map() cannot overlap a range, and unmap() and clear() empty both.
+        self._hot: tuple[int, int, memoryview, bool] | None = None
+        self._warm: tuple[int, int, memoryview, bool] | None = None
         self._next = base
 
     def map(
@@ -157,20 +158,21 @@ class AddressSpace:
             mem.close()
         self._owned.clear()
 
-    def _find(self, addr: int, length: int, write: bool) -> tuple[Vma, int]:
+    def _find(self, addr: int, length: int, write: bool) -> tuple[memoryview, int]:
+        """The view of the range holding ``[addr, addr + length)`` and the offset of
+        ``addr`` in it; ``EFAULT`` unless the whole range is mapped (and writable,
+        for ``write``)."""
         hot = self._hot
         if hot is not None and hot[0] <= addr and addr + length <= hot[1] and length >= 0:
-            vma = hot[2]
-            if write and not vma.writable:
+            if write and not hot[3]:
                 raise BadAddress(f"user address {addr:#x} is read-only")
-            return vma, addr - hot[0]
+            return hot[2], addr - hot[0]
         warm = self._warm
         if warm is not None and warm[0] <= addr and addr + length <= warm[1] and length >= 0:
-            vma = warm[2]
-            if write and not vma.writable:
+            if write and not warm[3]:
                 raise BadAddress(f"user address {addr:#x} is read-only")
             self._hot, self._warm = warm, hot
-            return vma, addr - warm[0]
+            return warm[2], addr - warm[0]
         i = bisect.bisect_right(self._starts, addr) - 1
         if i < 0 or length < 0:
             raise BadAddress(f"user address {addr:#x} is not mapped")
@@ -184,29 +186,31 @@ class AddressSpace:
             )
         if write and not vma.writable:
             raise BadAddress(f"user address {addr:#x} is read-only")
-        self._hot, self._warm = (vma.start, vma.end, vma), hot
-        return vma, addr - vma.start
+        # A read-only range is cached with a read-only view: nothing reached through
+        # the cache can write it.
+        view = vma.view if vma.writable else vma.view.toreadonly()
+        self._hot, self._warm = (vma.start, vma.end, view, vma.writable), hot
+        return view, addr - vma.start
 
     def copy_from_user(self, addr: int, length: int) -> bytes:
         """Copy ``length`` bytes from user address ``addr``; ``EFAULT`` if unmapped."""
         if length == 0:
             return b""
-        vma, off = self._find(addr, length, False)
-        return bytes(vma.view[off : off + length])
+        view, off = self._find(addr, length, False)
+        return bytes(view[off : off + length])
 
     def copy_to_user(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` to user address ``addr``; ``EFAULT`` if unmapped or read-only."""
         n = len(data)
         if n == 0:
             return
-        vma, off = self._find(addr, n, True)
-        vma.view[off : off + n] = data
+        view, off = self._find(addr, n, True)
+        view[off : off + n] = data
 
     def user_view(self, addr: int, length: int, *, write: bool = False) -> memoryview:
         """A zero-copy view of user memory (``get_user_pages``-like pinning)."""
-        vma, off = self._find(addr, length, write)
-        view = vma.view[off : off + length]
-        return view if vma.writable else view.toreadonly()
+        view, off = self._find(addr, length, write)
+        return view[off : off + length]  # read-only for a read-only range
 
     def check(self, addr: int, length: int, *, write: bool = False) -> None:
         """Raise ``EFAULT`` unless the whole range is accessible."""

@@ -126,13 +126,16 @@ class Process:
         n = len(buf)
         if n == 0:
             return self.syscalls.ioctl(self.task, fd, cmd, 0)
-        scratch = self._scratch_of(n)
-        scratch.view[:n] = buf
+        scratch = self._scratch
+        if scratch is None or len(scratch.view) < n:
+            scratch = self._new_scratch(n)
+        view = scratch.view
+        view[:n] = buf
         try:
             return self.syscalls.ioctl(self.task, fd, cmd, scratch.addr)
         finally:
             if not buf.readonly:
-                buf[:n] = scratch.view[:n]
+                buf[:n] = view[:n]
 
     def batch(self) -> Batch:
         """Ioctls to submit together (:mod:`accelcore.batch`): in process they run
@@ -146,12 +149,12 @@ class Process:
             except OSError as exc:
                 call.set_error(exc)
 
-    def _scratch_of(self, size: int) -> UserBuffer:
-        if self._scratch is None or len(self._scratch) < size:
-            with self.syscalls.lock:
-                if self._scratch is not None:
-                    self.task.mm.free(self._scratch)
-                self._scratch = self.task.mm.alloc(max(size, 4096), "ioctl-args")
+    def _new_scratch(self, size: int) -> UserBuffer:
+        """The user memory :meth:`ioctl` copies arguments through, grown to ``size``."""
+        with self.syscalls.lock:
+            if self._scratch is not None:
+                self.task.mm.free(self._scratch)
+            self._scratch = self.task.mm.alloc(max(size, 4096), "ioctl-args")
         return self._scratch
 
     # -- memory ----------------------------------------------------------------------
@@ -209,13 +212,21 @@ def ioctl_buffer(arg: Any) -> memoryview:
     Raises:
         InvalidArgument: ``arg`` is neither.
     """
-    if isinstance(arg, bytearray | memoryview | bytes):
-        mv = memoryview(arg)
-    else:
+    if isinstance(arg, _CDATA):  # the common case first: one type to test
         try:
-            mv = memoryview(CORE.ffi.buffer(arg))
+            mv = memoryview(_BUFFER(arg))
         except TypeError as exc:
             raise InvalidArgument(
                 f"ioctl argument {arg!r} is not an address, a buffer or a cffi struct"
             ) from exc
+    elif isinstance(arg, bytearray | memoryview | bytes):
+        mv = memoryview(arg)
+    else:
+        raise InvalidArgument(
+            f"ioctl argument {arg!r} is not an address, a buffer or a cffi struct"
+        )
     return mv.cast("B") if mv.format != "B" else mv
+
+
+_CDATA = CORE.ffi.CData
+_BUFFER = CORE.ffi.buffer

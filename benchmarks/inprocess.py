@@ -53,11 +53,21 @@ def ioctl_inprocess(quick: bool) -> list[Figure]:
         file.ioctl(task, nop_cmd, nop.addr)
 
     figs = []
-    for name, fn in (("ioctl_inprocess", do_info), ("ioctl_inprocess_nop", do_nop)):
+    # Targets of issue 21: INFO answers a query (a second user range, a struct
+    # built), so it is allowed twice the no-op's ratio.
+    for name, fn, limit in (
+        ("ioctl_inprocess", do_info, 8.0),
+        ("ioctl_inprocess_nop", do_nop, 4.0),
+    ):
         value, base = compare(fn, kernel, loops)
         figs.append(
             ratio_figure(
-                name, value, base, "ns/call", 4.0, note="baseline: fcntl.ioctl(FIONREAD) on a pipe"
+                name,
+                value,
+                base,
+                "ns/call",
+                limit,
+                note="baseline: fcntl.ioctl(FIONREAD) on a pipe",
             )
         )
     os.close(r)

@@ -141,3 +141,31 @@ def test_restart_after_a_fast_first_attempt(rig: Rig) -> None:
     assert not p.task.signal_pending
     wait = V.new("struct vaccel_wait", seqno=job.seqno, timeout_ns=-1)
     p.ioctl(fd, V.DRM_IOCTL_VACCEL_WAIT, wait)
+
+
+def test_a_read_only_range_served_from_the_cache_gives_read_only_views() -> None:
+    """The cache keeps a read-only range's view read-only: a pinned view of it
+    cannot write it, however many times the range was used before."""
+    mm = AddressSpace()
+    rw = mm.alloc(64)
+    b = mm.map(bytearray(b"read-only range!"), writable=False)
+    for _ in range(3):  # the read-only range is the hot one, then the warm one
+        assert mm.user_view(b, 4).readonly
+        assert not mm.user_view(rw.addr, 4).readonly
+    with pytest.raises(OSError) as e:
+        mm.user_view(b, 4, write=True)
+    assert _errno(e) == errno.EFAULT
+
+
+def test_device_status_set_by_value_still_takes_the_permission_checks(rig: Rig) -> None:
+    """Dispatch compares the status by identity: a status given as its integer
+    value is stored as the member, so the device in reset still refuses."""
+    p = rig.process()
+    fd = p.open("/dev/accel/accel0")
+    p.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, V.new("struct vaccel_create_bo", size=4096))
+    rig.dev.set_status(int(DeviceStatus.IN_RESET))
+    assert rig.dev.status is DeviceStatus.IN_RESET
+    with pytest.raises(OSError) as e:
+        p.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, V.new("struct vaccel_create_bo", size=4096))
+    assert _errno(e) == errno.EBUSY
+    rig.dev.set_status(DeviceStatus.OPERATIONAL)
