@@ -50,7 +50,7 @@ from .errors import (
 )
 from .gem import gem_close_ioctl
 from .info import info_ioctl
-from .ioctl import IoctlCallBase, IoctlNode, ioctl_plan, run_ioctl, run_plan
+from .ioctl import IoctlCallBase, IoctlNode, IoctlPlan, ioctl_plan, run_ioctl, run_plan
 from .prime import prime_fd_to_handle_ioctl, prime_handle_to_fd_ioctl
 from .syncobj import syncobj_ioctls  # rows and handlers live with the syncobjs
 from .uapi import CORE
@@ -150,24 +150,37 @@ def dispatch(file: AccelFile, task: Task, cmd: int, argp: int) -> int:
     """
     dev = file.device
     with dev.clock.lock:
-        # The device's plan for this number: its row and sizes, found once.
-        plan = dev.ioctl_plans.get(cmd)
-        if plan is None:
-            desc = lookup(dev, cmd)
-            if desc is not None:
-                plan = ioctl_plan(cmd, desc)
-                if len(dev.ioctl_plans) < _PLANS_KEPT:
-                    dev.ioctl_plans[cmd] = plan
-        if dev.status is _UNPLUGGED and (plan is None or not plan.desc.bits & _UNPLUGGED_OK):
-            raise NoDevice(f"{dev.name} was unplugged")
-        if plan is None:
-            if (cmd >> 8) & 0xFF != DRM_IOCTL_BASE:
-                raise NotTTY(f"ioctl {cmd:#010x} has type {(cmd >> 8) & 0xFF:#04x}, not 'd'")
-            raise NotTTY(
-                f"{dev.name} ({dev.driver.name}) has no ioctl number "
-                f"{cmd & 0xFF:#04x} (cmd {cmd:#010x})"
-            )
+        plan = dev.ioctl_plans.get(cmd)  # the device's plan for this number, found once
+        if plan is None or dev.status is _UNPLUGGED:
+            plan = _plan(dev, cmd, plan)
         return run_plan(file, task, cmd, argp, plan)
+
+
+def _plan(dev: AccelDevice, cmd: int, plan: IoctlPlan | None) -> IoctlPlan:
+    """:func:`dispatch`'s steps 1-3 where the kept plan does not settle them: the
+    first call of ``cmd`` on ``dev`` (its plan is made, and kept), and any call
+    after unplug.
+
+    Raises:
+        NoDevice: the device is unplugged and the row is not ``UNPLUGGED_OK``.
+        NotTTY: the type byte is not ``'d'``, or no row has the number.
+    """
+    if plan is None:
+        desc = lookup(dev, cmd)
+        if desc is not None:
+            plan = ioctl_plan(cmd, desc)
+            if len(dev.ioctl_plans) < _PLANS_KEPT:
+                dev.ioctl_plans[cmd] = plan
+    if dev.status is _UNPLUGGED and (plan is None or not plan.desc.bits & _UNPLUGGED_OK):
+        raise NoDevice(f"{dev.name} was unplugged")
+    if plan is None:
+        if (cmd >> 8) & 0xFF != DRM_IOCTL_BASE:
+            raise NotTTY(f"ioctl {cmd:#010x} has type {(cmd >> 8) & 0xFF:#04x}, not 'd'")
+        raise NotTTY(
+            f"{dev.name} ({dev.driver.name}) has no ioctl number "
+            f"{cmd & 0xFF:#04x} (cmd {cmd:#010x})"
+        )
+    return plan
 
 
 # -- the core ioctls -------------------------------------------------------------

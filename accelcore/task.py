@@ -158,63 +158,80 @@ class AddressSpace:
             mem.close()
         self._owned.clear()
 
-    def _find(self, addr: int, length: int, write: bool) -> tuple[memoryview, int]:
-        """The view of the range holding ``[addr, addr + length)`` and the offset of
-        ``addr`` in it; ``EFAULT`` unless the whole range is mapped (and writable,
-        for ``write``)."""
+    def _entry(self, addr: int, length: int, write: bool) -> tuple[int, int, memoryview, bool]:
+        """The cache entry ``(start, end, view, writable)`` of the range holding
+        ``[addr, addr + length)``, made the hot one.
+
+        The accessors below test the hot entry inline (the one test every ioctl's
+        copy-in and copy-out passes) and call this on any other access.
+
+        Raises:
+            BadAddress: ``EFAULT``: some of the range is not mapped, or ``write``
+                and it is read-only.
+        """
         hot = self._hot
-        if hot is not None and hot[0] <= addr and addr + length <= hot[1] and length >= 0:
-            if write and not hot[3]:
-                raise BadAddress(f"user address {addr:#x} is read-only")
-            return hot[2], addr - hot[0]
         warm = self._warm
-        if warm is not None and warm[0] <= addr and addr + length <= warm[1] and length >= 0:
-            if write and not warm[3]:
-                raise BadAddress(f"user address {addr:#x} is read-only")
+        if hot is not None and hot[0] <= addr and addr + length <= hot[1] and length >= 0:
+            entry = hot
+        elif warm is not None and warm[0] <= addr and addr + length <= warm[1] and length >= 0:
+            entry = warm
             self._hot, self._warm = warm, hot
-            return warm[2], addr - warm[0]
-        i = bisect.bisect_right(self._starts, addr) - 1
-        if i < 0 or length < 0:
-            raise BadAddress(f"user address {addr:#x} is not mapped")
-        vma = self._vmas[i]
-        if addr + length > vma.end:
-            raise BadAddress(
-                f"user range [{addr:#x}, {addr + length:#x}) is not mapped"
-                if addr >= vma.end
-                else f"user range [{addr:#x}, {addr + length:#x}) runs past the end of its "
-                f"mapping at {vma.end:#x}"
-            )
-        if write and not vma.writable:
+        else:
+            i = bisect.bisect_right(self._starts, addr) - 1
+            if i < 0 or length < 0:
+                raise BadAddress(f"user address {addr:#x} is not mapped")
+            vma = self._vmas[i]
+            if addr + length > vma.end:
+                raise BadAddress(
+                    f"user range [{addr:#x}, {addr + length:#x}) is not mapped"
+                    if addr >= vma.end
+                    else f"user range [{addr:#x}, {addr + length:#x}) runs past the end of "
+                    f"its mapping at {vma.end:#x}"
+                )
+            # A read-only range is cached with a read-only view: nothing reached
+            # through the cache can write it.
+            view = vma.view if vma.writable else vma.view.toreadonly()
+            entry = (vma.start, vma.end, view, vma.writable)
+            self._hot, self._warm = entry, hot
+        if write and not entry[3]:
             raise BadAddress(f"user address {addr:#x} is read-only")
-        # A read-only range is cached with a read-only view: nothing reached through
-        # the cache can write it.
-        view = vma.view if vma.writable else vma.view.toreadonly()
-        self._hot, self._warm = (vma.start, vma.end, view, vma.writable), hot
-        return view, addr - vma.start
+        return entry
 
     def copy_from_user(self, addr: int, length: int) -> bytes:
         """Copy ``length`` bytes from user address ``addr``; ``EFAULT`` if unmapped."""
         if length == 0:
             return b""
-        view, off = self._find(addr, length, False)
-        return bytes(view[off : off + length])
+        e = self._hot
+        if e is None or not (e[0] <= addr and addr + length <= e[1] and length > 0):
+            e = self._entry(addr, length, False)
+        off = addr - e[0]
+        return bytes(e[2][off : off + length])
 
     def copy_to_user(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` to user address ``addr``; ``EFAULT`` if unmapped or read-only."""
         n = len(data)
         if n == 0:
             return
-        view, off = self._find(addr, n, True)
-        view[off : off + n] = data
+        e = self._hot
+        if e is None or not (e[0] <= addr and addr + n <= e[1] and e[3]):
+            e = self._entry(addr, n, True)
+        off = addr - e[0]
+        e[2][off : off + n] = data
 
     def user_view(self, addr: int, length: int, *, write: bool = False) -> memoryview:
-        """A zero-copy view of user memory (``get_user_pages``-like pinning)."""
-        view, off = self._find(addr, length, write)
-        return view[off : off + length]  # read-only for a read-only range
+        """A zero-copy view of user memory (``get_user_pages``-like pinning); read-only
+        for a read-only range."""
+        e = self._hot
+        if e is None or not (
+            e[0] <= addr and addr + length <= e[1] and length >= 0 and (e[3] or not write)
+        ):
+            e = self._entry(addr, length, write)
+        off = addr - e[0]
+        return e[2][off : off + length]
 
     def check(self, addr: int, length: int, *, write: bool = False) -> None:
         """Raise ``EFAULT`` unless the whole range is accessible."""
-        self._find(addr, length, write)
+        self._entry(addr, length, write)
 
     @property
     def ranges(self) -> list[Vma]:
