@@ -149,11 +149,15 @@ def dispatch(file: AccelFile, task: Task, cmd: int, argp: int) -> int:
         AccelError: the errno of the failure (see the module docstring for order).
     """
     dev = file.device
-    with dev.clock.lock:
+    lock = dev.clock.lock
+    lock.acquire()  # not ``with``: its __enter__/__exit__ protocol costs twice as much
+    try:
         plan = dev.ioctl_plans.get(cmd)  # the device's plan for this number, found once
         if plan is None or dev.status is _UNPLUGGED:
             plan = _plan(dev, cmd, plan)
         return run_plan(file, task, cmd, argp, plan)
+    finally:
+        lock.release()
 
 
 def _plan(dev: AccelDevice, cmd: int, plan: IoctlPlan | None) -> IoctlPlan:

@@ -152,7 +152,9 @@ class Syscalls:
             Interrupted: a signal interrupted it and the task has no ``SA_RESTART``.
             AccelError: the ioctl's errno.
         """
-        with self.lock:
+        lock = self.lock
+        lock.acquire()  # not ``with``: its __enter__/__exit__ protocol costs twice as much
+        try:
             file = task.files.get(fd)
             try:
                 return file.ioctl(task, cmd, argp)
@@ -165,6 +167,8 @@ class Syscalls:
                 # back to user space; it must not interrupt the next call.
                 if task.signal_pending:
                     task.deliver_signal()
+        finally:
+            lock.release()
 
     def read(self, task: Task, fd: int, size: int, *, nonblock: bool = False) -> bytes:
         """``read(2)``: events from an accel file, interruptible and restartable as
