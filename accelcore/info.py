@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .device import DeviceStatus
 from .driver import DriverFeature
 from .errors import BadAddress, InvalidArgument, NoDevice
 from .uapi import CORE
@@ -58,6 +59,8 @@ class CoreQuery:
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", CORE.sizeof(self.answer_type))
 
+
+_UNPLUGGED = DeviceStatus.UNPLUGGED
 
 #: struct-module codes of the header's integer types.
 _CODES = {
@@ -327,7 +330,7 @@ def info_ioctl(call: IoctlCall) -> None:
         q = CORE_QUERIES.get(op)
         if q is None:
             raise InvalidArgument(f"unknown INFO op {op:#x}")
-        if dev.unplugged and not q.unplugged_ok:
+        if dev.status is _UNPLUGGED and not q.unplugged_ok:
             raise NoDevice(f"{dev.name} was unplugged")
         sources = q.answer(dev)
         if q.array:
@@ -349,4 +352,4 @@ def info_ioctl(call: IoctlCall) -> None:
     if return_size and not ptr:
         raise BadAddress("accel_info.return_pointer is NULL with a non-zero return_size")
     if n:
-        call.copy_to_user(ptr, data if n == len(data) else data[:n])
+        call.task.mm.copy_to_user(ptr, data if n == len(data) else data[:n])
