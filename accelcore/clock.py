@@ -94,7 +94,9 @@ class Clock:
         #: The engine's lock; hold it for every call but :meth:`now`.
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
-        self._timers: list[Timer] = []
+        # Heap of (when, seq, timer): ordered by the tuple's C comparison (seq is
+        # unique, so timers themselves are never compared).
+        self._timers: list[tuple[int, int, Timer]] = []
         self._n_cancelled = 0
         self._seq = itertools.count()
         #: Where exceptions escaping scheduled callbacks and fence callbacks go:
@@ -110,8 +112,9 @@ class Clock:
     # -- scheduling ----------------------------------------------------------
     def call_at(self, when: int, callback: Callable[[], None]) -> Timer:
         """Run ``callback`` (with the lock held) at device time ``when``."""
-        timer = Timer(when, next(self._seq), callback, clock=self)
-        heapq.heappush(self._timers, timer)
+        seq = next(self._seq)
+        timer = Timer(when, seq, callback, clock=self)
+        heapq.heappush(self._timers, (when, seq, timer))
         self._scheduled()
         return timer
 
@@ -121,7 +124,7 @@ class Clock:
 
     def pending(self) -> int:
         """How many callbacks are scheduled and not cancelled."""
-        return sum(1 for t in self._timers if not t.cancelled)
+        return sum(1 for _, _, t in self._timers if not t.cancelled)
 
     def _cancelled(self) -> None:
         # Cancelled timers stay in the heap until they reach its top; when they
@@ -129,7 +132,7 @@ class Clock:
         # driver that arms and cancels a timeout per job does not grow it forever.
         self._n_cancelled += 1
         if self._n_cancelled > 100 and self._n_cancelled * 2 > len(self._timers):
-            self._timers = [t for t in self._timers if not t.cancelled]
+            self._timers = [e for e in self._timers if not e[2].cancelled]
             heapq.heapify(self._timers)
             self._n_cancelled = 0
 
@@ -169,21 +172,21 @@ class Clock:
             self.report_oops(f"timer {name}", exc)
 
     def _drop_cancelled_top(self) -> None:
-        while self._timers and self._timers[0].cancelled:
+        while self._timers and self._timers[0][2].cancelled:
             heapq.heappop(self._timers)
             self._n_cancelled = max(0, self._n_cancelled - 1)
 
     def _pop_due(self, until: int) -> Timer | None:
         self._drop_cancelled_top()
-        if self._timers and self._timers[0].when <= until:
-            timer = heapq.heappop(self._timers)
+        if self._timers and self._timers[0][0] <= until:
+            timer = heapq.heappop(self._timers)[2]
             timer.clock = None  # it ran: a late cancel() must not count
             return timer
         return None
 
     def _next_when(self) -> int | None:
         self._drop_cancelled_top()
-        return self._timers[0].when if self._timers else None
+        return self._timers[0][0] if self._timers else None
 
     # -- waiting ------------------------------------------------------------
     def wait_until(
