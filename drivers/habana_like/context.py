@@ -29,6 +29,7 @@ from accelcore import (
 )
 
 from .memory import DramBlock, VaMapping, VaSpace
+from .uapi import HLK
 
 if TYPE_CHECKING:
     from accelcore.pci import PciFunction
@@ -168,8 +169,6 @@ class Context:
 
 def outcome(cs: CommandSubmission) -> int:
     """The WAIT_CS status of a finished submission."""
-    from .uapi import HLK
-
     if not cs.fence.signalled:
         return int(HLK.HLK_WAIT_CS_STATUS_BUSY)
     if cs.timed_out:
