@@ -205,6 +205,11 @@ class Process:
         return f"<Process pid={self.pid}>"
 
 
+#: Any cffi object (of any header: they share one backend), and its buffer.
+_CDATA = CORE.ffi.CData
+_BUFFER = CORE.ffi.buffer
+
+
 def ioctl_buffer(arg: Any) -> memoryview:
     """The bytes of an ioctl argument given as a buffer or a cffi struct (a flat view;
     read-only for ``bytes``, so nothing is copied back into it).
@@ -226,7 +231,3 @@ def ioctl_buffer(arg: Any) -> memoryview:
             f"ioctl argument {arg!r} is not an address, a buffer or a cffi struct"
         )
     return mv.cast("B") if mv.format != "B" else mv
-
-
-_CDATA = CORE.ffi.CData
-_BUFFER = CORE.ffi.buffer

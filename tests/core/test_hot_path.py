@@ -169,3 +169,21 @@ def test_device_status_set_by_value_still_takes_the_permission_checks(rig: Rig) 
         p.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, V.new("struct vaccel_create_bo", size=4096))
     assert _errno(e) == errno.EBUSY
     rig.dev.set_status(DeviceStatus.OPERATIONAL)
+
+
+def test_ioctl_arguments_of_every_kind_and_the_refused_ones(rig: Rig) -> None:
+    """Process.ioctl tests for a cffi struct first: structs of any header, buffers
+    and bytes still work; a cffi object without a buffer and any other object are
+    EINVAL naming the argument, and nothing is left behind."""
+    p = rig.process()
+    fd = p.open("/dev/accel/accel0")
+    s = V.new("struct vaccel_nop", value=5)
+    p.ioctl(fd, V.DRM_IOCTL_VACCEL_NOP, s)
+    assert s.result == 6
+    raw = bytearray(V.to_bytes(V.new("struct vaccel_nop", value=9)))
+    p.ioctl(fd, V.DRM_IOCTL_VACCEL_NOP, raw)
+    assert V.from_bytes("struct vaccel_nop", raw).result == 10
+    for bad in (V.ffi.cast("int", 3), 1.5, [1, 2]):
+        with pytest.raises(OSError, match="is not an address, a buffer or a cffi struct") as e:
+            p.ioctl(fd, V.DRM_IOCTL_VACCEL_NOP, bad)
+        assert _errno(e) == errno.EINVAL
