@@ -18,6 +18,7 @@ import os
 import select
 import signal
 import socket
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,13 +43,16 @@ ROOT = os.getuid() == 0
 
 
 def _child(body: Callable[[], int]) -> int:
-    """Run ``body`` in a forked child; its return is the exit code (bounded by a 20 s alarm)."""
+    """Run ``body`` in a forked child; its return is the exit code (bounded by a 20 s
+    alarm); 99 if it raised (the exception is printed to stderr)."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - reports through its exit status
         code = 99
         try:
             signal.alarm(20)
             code = body()
+        except BaseException:
+            traceback.print_exc()
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -79,7 +83,9 @@ def test_inherited_session_socket_cannot_act_as_its_task(
         _drop_to_nobody()
         sock = socket.socket(fileno=stolen)  # blocking: it shares the parent's flags
         send_record(sock, p.encode(p.Ioctl(CORE.DRM_IOCTL_DROP_MASTER, 0, fd), 4242), [fd])
-        if not select.select([sock], [], [], 10)[0]:
+        poller = select.poll()  # not select(): the test process may hold 1024+ fds
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(10_000):
             return 5
         data, fds = recv_record(sock)
         close_all(fds)
@@ -283,7 +289,9 @@ def test_remote_access_after_pid_reuse_touches_nothing() -> None:
         assert mm.copy_from_user(ctypes.addressof(_VICTIM), 6) == b"victim"
         os.write(w, b"x")
         os.waitpid(x, 0)
-        assert select.select([mm.pidfd], [], [], 0)[0]  # the pidfd says: exited
+        poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
+        poller.register(mm.pidfd, select.POLLIN)
+        assert poller.poll(0)  # the pidfd says: exited
         victim = _reap_at(x)
         if victim is None:
             pytest.skip(f"could not place a process at pid {x} (pids busy)")
