@@ -228,12 +228,17 @@ class _Channel:
         blocked receiving for a call, which then fails with ``ENODEV``, and the
         server sees the session end even while other copies of the socket exist.
         A forked child that inherited the socket must not shut down its parent's
-        session, so it only closes its copy."""
+        session, so it only closes its copy. Replies no caller claimed (their
+        caller gave up waiting) have their descriptors closed."""
         if shutdown:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
             self._lost("the process exited")
         self.sock.close()
+        with self._mutex:
+            unclaimed, self._replies = self._replies, {}
+        for _, fds in unclaimed.values():
+            close_all(fds)
 
 
 class _Arena:

@@ -9,7 +9,7 @@ of the server's latency under many clients. Here one thread takes each ready
 session's next record in turn. Calls that may sleep still go to the session's
 workers (so a blocked call never stops the others, and a SIGNAL reaches it),
 and a session whose client does not read its replies gets them queued, not
-waited for (the session flushes them as the socket drains); past
+waited for (its workers' replies too: a worker never blocks in a send) (the session flushes them as the socket drains); past
 :data:`OUTBOX_MAX` queued replies the session is closed.
 
 The dispatcher thread never blocks but in ``select`` and in the engine lock.
@@ -66,28 +66,42 @@ class Dispatcher:
 
     def add(self, session: Session) -> None:
         """Take over ``session`` (from its own thread, after HELLO)."""
-        self._post(lambda: self._register(session))
+        self.post(lambda: self._register(session))
 
     def want_write(self, session: Session) -> None:
         """(Dispatcher thread) ``session`` has queued replies: flush them when its
         socket takes more."""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):  # (ValueError: stopped)
             self._ep.modify(session.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
 
     def stop(self) -> None:
         """End every session it serves (each on a thread of the server) and stop."""
-        self._stopping = True
+        with self._lock:
+            self._stopping = True
         self._wake()
         if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(15)
+        # What was posted but not run (a worker's reply, a session to register)
+        # runs here: a reply's descriptors must not be left unsent and open.
+        with self._lock:
+            posted, self._posted = self._posted, []
+        for fn in posted:
+            fn()
         self._ep.close()
         self._wake_r.close()
         self._wake_w.close()
 
-    def _post(self, fn: Callable[[], None]) -> None:
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the dispatcher thread, soon; once it is stopping, on the
+        caller's thread, now."""
         with self._lock:
-            self._posted.append(fn)
-        self._wake()
+            queued = not self._stopping
+            if queued:
+                self._posted.append(fn)
+        if queued:
+            self._wake()
+        else:
+            fn()
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):

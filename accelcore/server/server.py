@@ -800,6 +800,13 @@ class Server:
         """The thread that serves the sessions past HELLO (see :meth:`dispatch`)."""
         return self._dispatcher.thread if self._dispatcher is not None else None
 
+    def dispatcher_post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the dispatcher thread (on the caller's once it has stopped)."""
+        if self._dispatcher is not None:
+            self._dispatcher.post(fn)
+        else:
+            fn()
+
     def dispatcher_want_write(self, session: Session) -> None:
         """(Dispatcher thread) ``session`` has replies queued for a slow reader."""
         if self._dispatcher is not None:

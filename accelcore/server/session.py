@@ -153,14 +153,24 @@ class Session:
         on_sent: Callable[[], None] | None = None,
     ) -> None:
         """Send a reply; a client that went away is not an error. ``on_sent`` runs
-        once the record is gone (or failed): at once, or — on the dispatcher's
-        thread, when the client's socket is full — when :meth:`flush` sends it."""
+        once the record is gone (or failed): at once, or — once the session is
+        dispatched and the client's socket is full — when :meth:`flush` sends it.
+
+        A dispatched session's replies never wait for the client: a worker's
+        reply the socket cannot take now is queued by the dispatcher thread
+        behind the others. A worker blocked in ``sendmsg`` would hold the send
+        lock (and, with descriptors, ``_handing_out``), which the dispatcher
+        takes: a client that stops reading would stop every session."""
         if type(message) is p.Result and not (message.errno or message.placeholders):
             data = p.encode_result(rid, message.ret, message.handle)  # the common reply
         else:
             data = p.encode(message, rid)
-        if self._dispatcher is threading.current_thread():
-            self._queue(data, fds or [], on_sent)
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            if dispatcher is threading.current_thread():
+                self._queue(data, fds or [], on_sent)
+            else:
+                self._send_from_worker(data, fds or [], on_sent)
             return
         try:
             with self._send_lock:
@@ -170,6 +180,22 @@ class Session:
         finally:
             if on_sent is not None:
                 on_sent()
+
+    def _send_from_worker(
+        self, data: bytes, fds: list[int], on_sent: Callable[[], None] | None
+    ) -> None:
+        """(A worker of a dispatched session) send without blocking, or have the
+        dispatcher queue the reply."""
+        try:
+            with self._send_lock:
+                send_record(self.sock, data, fds, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            self.server.dispatcher_post(lambda: self._queue(data, fds, on_sent))
+            return
+        except OSError as exc:
+            log.debug("pid %d: reply not sent: %s", self.pid, exc)
+        if on_sent is not None:
+            on_sent()
 
     def _queue(self, data: bytes, fds: list[int], on_sent: Callable[[], None] | None) -> None:
         """(Dispatcher thread) send without blocking, or queue behind earlier replies."""
@@ -188,6 +214,10 @@ class Session:
                 if on_sent is not None:
                     on_sent()
                 return
+        if self.closing:  # teardown empties the outbox: nothing more goes in
+            if on_sent is not None:
+                on_sent()
+            return
         if len(self._outbox) >= OUTBOX_MAX:
             log.warning(
                 "pid %d does not read its replies (%d queued); closing its session",
@@ -252,9 +282,13 @@ class Session:
         # the dispatcher do the same around each call).
         with charge_to(self._charge):
             while self.step(nonblock=False):
-                if self.task is not None and self.server.dispatch(self):
+                if self.task is not None:
+                    # Set first: the dispatcher may serve a record (and reply)
+                    # before dispatch() returns.
                     self._dispatcher = self.server.dispatcher_thread
-                    return
+                    if self.server.dispatch(self):
+                        return
+                    self._dispatcher = None
         self.end()
 
     def end(self) -> None:

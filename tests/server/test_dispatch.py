@@ -5,6 +5,7 @@ other clients are served all along."""
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 
@@ -13,9 +14,11 @@ import pytest
 from accelcore.machine import Machine
 from accelcore.server import Server, connect
 from accelcore.server import protocol as p
+from accelcore.server.client import ioctl_buffer
 from accelcore.server.dispatch import OUTBOX_MAX
 from accelcore.server.wire import connect_verified, recv_record, send_record
 from accelcore.testing.vaccel import VACCEL_UAPI as V
+from accelcore.uapi import CORE
 
 from .conftest import wait_for
 
@@ -101,3 +104,76 @@ def test_stop_ends_dispatched_sessions(machine: Machine, rt: object) -> None:
     assert not srv._sessions
     for c in clients:
         c.exit()
+
+
+def _server_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_sleeping_calls_reply_to_a_client_that_never_reads_stops_no_one(
+    server: Server, machine: Machine
+) -> None:
+    """A batch that sleeps (a WAIT) and then returns a descriptor is answered by a
+    worker; the client reads no reply, so its socket is full by then. The worker
+    must not block in ``sendmsg`` holding the locks the dispatcher takes (the send
+    lock; with descriptors, the one a CLOSE waits on): after the client's CLOSE,
+    another client is still served."""
+    base, fds_before = machine.subsystem.accounting(), _server_fds()
+    good = connect(server.runtime_dir)
+    gfd = good.open("/dev/accel/accel0")
+    deaf = connect(server.runtime_dir)
+    fd = deaf.open("/dev/accel/accel0")
+    sync = CORE.new("struct drm_syncobj_create")
+    deaf.ioctl(fd, CORE.DRM_IOCTL_SYNCOBJ_CREATE, sync)
+    bo = V.new("struct vaccel_create_bo", size=4096)
+    deaf.ioctl(fd, V.DRM_IOCTL_VACCEL_CREATE_BO, bo)
+    job = V.new("struct vaccel_submit", handle=bo.handle, fill=1, delay_ns=60 * 10**9)
+    deaf.ioctl(fd, V.DRM_IOCTL_VACCEL_SUBMIT, job)
+    session = server._sessions[deaf.token]
+    args = []
+    for struct_ in (
+        V.new("struct vaccel_wait", seqno=job.seqno, timeout_ns=200_000_000),
+        CORE.new("struct drm_syncobj_handle", handle=sync.handle),
+    ):
+        raw = bytes(ioctl_buffer(struct_))
+        buf = deaf.alloc(len(raw))
+        buf.view[:] = raw
+        args.append(buf.addr)
+    del buf  # its view would keep the arena (and its memfd) past exit()
+    handle = deaf._handles[deaf._fds[fd]]
+    sock = deaf._session().sock
+    sock.send(
+        p.encode(
+            p.Batch(
+                (
+                    p.Ioctl(V.DRM_IOCTL_VACCEL_WAIT, args[0], fd, handle),
+                    p.Ioctl(CORE.DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD, args[1], fd, handle),
+                )
+            ),
+            1 << 40,
+        )
+    )
+    # Replies it never reads (EBADF: a handle it never proved) fill its socket.
+    bad = p.encode_ioctl(2, V.DRM_IOCTL_VACCEL_NOP, 0, 3, 1 << 30)
+    for _ in range(OUTBOX_MAX // 2):
+        sock.send(bad)
+    assert wait_for(lambda: len(session._outbox) > 0)  # the socket is full
+    wait_for(lambda: not session._inflight)  # the batch's worker is done (or blocked)
+    st = os.fstat(fd)
+    sock.send(p.encode(p.Close(st.st_dev, st.st_ino, False), 3))
+    served: list[int] = []
+
+    def call() -> None:
+        nop = V.new("struct vaccel_nop", value=5)
+        good.ioctl(gfd, V.DRM_IOCTL_VACCEL_NOP, nop)
+        served.append(nop.result)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(20)
+    assert served == [6]
+    deaf.exit()
+    good.exit()
+    assert wait_for(lambda: machine.subsystem.accounting() == base)
+    # Also the descriptor in the reply it never claimed (exit() read past it).
+    assert wait_for(lambda: _server_fds() <= fds_before)
