@@ -116,10 +116,23 @@ class Batch:
         return call
 
     def submit(self) -> list[BatchedIoctl]:
-        """Run the queued calls (in order) and return them, each completed."""
+        """Run the queued calls (in order) and return them, each completed.
+
+        Raises:
+            OSError: the transport itself failed (through the server:
+                :class:`~accelcore.errors.NoDevice`, ``ENODEV``, once the session
+                ended); the calls it had not completed carry that error (their
+                :meth:`~BatchedIoctl.result` raises it), those it had keep their own.
+        """
         calls, self._queued = self._queued, []
         if calls:
-            self._run(calls)
+            try:
+                self._run(calls)
+            except OSError as exc:
+                for call in calls:
+                    if not call.done:
+                        call.set_error(exc)
+                raise
             for call in calls:
                 if not call.done:  # a transport's bug must not look like a result
                     call.set_error(OSError(errno.EIO, "the transport did not complete it"))

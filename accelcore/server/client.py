@@ -81,6 +81,17 @@ def _raise_for(msg: p.Message) -> p.Message:
     return msg
 
 
+def _arg_size(arg: Any) -> int:
+    """The bytes of a batched call's argument (0 for an address, or for an argument
+    that is no kind of argument: that call fails alone when it is staged)."""
+    if type(arg) is int:
+        return 0
+    try:
+        return len(ioctl_buffer(arg))
+    except OSError:
+        return 0
+
+
 def _is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
@@ -679,34 +690,45 @@ class ClientProcess:
         staged: list[tuple[BatchedIoctl, tuple[int, int] | None, int, memoryview | None]] = []
         entries: list[p.Ioctl] = []
         sent: list[int] = []
-        sizes = [len(ioctl_buffer(c.arg)) if type(c.arg) is not int else 0 for c in calls]
-        scratch = self.alloc(max(8, sum((n + 7) & ~7 for n in sizes[: p.MAX_BATCH])))
+        sizes = [_arg_size(c.arg) for c in calls[: p.MAX_BATCH]]
+        scratch = self.alloc(max(8, sum((n + 7) & ~7 for n in sizes)))
         at = 0
         try:
-            for call, size in zip(calls[: p.MAX_BATCH], sizes, strict=False):
-                region: memoryview | None = None
-                if type(call.arg) is int:
-                    argp = call.arg
-                else:
-                    argp = scratch.addr + at if size else 0
-                    region = scratch.view[at : at + size]
-                    region[:] = ioctl_buffer(call.arg)
-                    at += (size + 7) & ~7
-                key = self._fds.get(call.fd)
-                handle = self._handles.get(key, 0) if key is not None else 0
-                if not handle and not _is_open(call.fd):
-                    # Sent, it would fail the whole record's sendmsg: it fails alone,
-                    # first in a record of its own, as it would alone.
+            for call, size in zip(calls, sizes, strict=False):
+                try:
+                    region: memoryview | None = None
+                    if type(call.arg) is int:
+                        argp = call.arg
+                    else:
+                        raw = ioctl_buffer(call.arg)  # EINVAL: not an argument kind
+                        argp = scratch.addr + at if size else 0
+                        region = scratch.view[at : at + size]
+                        region[:] = raw
+                        at += (size + 7) & ~7
+                    if not (0 <= call.cmd < 1 << 32 and 0 <= argp < 1 << 64):
+                        raise InvalidArgument(
+                            f"ioctl {call.cmd:#x} on fd {call.fd} with argument {argp:#x}: "
+                            "the command must fit 32 bits and the argument 64"
+                        )
+                    key = self._fds.get(call.fd)
+                    handle = self._handles.get(key, 0) if key is not None else 0
+                    if not handle and not _is_open(call.fd):
+                        raise BadFd(f"file descriptor {call.fd} is not open")
+                    offsets = self.fd_fields.get(call.cmd & 0xFFFF)
+                    numbers: list[int] = []
+                    if offsets:
+                        if region is None:
+                            region = self._region(argp, (call.cmd >> 16) & 0x3FFF)
+                        numbers = self._fd_args(offsets, region)
+                except OSError as exc:
+                    # What would fail before reaching the server alone (a bad
+                    # argument, a descriptor not open: sent, it would fail the
+                    # whole record's sendmsg) fails alone, first in a record of
+                    # its own; the calls after it still run.
                     if entries:
                         break
-                    call.set_error(BadFd(f"file descriptor {call.fd} is not open"))
+                    call.set_error(exc)
                     return 1
-                offsets = self.fd_fields.get(call.cmd & 0xFFFF)
-                numbers: list[int] = []
-                if offsets:
-                    if region is None:
-                        region = self._region(argp, (call.cmd >> 16) & 0x3FFF)
-                    numbers = self._fd_args(offsets, region)
                 carried = numbers if handle else [call.fd, *numbers]
                 if entries and len(sent) + len(carried) > p.MAX_FDS:
                     break

@@ -9,7 +9,8 @@ of the server's latency under many clients. Here one thread takes each ready
 session's next record in turn. Calls that may sleep still go to the session's
 workers (so a blocked call never stops the others, and a SIGNAL reaches it),
 and a session whose client does not read its replies gets them queued, not
-waited for (its workers' replies too: a worker never blocks in a send) (the session flushes them as the socket drains); past
+waited for (its workers' replies too: a worker never blocks in a send; the
+session flushes them as the socket drains); past
 :data:`OUTBOX_MAX` queued replies the session is closed.
 
 The dispatcher thread never blocks but in ``select`` and in the engine lock.

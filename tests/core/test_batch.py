@@ -74,6 +74,36 @@ def test_a_batch_longer_than_a_record_keeps_its_order(rig_both: Rig) -> None:
     proc.close(fd)
 
 
+def test_a_call_refused_before_the_kernel_fails_alone(rig_both: Rig) -> None:
+    """An argument of no kind (EINVAL), or a command wider than 32 bits, fails
+    that call as it fails alone, wherever it sits — first, mid-record, in a later record —
+    and the calls around it run, in order (through the server they once failed
+    the whole submit, leaving every call uncompleted)."""
+    proc = rig_both.process()
+    fd = proc.open(rig_both.dev.node_path)
+    n = p.MAX_BATCH + 20
+    bad = {0: (V.DRM_IOCTL_VACCEL_NOP, "not an argument"), 30: (1 << 40, 0)}
+    bad[p.MAX_BATCH + 7] = (V.DRM_IOCTL_VACCEL_NOP, object())
+    expected = {}
+    for i, (cmd, arg) in bad.items():
+        with pytest.raises(OSError) as alone:
+            proc.ioctl(fd, cmd, arg)
+        expected[i] = alone.value.errno
+    assert expected[0] == expected[p.MAX_BATCH + 7] == errno.EINVAL
+    nops = [V.new("struct vaccel_nop", value=i) for i in range(n)]
+    with proc.batch() as b:
+        calls = [
+            b.ioctl(fd, *bad[i]) if i in bad else b.ioctl(fd, V.DRM_IOCTL_VACCEL_NOP, nops[i])
+            for i in range(n)
+        ]
+    assert all(c.done for c in calls)
+    assert {i: c.error.errno for i, c in enumerate(calls) if c.error} == expected
+    assert [nops[i].result for i in range(n) if i not in bad] == [
+        i + 1 for i in range(n) if i not in bad
+    ]
+    proc.close(fd)
+
+
 def test_calls_returning_descriptors_each_get_them_all(rig_both: Rig) -> None:
     """More descriptors than one reply may carry: each call still gets its own."""
     proc = rig_both.process()
@@ -146,6 +176,27 @@ def test_results_before_submit_and_discarded_batches(rig_both: Rig) -> None:
         raise RuntimeError("the block failed: nothing is submitted")
     assert not dropped.done
     proc.close(fd)
+
+
+def test_a_failed_transport_completes_the_calls_it_left_with_its_error() -> None:
+    """A transport that fails midway (the server session ended: ENODEV) makes
+    submit() raise, and the calls it did not complete carry that error, rather
+    than saying they were never submitted."""
+    from accelcore.batch import Batch
+    from accelcore.errors import NoDevice
+
+    def run(calls: Any) -> None:
+        calls[0].set_result(7)
+        raise NoDevice("the devfs server session ended")
+
+    b = Batch(run)
+    first, second = b.ioctl(3, 1), b.ioctl(3, 2)
+    with pytest.raises(NoDevice):
+        b.submit()
+    assert first.result() == 7
+    assert second.done and second.error is not None and second.error.errno == errno.ENODEV
+    with pytest.raises(NoDevice):
+        second.result()
 
 
 def test_in_process_batch_is_the_single_calls() -> None:
