@@ -214,6 +214,15 @@ class Session:
                 if on_sent is not None:
                     on_sent()
                 return
+        with self._send_lock:
+            # Checked and queued under the send lock, which teardown holds to
+            # empty the outbox once ``closing`` is set: nothing is left behind.
+            queued = not self.closing and len(self._outbox) < OUTBOX_MAX
+            if queued:
+                self._outbox.append((data, fds, on_sent))
+        if queued:
+            self.server.dispatcher_want_write(self)
+            return
         if self.closing:  # teardown empties the outbox: nothing more goes in
             if on_sent is not None:
                 on_sent()
@@ -230,8 +239,6 @@ class Session:
             if on_sent is not None:
                 on_sent()
             return
-        self._outbox.append((data, fds, on_sent))
-        self.server.dispatcher_want_write(self)
 
     def flush(self) -> bool:
         """(Dispatcher thread) send queued replies while the socket takes them;
@@ -1072,8 +1079,10 @@ class Session:
                     sub.exit_task(task)
                 else:
                     task.exit()
-        while self._outbox:  # replies the client never read: our copies go
-            _, _, on_sent = self._outbox.popleft()
+        with self._send_lock:  # (closing is set: _queue adds nothing after this)
+            unread = list(self._outbox)
+            self._outbox.clear()
+        for _, _, on_sent in unread:  # replies the client never read: our copies go
             if on_sent is not None:
                 on_sent()
         with contextlib.suppress(OSError):
