@@ -36,7 +36,7 @@ from .uapi import CORE
 from .udmabuf import MemfdFile
 from .vfs import Mapping
 
-__all__ = ["Process", "ioctl_buffer"]
+__all__ = ["Process", "batch_arguments", "ioctl_buffer"]
 
 ArgBuffer = bytearray | memoryview
 
@@ -120,6 +120,7 @@ class Process:
         Raises:
             OSError: an :class:`~accelcore.errors.AccelError` with the errno.
         """
+        cmd &= 0xFFFF_FFFF  # an unsigned int, as the system call (and fcntl.ioctl) take it
         if isinstance(arg, int):
             return self.syscalls.ioctl(self.task, fd, cmd, arg)
         buf = ioctl_buffer(arg)
@@ -143,11 +144,41 @@ class Process:
         return Batch(self._run_batch)
 
     def _run_batch(self, calls: Sequence[BatchedIoctl]) -> None:
-        for call in calls:
-            try:
-                call.set_result(self.ioctl(call.fd, call.cmd, call.arg))
-            except OSError as exc:
-                call.set_error(exc)
+        inputs = batch_arguments(calls)  # read now, before any call runs
+        offsets, total = [], 0
+        for data in inputs:
+            offsets.append(total)
+            if isinstance(data, bytes):
+                total += (len(data) + 7) & ~7
+        with self.syscalls.lock:
+            scratch = self.task.mm.alloc(total, "ioctl-args") if total else None
+        try:
+            for call, data, at in zip(calls, inputs, offsets, strict=True):
+                if isinstance(data, OSError):
+                    call.set_error(data)  # not an argument: fails alone, as alone
+                    continue
+                view = None
+                arg = call.arg
+                if data is not None:
+                    arg = 0
+                    if data and scratch is not None:
+                        view = scratch.view[at : at + len(data)]
+                        view[:] = data
+                        arg = scratch.addr + at
+                try:
+                    ret = self.syscalls.ioctl(self.task, call.fd, call.cmd & 0xFFFF_FFFF, arg)
+                    call.set_result(ret)
+                except OSError as exc:
+                    call.set_error(exc)
+                finally:
+                    if view is not None:
+                        out = ioctl_buffer(call.arg)
+                        if not out.readonly:
+                            out[: len(view)] = view
+        finally:
+            if scratch is not None:
+                with self.syscalls.lock:
+                    self.task.mm.free(scratch)
 
     def _new_scratch(self, size: int) -> UserBuffer:
         """The user memory :meth:`ioctl` copies arguments through, grown to ``size``."""
@@ -208,6 +239,23 @@ class Process:
 #: Any cffi object (of any header: they share one backend), and its buffer.
 _CDATA = CORE.ffi.CData
 _BUFFER = CORE.ffi.buffer
+
+
+def batch_arguments(calls: Sequence[BatchedIoctl]) -> list[bytes | OSError | None]:
+    """What each call of a batch passes as its argument, read when the batch is
+    submitted, before any of its calls runs (so every transport runs a batch on
+    the same inputs): the bytes of a buffer or struct, ``None`` for a user
+    address, or the error of an argument of no kind (that call fails alone)."""
+    out: list[bytes | OSError | None] = []
+    for call in calls:
+        if isinstance(call.arg, int):
+            out.append(None)
+            continue
+        try:
+            out.append(bytes(ioctl_buffer(call.arg)))
+        except OSError as exc:
+            out.append(exc)
+    return out
 
 
 def ioctl_buffer(arg: Any) -> memoryview:

@@ -46,7 +46,7 @@ from ..errors import (
 from ..memory import page_align
 from ..syscalls import check_mmap_range
 from ..task import UserBuffer
-from ..userspace import ioctl_buffer
+from ..userspace import batch_arguments, ioctl_buffer
 from . import protocol as p
 from .fdtable import is_placeholder
 from .server import CONTROL_NAME, default_runtime_dir
@@ -79,17 +79,6 @@ def _raise_for(msg: p.Message) -> p.Message:
     if isinstance(msg, p.Result) and msg.errno:
         raise error_for_errno(msg.errno, msg.message or os.strerror(msg.errno))
     return msg
-
-
-def _arg_size(arg: Any) -> int:
-    """The bytes of a batched call's argument (0 for an address, or for an argument
-    that is no kind of argument: that call fails alone when it is staged)."""
-    if type(arg) is int:
-        return 0
-    try:
-        return len(ioctl_buffer(arg))
-    except OSError:
-        return 0
 
 
 def _is_open(fd: int) -> bool:
@@ -575,8 +564,9 @@ class ClientProcess:
             chan = self._session()
         buf: memoryview | None = None
         region: memoryview | None = None
-        if type(arg) is int:
-            argp = arg
+        cmd &= 0xFFFF_FFFF  # unsigned int and unsigned long, as the system call
+        if type(arg) is int:  # (and fcntl.ioctl) take them
+            argp = arg & 0xFFFF_FFFF_FFFF_FFFF
         else:
             buf = ioctl_buffer(arg)
             argp = 0
@@ -596,11 +586,8 @@ class ClientProcess:
         rid = next(chan.rids)
         try:
             data = p.encode_ioctl(rid, cmd, argp, fd, handle, numbers)
-        except struct.error:
-            raise InvalidArgument(
-                f"ioctl {cmd:#x} on fd {fd} with argument {argp:#x}: "
-                "the command must fit 32 bits and the argument 64"
-            ) from None
+        except struct.error:  # cmd and argp fit: only the descriptor number can't
+            raise BadFd(f"file descriptor {fd} is not open") from None
         try:
             reply, rfds = chan.call_record(
                 data, rid, numbers if handle else [fd, *numbers], "IOCTL"
@@ -680,36 +667,38 @@ class ClientProcess:
 
     def _run_batch(self, calls: Sequence[BatchedIoctl]) -> None:
         pending = list(calls)
+        inputs = batch_arguments(pending)  # read now, before any call runs
         while pending:
-            pending = pending[self._run_record(pending) :]
+            done = self._run_record(pending, inputs)
+            pending, inputs = pending[done:], inputs[done:]
 
-    def _run_record(self, calls: Sequence[BatchedIoctl]) -> int:
+    def _run_record(
+        self, calls: Sequence[BatchedIoctl], inputs: Sequence[bytes | OSError | None]
+    ) -> int:
         """Send as many of ``calls`` as one record takes; complete those the server
         ran (it stops after a call that returned descriptors) and say how many."""
         chan = self._session()
         staged: list[tuple[BatchedIoctl, tuple[int, int] | None, int, memoryview | None]] = []
         entries: list[p.Ioctl] = []
         sent: list[int] = []
-        sizes = [_arg_size(c.arg) for c in calls[: p.MAX_BATCH]]
+        sizes = [len(x) if isinstance(x, bytes) else 0 for x in inputs[: p.MAX_BATCH]]
         scratch = self.alloc(max(8, sum((n + 7) & ~7 for n in sizes)))
         at = 0
         try:
-            for call, size in zip(calls, sizes, strict=False):
+            for call, data, size in zip(calls, inputs, sizes, strict=False):
                 try:
                     region: memoryview | None = None
-                    if type(call.arg) is int:
-                        argp = call.arg
+                    if isinstance(data, OSError):
+                        raise data  # not an argument kind: EINVAL
+                    if data is None:
+                        argp = call.arg & 0xFFFF_FFFF_FFFF_FFFF
                     else:
-                        raw = ioctl_buffer(call.arg)  # EINVAL: not an argument kind
                         argp = scratch.addr + at if size else 0
                         region = scratch.view[at : at + size]
-                        region[:] = raw
+                        region[:] = data
                         at += (size + 7) & ~7
-                    if not (0 <= call.cmd < 1 << 32 and 0 <= argp < 1 << 64):
-                        raise InvalidArgument(
-                            f"ioctl {call.cmd:#x} on fd {call.fd} with argument {argp:#x}: "
-                            "the command must fit 32 bits and the argument 64"
-                        )
+                    if not -(1 << 31) <= call.fd < 1 << 31:
+                        raise BadFd(f"file descriptor {call.fd} is not open")
                     key = self._fds.get(call.fd)
                     handle = self._handles.get(key, 0) if key is not None else 0
                     if not handle and not _is_open(call.fd):
@@ -732,7 +721,9 @@ class ClientProcess:
                 carried = numbers if handle else [call.fd, *numbers]
                 if entries and len(sent) + len(carried) > p.MAX_FDS:
                     break
-                entries.append(p.Ioctl(call.cmd, argp, call.fd, handle, tuple(numbers)))
+                entries.append(
+                    p.Ioctl(call.cmd & 0xFFFF_FFFF, argp, call.fd, handle, tuple(numbers))
+                )
                 sent += carried
                 staged.append((call, key, argp, region))
             rid = next(chan.rids)

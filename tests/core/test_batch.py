@@ -209,3 +209,39 @@ def test_in_process_batch_is_the_single_calls() -> None:
         v = b.ioctl(fd, CORE.DRM_IOCTL_VERSION, CORE.new("struct drm_version"))
     assert v.result() == 0 and repr(v).startswith("<BatchedIoctl")
     proc.exit()
+
+
+def test_arguments_are_read_when_the_batch_is_submitted(rig_both: Rig) -> None:
+    """One buffer passed to two calls: both run on the bytes it held at submit, in
+    process and through the server alike. SYNCOBJ_CREATE writes its new handle
+    at offset 0; SYNCOBJ_DESTROY, batched after it on the same buffer, reads the
+    0 that was there at submit (EINVAL), not the new handle."""
+    proc = rig_both.process()
+    fd = proc.open(rig_both.dev.node_path)
+    shared = bytearray(8)
+    with proc.batch() as b:
+        create = b.ioctl(fd, CORE.DRM_IOCTL_SYNCOBJ_CREATE, shared)
+        destroy = b.ioctl(fd, CORE.DRM_IOCTL_SYNCOBJ_DESTROY, shared)
+    assert create.result() == 0
+    assert destroy.error is not None and destroy.error.errno == errno.EINVAL
+    # The same two calls alone: the second reads the handle the first wrote.
+    alone = bytearray(8)
+    proc.ioctl(fd, CORE.DRM_IOCTL_SYNCOBJ_CREATE, alone)
+    assert proc.ioctl(fd, CORE.DRM_IOCTL_SYNCOBJ_DESTROY, alone) == 0
+    proc.close(fd)
+
+
+def test_command_and_address_are_taken_as_the_system_call_takes_them(rig_both: Rig) -> None:
+    """``cmd`` is an unsigned int and ``arg`` an unsigned long, as ``fcntl.ioctl``
+    passes them: higher bits are dropped, the same through either transport."""
+    proc = rig_both.process()
+    fd = proc.open(rig_both.dev.node_path)
+    v = CORE.new("struct drm_version")
+    assert proc.ioctl(fd, CORE.DRM_IOCTL_VERSION | (1 << 40), v) == 0
+    with pytest.raises(OSError) as wide:
+        proc.ioctl(fd, CORE.DRM_IOCTL_VERSION, -4096)  # 2**64 - 4096: unmapped
+    assert wide.value.errno == errno.EFAULT
+    with pytest.raises(OSError) as bad_fd:
+        proc.ioctl(1 << 40, CORE.DRM_IOCTL_VERSION, v)
+    assert bad_fd.value.errno == errno.EBADF
+    proc.close(fd)
