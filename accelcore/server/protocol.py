@@ -39,9 +39,9 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 __all__ = [
     "ARENA_BIT",
@@ -355,6 +355,28 @@ class Ioctl(Message):
         return cls(cmd, argp, fd, handle, numbers), at + 4 * n
 
 
+_COUNTED = struct.Struct("<II")
+_M = TypeVar("_M", bound=Message)
+
+
+def _sequence(
+    body: bytes | memoryview, what: str, item: Callable[[bytes | memoryview, int], tuple[_M, int]]
+) -> tuple[_M, ...]:
+    """A ``count u32, pad u32`` header, then ``count`` (1 to :data:`MAX_BATCH`)
+    items read by ``item``, which must end exactly at the end of ``body``."""
+    count, pad = _unpack(_COUNTED, body, what, exact=False)
+    _check_range(count, 1, MAX_BATCH, f"{what} count")
+    if pad:
+        raise ProtocolError(f"{what} pad is {pad:#x}, must be 0")
+    at, items = _COUNTED.size, []
+    for _ in range(count):
+        one, at = item(body, at)
+        items.append(one)
+    if at != len(body):
+        raise ProtocolError(f"{what} body is {len(body)} bytes, its items end at {at}")
+    return tuple(items)
+
+
 @dataclass(slots=True)
 class Batch(Message):
     """Several IOCTLs in one record, run in order, each exactly as if it had come
@@ -365,7 +387,7 @@ class Batch(Message):
     """
 
     TYPE: ClassVar[MsgType] = MsgType.BATCH
-    FIXED: ClassVar[struct.Struct] = struct.Struct("<II")
+    FIXED: ClassVar[struct.Struct] = _COUNTED
     calls: tuple[Ioctl, ...]
 
     def fd_count(self) -> int:
@@ -376,17 +398,7 @@ class Batch(Message):
 
     @classmethod
     def parse(cls, body: bytes | memoryview) -> Batch:
-        count, pad = _unpack(cls.FIXED, body, "BATCH", exact=False)
-        _check_range(count, 1, MAX_BATCH, "BATCH count")
-        if pad:
-            raise ProtocolError(f"BATCH pad is {pad:#x}, must be 0")
-        at, calls = cls.FIXED.size, []
-        for _ in range(count):
-            call, at = Ioctl.parse_from(body, at)
-            calls.append(call)
-        if at != len(body):
-            raise ProtocolError(f"BATCH body is {len(body)} bytes, its calls end at {at}")
-        msg = cls(tuple(calls))
+        msg = cls(_sequence(body, "BATCH", Ioctl.parse_from))
         if msg.fd_count() > MAX_FDS:
             raise ProtocolError(f"BATCH carries {msg.fd_count()} descriptors, more than {MAX_FDS}")
         return msg
@@ -582,7 +594,7 @@ class BatchResult(Message):
     """
 
     TYPE: ClassVar[MsgType] = MsgType.BATCH_RESULT
-    FIXED: ClassVar[struct.Struct] = struct.Struct("<II")
+    FIXED: ClassVar[struct.Struct] = _COUNTED
     results: tuple[Result, ...]
 
     def fd_count(self) -> int:
@@ -593,17 +605,7 @@ class BatchResult(Message):
 
     @classmethod
     def parse(cls, body: bytes | memoryview) -> BatchResult:
-        count, pad = _unpack(cls.FIXED, body, "BATCH_RESULT", exact=False)
-        _check_range(count, 1, MAX_BATCH, "BATCH_RESULT count")
-        if pad:
-            raise ProtocolError(f"BATCH_RESULT pad is {pad:#x}, must be 0")
-        at, results = cls.FIXED.size, []
-        for _ in range(count):
-            res, at = Result.parse_from(body, at)
-            results.append(res)
-        if at != len(body):
-            raise ProtocolError(f"BATCH_RESULT body is {len(body)} bytes, its results end at {at}")
-        return cls(tuple(results))
+        return cls(_sequence(body, "BATCH_RESULT", Result.parse_from))
 
 
 @dataclass(slots=True)

@@ -91,14 +91,18 @@ def _call(rig: Rig, case: Case) -> tuple[int, str, list[str]]:
             got, msg = 0, ""
     finally:
         proc.exit()
+    return got, msg, effects + _left_behind(rig, base)
+
+
+def _left_behind(rig: Rig, base: Mapping[str, int]) -> list[str]:
+    """What changed in the accounting since ``base``, once the calls' process exited."""
     rig.settle()
     after = rig.subsystem.accounting()
-    left = [
+    return [
         f"{k}: {base[k]} -> {after.get(k)} after its process exited"
         for k in base
         if k not in {"shared_memory", "oopses"} and after.get(k) != base[k]
     ]
-    return got, msg, effects + left
 
 
 def _name(e: int) -> str:
@@ -176,13 +180,7 @@ def test_examples_batched(accel_conformance: Conformance) -> None:
                 )
         finally:
             proc.exit()
-        rig.settle()
-        after = rig.subsystem.accounting()
-        left = [
-            f"{k}: {base[k]} -> {after.get(k)}"
-            for k in base
-            if k not in {"shared_memory", "oopses"} and after.get(k) != base[k]
-        ]
+        left = _left_behind(rig, base)
         if left:
             wrong.append(f"{name} in a batch left resources behind: " + "; ".join(left))
     _fail(rig, wrong)
