@@ -244,16 +244,20 @@ def test_native_session_ends_when_its_process_exits(
     summary(f"native session of exited pid {pid} ended; its sockets serve nothing")
 
 
-def _reap_at(pid: int, tries: int = 50) -> tuple[int, int, int] | None:
+def _reap_at(pid: int, tries: int = 200) -> tuple[int, int, int]:
     """Fork a victim at ``pid`` (ns_last_pid), which waits on a pipe and then reports
-    what its copy of ``_VICTIM`` holds; ``(victim pid, cmd write end, report read end)``."""
+    what its copy of ``_VICTIM`` holds; ``(victim pid, cmd write end, report read end)``.
+    Skips where ``ns_last_pid`` cannot be written (no CAP_SYS_ADMIN over the pid
+    namespace); fails if other processes took the pid every time."""
     for _ in range(tries):
         cmd_r, cmd_w = os.pipe()
         rep_r, rep_w = os.pipe()
         try:
             Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
-        except OSError:
-            return None
+        except OSError as exc:
+            for fd in (cmd_r, cmd_w, rep_r, rep_w):
+                os.close(fd)
+            pytest.skip(f"ns_last_pid is not writable here ({exc.strerror}): no pid placement")
         v = os.fork()
         if v == 0:  # pragma: no cover - reports through the pipe
             try:
@@ -270,7 +274,7 @@ def _reap_at(pid: int, tries: int = 50) -> tuple[int, int, int] | None:
         os.kill(v, signal.SIGKILL)
         os.waitpid(v, 0)
         os.close(rep_r)
-    return None
+    raise AssertionError(f"could not fork a process at pid {pid} in {tries} tries")
 
 
 _VICTIM = ctypes.create_string_buffer(b"victim-memory", 32)
@@ -292,10 +296,7 @@ def test_remote_access_after_pid_reuse_touches_nothing() -> None:
         poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
         poller.register(mm.pidfd, select.POLLIN)
         assert poller.poll(0)  # the pidfd says: exited
-        victim = _reap_at(x)
-        if victim is None:
-            pytest.skip(f"could not place a process at pid {x} (pids busy)")
-        v, cmd_w, rep_r = victim
+        v, cmd_w, rep_r = _reap_at(x)
         try:
             addr = ctypes.addressof(_VICTIM)
             for attempt in (
