@@ -29,7 +29,7 @@ import errno
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .driver import DriverFeature, IoctlFlags
 from .errors import (
@@ -294,18 +294,26 @@ def _destroy(call: IoctlCall) -> None:
         raise InvalidArgument(f"no syncobj with handle {a.handle} to destroy")
 
 
-def _handle_to_fd(call: IoctlCall) -> None:
+def _handle_args(call: IoctlCall, what: str, other: int, timeline: int) -> tuple[Any, int]:
+    """The checked ``drm_syncobj_handle`` of ``what`` (HANDLE_TO_FD, FD_TO_HANDLE):
+    pad 0 and no flag but ``other`` and ``timeline`` (``EINVAL``); and the timeline
+    point it names (0 without ``timeline``)."""
     _require(call)
     a = call.args
     if a.pad:
         raise InvalidArgument(f"drm_syncobj_handle.pad is {a.pad:#x}, must be 0")
-    valid = (
-        CORE.DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE
-        | CORE.DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE
+    if a.flags & ~(other | timeline):
+        raise InvalidArgument(f"SYNCOBJ_{what} flags {a.flags:#x} has unknown bits")
+    return a, int(a.point) if a.flags & timeline else 0
+
+
+def _handle_to_fd(call: IoctlCall) -> None:
+    a, point = _handle_args(
+        call,
+        "HANDLE_TO_FD",
+        CORE.DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE,
+        CORE.DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE,
     )
-    if a.flags & ~valid:
-        raise InvalidArgument(f"SYNCOBJ_HANDLE_TO_FD flags {a.flags:#x} has unknown bits")
-    point = int(a.point) if a.flags & CORE.DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE else 0
     if a.flags & CORE.DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE:
         fence = syncobj_find_fence(call.file, a.handle, point)
         a.fd = call.install_fd(SyncFile(fence), cloexec=True)
@@ -319,17 +327,12 @@ def _handle_to_fd(call: IoctlCall) -> None:
 
 
 def _fd_to_handle(call: IoctlCall) -> None:
-    _require(call)
-    a = call.args
-    if a.pad:
-        raise InvalidArgument(f"drm_syncobj_handle.pad is {a.pad:#x}, must be 0")
-    valid = (
-        CORE.DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE
-        | CORE.DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE
+    a, point = _handle_args(
+        call,
+        "FD_TO_HANDLE",
+        CORE.DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE,
+        CORE.DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE,
     )
-    if a.flags & ~valid:
-        raise InvalidArgument(f"SYNCOBJ_FD_TO_HANDLE flags {a.flags:#x} has unknown bits")
-    point = int(a.point) if a.flags & CORE.DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE else 0
     try:
         file = call.get_file(a.fd)
     except BadFd:
