@@ -13,6 +13,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,26 +37,41 @@ def rt() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def machine() -> Iterator[Machine]:
-    m = load_machine(VACCEL_MACHINE)
+def loaded(description: dict[str, Any]) -> Iterator[Machine]:
+    """A machine from ``description``, shut down after (a fixture's body)."""
+    m = load_machine(description)
     yield m
     m.shutdown()
 
 
-@pytest.fixture
-def server(machine: Machine, rt: Path) -> Iterator[Server]:
-    srv = Server(machine, rt, description=VACCEL_MACHINE)
+def serving(machine: Machine, rt: Path, description: dict[str, Any]) -> Iterator[Server]:
+    """A server over ``machine`` in ``rt``, stopped after (a fixture's body)."""
+    srv = Server(machine, rt, description=description)
     srv.start()
     yield srv
     srv.stop()
 
 
-@pytest.fixture
-def client(server: Server) -> Iterator[ClientProcess]:
+def connected(server: Server) -> Iterator[ClientProcess]:
+    """A client session of ``server``, ended after (a fixture's body)."""
     proc = connect(server.runtime_dir)
     yield proc
     proc.exit()
+
+
+@pytest.fixture
+def machine() -> Iterator[Machine]:
+    yield from loaded(VACCEL_MACHINE)
+
+
+@pytest.fixture
+def server(machine: Machine, rt: Path) -> Iterator[Server]:
+    yield from serving(machine, rt, VACCEL_MACHINE)
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[ClientProcess]:
+    yield from connected(server)
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 
 from accelcore.errors import BadFd
-from accelcore.server import Server, connect, recv_fds, send_fds
+from accelcore.server import Server, recv_fds, send_fds
 from accelcore.server import protocol as p
 from accelcore.server.client import ClientProcess
 from accelcore.server.wire import connect_verified, recv_record, send_record
 from accelcore.testing.vaccel import VACCEL_UAPI as V
 from accelcore.uapi import CORE
+
+from .conftest import connected
 
 
 class Spy:
@@ -55,9 +57,7 @@ def _raw_ioctl(proc: ClientProcess, handle: int, fd: int = 99) -> p.Result:
 
 @pytest.fixture
 def other(server: Server) -> Iterator[ClientProcess]:
-    proc = connect(server.runtime_dir)
-    yield proc
-    proc.exit()
+    yield from connected(server)
 
 
 def test_a_proven_file_travels_by_handle(client: ClientProcess) -> None:

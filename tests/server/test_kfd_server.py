@@ -16,13 +16,12 @@ import pytest
 from accelcore.machine import Machine
 from accelcore.server import Server, connect
 from accelcore.server.client import ClientProcess
-from accelcore.server.daemon import load_machine
 from accelcore.testing.vaccel import VACCEL_UAPI as V
 from accelcore.uapi import CORE
 from drivers.kfd_like import KFD_UAPI as U
 from drivers.kfd_like.thunk import VRAM, Kfd
 
-from .conftest import wait_for
+from .conftest import connected, loaded, serving, wait_for
 
 KFD_MACHINE = {
     "machine": {"clock": "real", "drivers": ["vaccel", "kfd_like"]},
@@ -38,24 +37,17 @@ VA = 0x10_0000_0000
 
 @pytest.fixture
 def kfd_machine() -> Iterator[Machine]:
-    m = load_machine(KFD_MACHINE)
-    yield m
-    m.shutdown()
+    yield from loaded(KFD_MACHINE)
 
 
 @pytest.fixture
 def kfd_server(kfd_machine: Machine, rt: Path) -> Iterator[Server]:
-    srv = Server(kfd_machine, rt, description=KFD_MACHINE)
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from serving(kfd_machine, rt, KFD_MACHINE)
 
 
 @pytest.fixture
 def kfd_client(kfd_server: Server) -> Iterator[ClientProcess]:
-    proc = connect(kfd_server.runtime_dir)
-    yield proc
-    proc.exit()
+    yield from connected(kfd_server)
 
 
 def _vaccel_node(m: Machine) -> str:
